@@ -1,0 +1,1 @@
+"""The actors of the tree: feed, buffer and health actors, each with the messages it receives."""

@@ -1,0 +1,1 @@
+"""The `marketfeed` command line: run, demo, health, check-config, verify, sim, top."""

@@ -1,0 +1,71 @@
+"""`marketfeed` entry point: parses the command line and dispatches to one command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from config.loader import ConfigError, load
+
+DEFAULT_CONFIG = "marketfeed.toml"
+
+
+def _config(args) -> object:
+    try:
+        return load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cmd_run(args) -> int:
+    from cli.service import run
+
+    return run(_config(args))
+
+
+def cmd_check_config(args) -> int:
+    config = _config(args)
+    print(f"{config.source}: ok ({len(config.feeds)} feeds)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from cli.demo import demo
+
+    return demo(args.duration, args.rate)
+
+
+def cmd_sim(args) -> int:
+    from sim.cli import main as sim_main
+
+    return sim_main(args.sim_args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="marketfeed", description="Exchange WebSocket feeds into QuestDB.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="TOML config file (default: %(default)s)")
+        return sp
+
+    with_config(sub.add_parser("run", help="run the service in the foreground")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(func=cmd_check_config)
+    demo = sub.add_parser("demo", help="local QuestDB + exchange simulator + the service")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=50.0, help="simulated trades per second per symbol")
+    demo.set_defaults(func=cmd_demo)
+    sim = sub.add_parser("sim", help="run the exchange simulator standalone", add_help=False)
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=cmd_sim)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Configuration: schema, loader (TOML file + MARKETFEED_* environment overrides), shipped files."""

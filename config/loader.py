@@ -1,0 +1,164 @@
+"""Load and validate the TOML config; every problem is reported at once, naming file and key.
+
+Environment overrides: MARKETFEED_<SECTION>__<KEY>=value, e.g. MARKETFEED_QUESTDB__CONF=...
+(values are parsed as TOML scalars when they parse, else taken as strings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+
+from config.schema import Config, FeedConfig
+
+ENV_PREFIX = "MARKETFEED_"
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("feeds", "source")}
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    source = str(path) if path else "<defaults>"
+    raw: dict = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError([f"{source}: file not found"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    _apply_env(raw, env)
+    return from_dict(raw, source)
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> Config:
+    problems: list[str] = []
+    hints = typing.get_type_hints(Config)
+    built: dict = {"source": source}
+    for key, value in raw.items():
+        if key == "feeds":
+            continue
+        if key not in SECTIONS:
+            problems.append(f"{source}: unknown section [{key}]")
+        elif not isinstance(value, dict):
+            problems.append(f"{source}: [{key}] must be a table")
+        else:
+            built[key] = _build(hints[key], value, f"{key}", source, problems)
+    feeds = raw.get("feeds", [])
+    if not isinstance(feeds, list):
+        problems.append(f"{source}: feeds must be an array of tables ([[feeds]])")
+        feeds = []
+    built_feeds = []
+    for i, feed in enumerate(feeds):
+        if not isinstance(feed, dict):
+            problems.append(f"{source}: feeds[{i}] must be a table")
+            continue
+        where = f"feeds[{i}]" if "name" not in feed else f"feeds[{i}] ({feed['name']})"
+        built_feed = _build(FeedConfig, feed, where, source, problems)
+        if built_feed is not None:
+            built_feeds.append(built_feed)
+    names = [f.name for f in built_feeds]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{source}: feeds: name {dup!r} is used twice")
+    for feed in built_feeds:
+        _check_feed(feed, source, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(feeds=tuple(built_feeds), **built)
+
+
+def _build(cls, values: dict, where: str, source: str, problems: list[str]):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    before = len(problems)
+    for key, value in values.items():
+        if key not in fields:
+            problems.append(f"{source}: {where}.{key}: unknown key")
+            continue
+        converted = _convert(hints[key], value)
+        if converted is _INVALID:
+            problems.append(f"{source}: {where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            continue
+        meta = fields[key].metadata
+        if meta.get("min") is not None and converted < meta["min"]:
+            problems.append(f"{source}: {where}.{key}: {converted!r} is below the minimum {meta['min']}")
+        elif meta.get("max") is not None and converted > meta["max"]:
+            problems.append(f"{source}: {where}.{key}: {converted!r} is above the maximum {meta['max']}")
+        elif meta.get("choices") and converted not in meta["choices"]:
+            problems.append(f"{source}: {where}.{key}: {converted!r} is not one of {', '.join(meta['choices'])}")
+        kwargs[key] = converted
+    for name, f in fields.items():
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in values:
+            problems.append(f"{source}: {where}.{name}: required key is missing")
+    if len(problems) > before:
+        return None
+    return cls(**kwargs)
+
+
+_INVALID = object()
+
+
+def _convert(hint, value):
+    if hint is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else _INVALID
+    if hint is str:
+        return value if isinstance(value, str) else _INVALID
+    if typing.get_origin(hint) is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list):
+            return _INVALID
+        items = [_convert(item, v) for v in value]
+        return _INVALID if any(i is _INVALID for i in items) else tuple(items)
+    return _INVALID
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _check_feed(feed: FeedConfig, source: str, problems: list[str]) -> None:
+    from feeds.base import protocol_class
+
+    where = f"{source}: feeds ({feed.name})"
+    try:
+        protocol_class(feed.exchange)
+    except ValueError:
+        problems.append(f"{where}.exchange: unknown exchange {feed.exchange!r}")
+    if not feed.symbols:
+        problems.append(f"{where}.symbols: at least one symbol is needed")
+    for key in ("url", *(() if not feed.rest_url else ("rest_url",))):
+        url = getattr(feed, key)
+        if not url.split("://", 1)[0] in ("ws", "wss", "http", "https"):
+            problems.append(f"{where}.{key}: {url!r} is not a ws://, wss://, http:// or https:// URL")
+    if feed.reconnect_max_s < feed.reconnect_min_s:
+        problems.append(f"{where}.reconnect_max_s: below reconnect_min_s")
+
+
+def _apply_env(raw: dict, env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if section not in SECTIONS:
+            continue
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        raw.setdefault(section, {})[key] = parsed

@@ -1,0 +1,77 @@
+"""The configuration schema: one frozen dataclass per TOML section, defaults included.
+
+Field metadata may carry `min`/`max` bounds and `choices`; the loader enforces them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def bounded(default, *, min=None, max=None, choices=None):  # noqa: A002 - reads like the TOML docs
+    return field(default=default, metadata={"min": min, "max": max, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    status_file: str = "var/status.json"  # health report, written atomically
+    pid_file: str = "var/marketfeed.pid"  # how `marketfeed health` finds the process
+    log_file: str = ""  # empty: stdout
+    log_level: str = bounded("info", choices=("debug", "info", "warning", "error"))
+    health_interval_s: float = bounded(300.0, min=1.0)
+    http_listen: str = "127.0.0.1:8766"  # empty: no HTTP endpoints
+    shutdown_timeout_s: float = bounded(15.0, min=1.0)
+
+
+@dataclass(frozen=True)
+class QuestDBConfig:
+    conf: str = "http::addr=127.0.0.1:9000;"  # questdb client configuration string
+    pg_dsn: str = "host=127.0.0.1 port=8812 user=admin password=quest dbname=qdb"
+    table_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    max_rows: int = bounded(10_000, min=1, max=1_000_000)  # flush when this many rows wait
+    flush_interval_s: float = bounded(0.25, min=0.001, max=60.0)  # …or when the oldest waited this long
+    retry_min_s: float = bounded(0.2, min=0.01)
+    retry_max_s: float = bounded(10.0, min=0.01)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    max_restarts: int = bounded(10, min=0)
+    within_s: float = bounded(60.0, min=0.1)
+    min_backoff_s: float = bounded(0.5, min=0.0)
+    max_backoff_s: float = bounded(30.0, min=0.0)
+    reset_after_s: float = bounded(60.0, min=0.0)  # a child up this long gets its backoff reset
+    liveness_interval_s: float = bounded(5.0, min=0.1)
+    liveness_timeout_s: float = bounded(5.0, min=0.1)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    name: str
+    exchange: str
+    url: str
+    symbols: tuple[str, ...]
+    rest_url: str = ""
+    channels: tuple[str, ...] = ("trade",)
+    alt_urls: tuple[str, ...] = ()
+    stale_after_s: float = bounded(30.0, min=0.1)  # no data frame for this long: reconnect
+    reconnect_min_s: float = bounded(0.5, min=0.0)
+    reconnect_max_s: float = bounded(30.0, min=0.0)
+    dedup_window_s: float = bounded(120.0, min=0.0)
+    dedup_max_entries: int = bounded(10_000, min=0)
+    batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…
+    batch_linger_s: float = bounded(0.005, min=0.0)  # …or once the oldest waited this long
+    backfill: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    service: ServiceConfig = ServiceConfig()
+    questdb: QuestDBConfig = QuestDBConfig()
+    sink: SinkConfig = SinkConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    feeds: tuple[FeedConfig, ...] = ()
+    source: str = ""  # the file it came from, for messages

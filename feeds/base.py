@@ -1,0 +1,117 @@
+"""The contract every exchange module fulfils: pure functions from config and bytes to rows.
+
+A protocol object knows the wire format of one exchange. It never touches a socket: the feed
+actor's reader thread hands it frames, and its backfill thread hands it REST bodies.
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from feeds.rows import Candle, Trade
+
+if TYPE_CHECKING:
+    from config.schema import FeedConfig
+
+
+class Control(enum.Enum):
+    """What a non-data frame meant. Only data frames reset the stale-feed watchdog."""
+
+    HEARTBEAT = "heartbeat"
+    SUBSCRIBED = "subscribed"
+    PONG = "pong"
+    INFO = "info"
+    RECONNECT = "reconnect"  # the server announced it will close (maintenance, 24 h cut)
+
+
+class MalformedFrame(Exception):
+    """A frame we cannot turn into rows; counted, logged with a sample, dropped."""
+
+    def __init__(self, reason: str, sample: bytes | str = b""):
+        super().__init__(reason)
+        self.reason = reason
+        self.sample = sample[:200] if sample else b""
+
+
+class SubscriptionRejected(Exception):
+    """The exchange refused a subscription (bad symbol, bad channel, bad key)."""
+
+
+class ParsedRows:
+    """Rows parsed from a burst of frames, by table; reused across frames to avoid allocations."""
+
+    __slots__ = ("trades", "candles", "live_candles")
+
+    def __init__(self) -> None:
+        self.trades: list[Trade] = []
+        self.candles: list[Candle] = []  # closed candles: every one must be stored
+        self.live_candles: list[Candle] = []  # in-progress candles: latest state wins
+
+    def __len__(self) -> int:
+        return len(self.trades) + len(self.candles) + len(self.live_candles)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Trade ids missing for one symbol: first..last inclusive (last None: up to the live stream)."""
+
+    symbol: str
+    first_id: int
+    last_id: int | None = None
+    since_ns: int = 0  # for exchanges without contiguous ids: the outage start
+
+
+class FeedProtocol:
+    """Base class of one exchange's protocol. Subclasses live in feeds/<exchange>.py as PROTOCOL."""
+
+    exchange: ClassVar[str]
+    contiguous_ids: ClassVar[bool] = False  # trade ids without holes: gaps are detectable
+    ping_message: ClassVar[str | None] = None  # application-level ping, if the protocol has one
+    ping_interval_s: ClassVar[float] = 0.0
+
+    def __init__(self, feed: FeedConfig):
+        self.feed = feed
+
+    def url(self, base: str) -> str:
+        """The WebSocket URL to open, given one of the configured base URLs."""
+        return base
+
+    def subscribe_messages(self) -> list[str]:
+        """Messages to send right after the connection opens (auth, subscribe)."""
+        return []
+
+    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        """Append the rows of one frame to `out`; return a Control for non-data frames.
+
+        Raises MalformedFrame for frames that cannot be understood.
+        """
+        raise NotImplementedError
+
+    def backfill_request(self, gap: Gap) -> HttpRequest | None:
+        """The first REST request that fetches the gap, or None if the exchange cannot backfill."""
+        return None
+
+    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+        """Rows from one REST page, and the gap still left to fetch (None when done)."""
+        raise NotImplementedError
+
+
+def protocol_class(exchange: str) -> type[FeedProtocol]:
+    """feeds/<exchange>.py defines PROTOCOL; a new exchange is one new file."""
+    try:
+        module = importlib.import_module(f"feeds.{exchange}")
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"unknown exchange {exchange!r}") from exc
+    return module.PROTOCOL
+
+
+def ms_to_ns(ms: int) -> int:
+    return ms * 1_000_000

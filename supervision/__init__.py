@@ -1,0 +1,1 @@
+"""Erlang/OTP-style supervision on pykka: child specs, strategies, restart intensity, backoff, breaker."""

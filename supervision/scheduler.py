@@ -1,0 +1,71 @@
+"""Timers for actors: pykka has none. One daemon thread tells actors their messages when due."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+
+import pykka
+
+log = logging.getLogger(__name__)
+
+
+class Timer:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def after(self, delay_s: float, ref: pykka.ActorRef, message: object) -> Timer:
+        return self._add(time.monotonic() + delay_s, None, ref, message)
+
+    def every(self, interval_s: float, ref: pykka.ActorRef, message: object) -> Timer:
+        return self._add(time.monotonic() + interval_s, interval_s, ref, message)
+
+    def _add(self, due: float, interval: float | None, ref, message) -> Timer:
+        timer = Timer()
+        with self._cond:
+            heapq.heappush(self._heap, (due, next(self._seq), interval, ref, message, timer))
+            self._cond.notify()
+        return timer
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                due, _, interval, ref, message, timer = heapq.heappop(self._heap)
+                if interval is not None and not timer.cancelled:
+                    heapq.heappush(self._heap, (max(due + interval, time.monotonic()), next(self._seq), interval, ref, message, timer))
+            if timer.cancelled:
+                continue
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                timer.cancel()
+
+
+_default: Scheduler | None = None
+_lock = threading.Lock()
+
+
+def scheduler() -> Scheduler:
+    global _default
+    with _lock:
+        if _default is None:
+            _default = Scheduler()
+        return _default

@@ -1,0 +1,99 @@
+"""The functional core: backoff, restart intensity, breaker, dedup window, sequence tracker, batcher."""
+import pytest
+
+from feeds.base import Gap
+from feeds.dedup import DedupWindow
+from feeds.rows import Trade
+from feeds.sequence import SequenceTracker
+from storage.batching import Batcher
+from supervision.backoff import Backoff, RestartIntensity
+from supervision.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+
+def trade(symbol: str, trade_id: int) -> Trade:
+    return Trade(trade_id * 1000, "binance", symbol, trade_id, 1.0, 1.0, "buy", 0)
+
+
+def test_backoff_grows_exponentially_to_the_cap_and_resets():
+    b = Backoff(0.5, 4.0, jitter=0.0)
+    assert [b.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next_delay() == 0.5
+
+
+def test_backoff_jitter_stays_within_bounds():
+    low = Backoff(1.0, 100.0, jitter=0.25, rng=lambda: 0.0)
+    high = Backoff(1.0, 100.0, jitter=0.25, rng=lambda: 0.999999)
+    assert low.next_delay() == pytest.approx(0.75)
+    assert high.next_delay() == pytest.approx(1.25, rel=1e-3)
+    capped = Backoff(1.0, 1.0, jitter=0.5, rng=lambda: 0.999)
+    assert capped.next_delay() <= 1.0
+
+
+def test_backoff_rejects_inverted_bounds():
+    with pytest.raises(ValueError):
+        Backoff(5.0, 1.0)
+
+
+def test_restart_intensity_is_a_sliding_window():
+    r = RestartIntensity(max_restarts=2, within_s=10.0)
+    assert r.record(0.0) and r.record(5.0)
+    assert not r.record(9.0)  # third within 10 s
+    r2 = RestartIntensity(max_restarts=2, within_s=10.0)
+    assert r2.record(0.0) and r2.record(5.0)
+    assert r2.record(10.5)  # the restart at 0.0 has slid out of the window
+    assert not r2.record(11.0)
+
+
+def test_breaker_opens_after_threshold_half_opens_after_cooldown():
+    b = CircuitBreaker(failure_threshold=3, reset_after_s=60.0)
+    for t in (0.0, 1.0):
+        b.failure(t)
+        assert b.state(t) == CLOSED
+    b.failure(2.0)
+    assert b.state(2.0) == OPEN and not b.allow(30.0)
+    assert b.state(62.0) == HALF_OPEN and b.allow(62.0)
+    b.failure(62.0)  # the trial failed: open again for a full cool-down
+    assert b.state(100.0) == OPEN and b.state(122.0) == HALF_OPEN
+    b.success()
+    assert b.state(122.0) == CLOSED and b.failures == 0
+
+
+def test_dedup_drops_repeats_within_the_window_only():
+    d = DedupWindow(window_s=10.0, max_entries=100)
+    assert d.fresh([trade("A", 1), trade("A", 2), trade("B", 1)], now=0.0) == [trade("A", 1), trade("A", 2), trade("B", 1)]
+    assert d.fresh([trade("A", 2), trade("A", 3)], now=1.0) == [trade("A", 3)]
+    assert d.dropped == 1
+    assert d.fresh([trade("A", 1)], now=20.0) == [trade("A", 1)]  # expired from the window
+
+
+def test_dedup_is_bounded_by_entries():
+    d = DedupWindow(window_s=1e9, max_entries=3)
+    d.fresh([trade("A", i) for i in range(10)], now=0.0)
+    assert len(d) == 3
+    assert d.fresh([trade("A", 9)], now=0.0) == []
+    assert d.fresh([trade("A", 0)], now=0.0) == [trade("A", 0)]
+
+
+def test_sequence_tracker_reports_gaps_per_symbol():
+    s = SequenceTracker()
+    assert s.observe([trade("A", 1), trade("A", 2), trade("B", 10)]) == []
+    assert s.observe([trade("A", 5), trade("B", 11), trade("A", 6)]) == [Gap("A", 3, 4)]
+    assert s.observe([trade("A", 4)]) == []  # a late id: not a gap, not a regression
+    assert s.last_ids == {"A": 6, "B": 11}
+
+
+def test_sequence_tracker_continues_from_remembered_ids():
+    s = SequenceTracker({"A": 100})
+    assert s.observe([trade("A", 104)]) == [Gap("A", 101, 103)]
+
+
+def test_batcher_flushes_on_size_or_age():
+    b = Batcher(max_rows=3, flush_interval_s=1.0)
+    assert not b.due(0.0)
+    b.add([1, 2], now=10.0)
+    assert b.deadline() == 11.0 and not b.due(10.5) and b.due(11.0)
+    b.add([3], now=10.6)
+    assert b.full() and b.due(10.6)
+    assert b.take(2) == [1, 2] and b.rows == [3]
+    assert b.take() == [3] and b.deadline() is None
