@@ -101,8 +101,8 @@ class Service:
         event(log, "service_stopped", exit_code=self.exit_code)
 
 
-def run(config: Config) -> int:
-    """`marketfeed run`: serve until SIGTERM/SIGINT or until the root supervisor gives up."""
+def run(config: Config, duration_s: float | None = None) -> int:
+    """`marketfeed run`: serve until SIGTERM/SIGINT, the root supervisor gives up, or duration_s passes."""
     logs.setup(config.service.log_level, config.service.log_file)
     faulthandler.enable(file=logs.stdout_stream(), all_threads=True)
     service = Service(config)
@@ -117,8 +117,10 @@ def run(config: Config) -> int:
     faulthandler.register(signal.SIGUSR2, file=logs.stdout_stream(), all_threads=True)
     try:
         service.start()
-        while not service.stop_requested.wait(1.0):
-            pass
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not service.stop_requested.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         service.shutdown()
     finally:
         if pid_file.read_text().strip() == str(os.getpid()):

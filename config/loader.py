@@ -12,6 +12,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 
+import orjson
+
 from config.schema import Config, FeedConfig
 
 ENV_PREFIX = "MARKETFEED_"
@@ -162,3 +164,26 @@ def _apply_env(raw: dict, env: Mapping[str, str]) -> None:
         except tomllib.TOMLDecodeError:
             parsed = value
         raw.setdefault(section, {})[key] = parsed
+
+
+def to_toml(raw: dict) -> str:
+    """Write a config dict (sections of scalars and lists, plus [[feeds]]) back as TOML."""
+    lines = []
+    for section, values in raw.items():
+        if section != "feeds":
+            lines += [f"[{section}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+    for feed in raw.get("feeds", []):
+        lines += ["[[feeds]]", *(f"{k} = {_toml_value(v)}" for k, v in feed.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")

@@ -1,0 +1,107 @@
+"""`marketfeed run` as a real child process: a generated config, its JSON log lines, its signals."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from config.loader import to_toml
+from tests.support.questdb import REPO
+
+
+def service_config(tmp_path: Path, questdb, table_prefix: str, feeds: list[dict], **sections) -> dict:
+    """A config for a test run: the session QuestDB, files under tmp_path, quick timings."""
+    config = {
+        "service": {"status_file": str(tmp_path / "status.json"), "pid_file": str(tmp_path / "marketfeed.pid"),
+                    "log_level": "info", "shutdown_timeout_s": 10.0, "http_listen": ""},
+        "questdb": {"conf": questdb.conf, "pg_dsn": questdb.pg_dsn, "table_prefix": table_prefix},
+        "sink": {"max_rows": 1000, "flush_interval_s": 0.1},
+        "supervisor": {"min_backoff_s": 0.1, "max_backoff_s": 1.0, "liveness_interval_s": 1.0},
+        "feeds": feeds,
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+class ServiceProcess:
+    """Runs `python -m cli.main run -c FILE`, collecting its log lines as they come."""
+
+    def __init__(self, config_path: Path, env: dict | None = None):
+        self.config_path = config_path
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "run", "-c", str(config_path)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls, tmp_path: Path, config: dict, env: dict | None = None) -> ServiceProcess:
+        path = tmp_path / "marketfeed.toml"
+        path.write_text(to_toml(config))
+        return cls(path, env)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self.raw.append(line)
+                try:
+                    self.lines.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    pass
+
+    def events(self, name: str) -> list[dict]:
+        with self._lock:
+            return [line for line in self.lines if line.get("event") == name]
+
+    def wait_event(self, name: str, timeout: float = 30.0, where=lambda line: True, after: int = 0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.events(name)[after:] if where(line)]
+            if found:
+                return found[0]
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                found = [line for line in self.events(name)[after:] if where(line)]
+                if found:
+                    return found[0]
+                raise AssertionError(f"process exited ({self.proc.returncode}) before {name!r}:\n{self.tail()}")
+            time.sleep(0.02)
+        raise AssertionError(f"no {name!r} log line within {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        with self._lock:
+            return "".join(self.raw[-n:])
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"process did not exit within {timeout}s:\n{self.tail()}") from None
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
