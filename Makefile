@@ -9,6 +9,7 @@ demo: venv
 
 test: venv
 	bin/questdb fetch >/dev/null
+	bin/test-deps
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: venv

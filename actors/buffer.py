@@ -1,8 +1,11 @@
-"""Buffer actor: one per table. Batches rows, flushes on size or time through its writer thread."""
+"""Buffer actor: one per table. Batches rows and hands each batch, in order, to its writer thread.
+
+The writer (storage/writer.py) writes, spools or dead-letters every batch and reports back; this
+actor keeps the counts, the flush timer and the high-water mark of rows in memory.
+"""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -10,7 +13,7 @@ import pykka
 
 from config.schema import Config
 from storage.batching import Batcher
-from storage.writer import FlushOutcome, FlushWorker
+from storage.writer import FlushWorker, SinkReport, spool_enabled
 from supervision.scheduler import scheduler
 from supervision.supervisor import ChildContext, Supervised
 from telemetry import metrics
@@ -33,20 +36,31 @@ class FlushDue:
 
 @dataclass(frozen=True)
 class FlushDone:
-    outcome: FlushOutcome
+    report: SinkReport
 
 
 class SinkDirectory:
-    """table → the current buffer actor, updated as buffer actors (re)start; read by feed actors."""
+    """table → the current buffer actor, updated as buffer actors (re)start; read by feed actors.
+
+    `paused(table)`: the table's spool is full under on_full = "pause_feeds"; feeds should stop
+    reading until it clears (the gap is then backfilled).
+    """
 
     def __init__(self) -> None:
         self._refs: dict = {}
+        self._paused: set[str] = set()
 
     def register(self, table: str, ref) -> None:
         self._refs[table] = ref
 
     def get(self, table: str):
         return self._refs.get(table)
+
+    def set_paused(self, table: str, paused: bool) -> None:
+        (self._paused.add if paused else self._paused.discard)(table)
+
+    def paused(self, table: str) -> bool:
+        return table in self._paused
 
 
 class BufferActor(Supervised):
@@ -55,38 +69,33 @@ class BufferActor(Supervised):
     def __init__(self, ctx: ChildContext | None, table: str, config: Config, directory: SinkDirectory):
         super().__init__(ctx)
         self.table, self.config, self.directory = table, config, directory
-        sink = config.sink
-        self.batcher = Batcher(sink.max_rows, sink.flush_interval_s)
+        self.batcher = Batcher(*config.sink.policy(table))
+        self.high_water = config.spool.high_water_rows
+        self.pause_on_full = config.spool.on_full == "pause_feeds"
         self.generation = 0
-        self.in_flight = 0  # rows handed to the writer and not yet acknowledged
-        self.rows_written = 0
+        self.in_flight = 0  # rows handed to the writer and not yet reported on
+        self.rows_written = self.rows_spooled = self.rows_dead_lettered = self.rows_dropped = 0
         self.failures = 0
-        self.rows_rejected = 0
         self.last_flush_at: float | None = None
         self.last_error = ""
+        self.sink = SinkReport(0)  # the writer's latest breaker and spool state
         self.worker: FlushWorker | None = None
-        self.idle = threading.Event()
         self.gauge = metrics.BUFFERED_ROWS.labels(table)
 
     def started(self) -> None:
-        q, sink = self.config.questdb, self.config.sink
-        self.worker = FlushWorker(self.table, q.conf, q.pg_dsn, q.table_prefix,
-                                  self._report_outcome,
-                                  sink.retry_min_s, sink.retry_max_s)
+        self.worker = FlushWorker(self.table, self.config, self._report)
         self.worker.start()
         self.directory.register(self.table, self.actor_ref)
 
-    def _report_outcome(self, outcome: FlushOutcome) -> None:
-        """Runs in the writer thread. After the actor stopped, outcomes only need logging."""
+    def _report(self, report: SinkReport) -> None:
+        """Runs in the writer thread. After the actor stopped, reports are only counted and logged."""
         try:
-            self.actor_ref.tell(FlushDone(outcome))
+            self.actor_ref.tell(FlushDone(report))
         except pykka.ActorDeadError:
-            if outcome.ok:
-                self.rows_written += len(outcome.rows)
-                metrics.ROWS_WRITTEN.labels(self.table).inc(len(outcome.rows))
-            else:
-                event(log, "rows_not_written", logging.ERROR, table=self.table, rows=len(outcome.rows),
-                      error=outcome.error[:300])
+            self._count(report)
+            if report.dropped:
+                event(log, "rows_not_written", logging.ERROR, table=self.table, rows=report.dropped,
+                      error=report.error)
 
     def handle(self, message: object) -> object:
         match message:
@@ -94,76 +103,88 @@ class BufferActor(Supervised):
                 was_empty = not self.batcher
                 self.batcher.add(rows, time.monotonic())
                 if self.batcher.full():
-                    self._flush()
+                    self._flush(everything=False)
                 elif was_empty and self.batcher:
-                    scheduler().after(self.config.sink.flush_interval_s, self.actor_ref, FlushDue(self.generation))
+                    scheduler().after(self.batcher.flush_interval_s, self.actor_ref, FlushDue(self.generation))
             case FlushDue(generation):
                 if generation == self.generation:
-                    self._flush()
-            case FlushDone(outcome):
-                self._flushed(outcome)
+                    self._flush(everything=True)
+            case FlushDone(report):
+                self._reported(report)
             case _:
                 return super().handle(message)
         self.gauge.set(len(self.batcher) + self.in_flight)
         return None
 
-    def _flush(self) -> None:
-        """Hand the waiting rows to the writer; one flush in flight at a time, the rest keeps batching."""
-        if self.in_flight or not self.batcher:
-            return
-        rows = self.batcher.take(self.config.sink.max_rows)
+    def _flush(self, everything: bool) -> None:
+        """Hand full batches (and on time, the rest) to the writer, each one HTTP request."""
+        max_rows = self.batcher.max_rows
+        while len(self.batcher) >= max_rows or (everything and self.batcher):
+            rows = self.batcher.take(max_rows)
+            # Above the high-water mark the writer spools instead of writing: memory stays bounded.
+            self.worker.submit(rows, overflow=self.in_flight >= self.high_water)
+            self.in_flight += len(rows)
         self.generation += 1
-        self.in_flight = len(rows)
-        self.worker.submit(rows)
-        if self.batcher:  # more than one batch waited: flush the rest as soon as this one is done
-            scheduler().after(0, self.actor_ref, FlushDue(self.generation))
+        if self.batcher:
+            delay = max(0.0, self.batcher.deadline() - time.monotonic())
+            scheduler().after(delay, self.actor_ref, FlushDue(self.generation))
 
-    def _flushed(self, outcome: FlushOutcome) -> None:
-        self.in_flight = 0
-        now = time.monotonic()
-        if outcome.ok:
-            n = len(outcome.rows)
-            self.rows_written += n
-            self.last_flush_at = now
-            metrics.ROWS_WRITTEN.labels(self.table).inc(n)
-            metrics.FLUSH_SECONDS.labels(self.table).observe(outcome.duration_s)
-            lag = time.time_ns() - outcome.rows[-1].ts_ns
-            metrics.INGEST_LAG.labels(self.table).observe(max(0.0, lag / 1e9))
-        else:
+    def _reported(self, report: SinkReport) -> None:
+        self.in_flight -= report.rows
+        self._count(report)
+        if report.written:
+            self.last_flush_at = time.monotonic()
+            metrics.FLUSH_SECONDS.labels(self.table).observe(report.duration_s)
+            metrics.INGEST_LAG.labels(self.table).observe(max(0.0, (time.time_ns() - report.last_ts_ns) / 1e9))
+        if report.error:
             self.failures += 1
-            self.last_error = outcome.error[:300]
+            self.last_error = report.error
             metrics.FLUSH_FAILURES.labels(self.table).inc()
-            self.rows_rejected += len(outcome.rows)
-            event(log, "flush_failed", logging.ERROR, table=self.table, rows=len(outcome.rows),
-                  bad_data=outcome.bad_data, error=self.last_error, sample=repr(outcome.rows[0])[:300])
-        if self.batcher.due(now):
-            self._flush()
-        elif self.batcher:
-            deadline = self.batcher.deadline()
-            scheduler().after(max(0.0, deadline - now), self.actor_ref, FlushDue(self.generation))
-        if not self.batcher and not self.in_flight:
-            self.idle.set()
+        self.sink = report
+        metrics.SPOOL_FULL.labels(self.table).set(int(report.spool_full))
+        self.directory.set_paused(self.table, self.pause_on_full and report.spool_full)
+
+    def _count(self, report: SinkReport) -> None:
+        self.rows_written += report.written
+        self.rows_spooled += report.spooled
+        self.rows_dead_lettered += report.dead_lettered
+        self.rows_dropped += report.dropped
+        for metric, n in ((metrics.ROWS_WRITTEN, report.written), (metrics.ROWS_SPOOLED, report.spooled),
+                          (metrics.ROWS_DEAD_LETTERED, report.dead_lettered), (metrics.ROWS_DROPPED, report.dropped)):
+            if n:
+                metric.labels(self.table).inc(n)
 
     def status(self) -> dict:
         now = time.monotonic()
+        sink = self.sink
         return {
             "table": self.table,
             "buffered_rows": len(self.batcher) + self.in_flight,
             "rows_written": self.rows_written,
             "last_flush_age_s": None if self.last_flush_at is None else round(now - self.last_flush_at, 3),
             "failures": self.failures,
-            "rows_rejected": self.rows_rejected,
             "last_error": self.last_error,
+            "breaker": sink.breaker,
+            "spool": "on" if spool_enabled(self.config) else "off",
+            "spool_bytes": sink.spool_bytes,
+            "spool_rows": sink.spool_rows,
+            "spool_full": sink.spool_full,
+            "rows_spooled": self.rows_spooled,
+            "rows_dead_lettered": self.rows_dead_lettered,
+            "rows_dropped": self.rows_dropped,
         }
 
     def stopping(self) -> None:
-        """Orderly stop: everything waiting is flushed before the actor ends (bounded by the deadline)."""
+        """Orderly stop: every waiting row is written or spooled before the actor ends (within the deadline)."""
         deadline = time.monotonic() + max(1.0, self.config.service.shutdown_timeout_s - 2.0)
         while self.batcher:
-            self.worker.submit(self.batcher.take(self.config.sink.max_rows))
+            rows = self.batcher.take(self.batcher.max_rows)
+            self.worker.submit(rows)
+            self.in_flight += len(rows)
         self.worker.stop(deadline)
         self.worker.join(max(0.0, deadline - time.monotonic()) + 1.0)
-        event(log, "buffer_stopped", table=self.table, rows_written=self.rows_written)
+        event(log, "buffer_stopped", table=self.table, rows_written=self.rows_written,
+              rows_spooled=self.rows_spooled, spool_rows=self.worker.spool.rows if self.worker.spool else 0)
 
     def stopping_after_crash(self) -> None:
         if self.worker is not None:

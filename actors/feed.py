@@ -17,7 +17,7 @@ from feeds.dedup import DedupWindow
 from feeds.sequence import SequenceTracker
 from supervision.backoff import Backoff
 from supervision.scheduler import scheduler
-from supervision.supervisor import ChildContext, Supervised
+from supervision.supervisor import ABNORMAL, ChildContext, Supervised
 from telemetry import metrics
 from telemetry.logs import event
 
@@ -98,6 +98,7 @@ class FeedActor(Supervised):
         self.last_ping_at = 0.0
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
         self.gaps = self.backfilled = 0
+        self.connect_failures = 0  # in a row; at feed.max_connect_failures the actor fails to its supervisor
         self.last_error = ""
         self.outbox: dict[str, list] = {}
         self.tick_timer = None
@@ -118,13 +119,16 @@ class FeedActor(Supervised):
     def stopping(self) -> None:
         self._release()
         self._deliver()  # hand whatever is held to the buffers before they stop
-        event(log, "feed_stopped", feed=self.feed.name, messages=self.messages)
+        event(log, "feed_stopped", feed=self.feed.name, messages=self.messages, data_messages=self.data_messages)
 
     def stopping_after_crash(self) -> None:
         self._release()
 
     def interrupt(self) -> None:
         self._release()
+
+    def owned_threads(self) -> list:
+        return [t for t in (self.reader, self.backfiller) if t is not None]
 
     def _release(self) -> None:
         if self.tick_timer is not None:
@@ -240,6 +244,10 @@ class FeedActor(Supervised):
         self.last_error = reason
         self.state = "retrying"
         self.connected_at = None
+        self.connect_failures = 0 if was_connected else self.connect_failures + 1
+        if self.feed.max_connect_failures and self.connect_failures >= self.feed.max_connect_failures:
+            self.exit(ABNORMAL, f"{self.connect_failures} connects in a row failed, the last: {reason}")
+            return
         delay = self.backoff.next_delay()
         event(log, "feed_disconnected", logging.WARNING, feed=self.feed.name, reason=reason,
               reconnect_in_s=round(delay, 3))

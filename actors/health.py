@@ -1,7 +1,9 @@
-"""Health actor: gathers a fresh report from every actor on request (SIGUSR1) and periodically.
+"""Health actor: gathers a fresh report from every actor on request (SIGUSR1), periodically, and on a
+short status tick that refreshes the status file, systemd's STATUS and its watchdog.
 
 Gathering asks every actor with a timeout, so it runs in a short-lived thread the actor owns;
-a silent actor is reported as unresponsive rather than stalling the report.
+a silent actor is reported as unresponsive rather than stalling the report. The alert rules run
+in the actor itself (they remember earlier reports).
 """
 from __future__ import annotations
 
@@ -19,17 +21,23 @@ import pykka
 from config.schema import Config
 from supervision.scheduler import scheduler
 from supervision.supervisor import ChildContext, GetChildren, GetStatus, Supervised, leaked_thread_count
-from telemetry.health_rules import evaluate
+from telemetry import metrics
+from telemetry.health_rules import OK, SEVERITY, AlertRules, summary
 from telemetry.logs import event
+from telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.health")
 
 ASK_TIMEOUT_S = 0.5
+# Which reports are logged, and which wins when several wait behind one gather.
+SIGNAL, PERIODIC, TICK = "signal", "periodic", "tick"
+RANK = {TICK: 0, PERIODIC: 1, SIGNAL: 2}
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 @dataclass(frozen=True)
 class HealthRequest:
-    reason: str = "signal"
+    reason: str = SIGNAL
 
 
 @dataclass(frozen=True)
@@ -37,31 +45,77 @@ class ReportReady:
     report: dict
 
 
+@dataclass(frozen=True)
+class UseConfig:
+    """A reloaded config: new alert thresholds and intervals."""
+
+    config: Config
+
+
+class HealthBoard:
+    """What outlives one health actor: the alert rules' memory and the latest report (read by HTTP)."""
+
+    def __init__(self, config: Config):
+        self.rules = AlertRules(config.alerts)
+        self._latest: tuple[dict, float] | None = None
+
+    def publish(self, report: dict) -> None:
+        self._latest = (report, time.monotonic())  # one reference swap: readers never see half a report
+
+    def latest(self) -> tuple[dict, float] | None:
+        return self._latest
+
+
 class HealthActor(Supervised):
     kind = "health"
 
-    def __init__(self, ctx: ChildContext | None, config: Config, started_at: float):
+    def __init__(self, ctx: ChildContext | None, config: Config, started_at: float,
+                 board: HealthBoard, notifier: Notifier):
         super().__init__(ctx)
         self.config, self.started_at = config, started_at
+        self.board, self.notifier = board, notifier
         self.process = psutil.Process()
         self.gathering = False
         self.pending_reason: str | None = None
         self.reports = 0
-        self.last_report: dict | None = None
-        self.timer = None
+        self.last_status: str | None = None
+        self.timers: list = []
 
     def started(self) -> None:
-        self.timer = scheduler().every(self.config.service.health_interval_s, self.actor_ref, HealthRequest("periodic"))
+        self.board.rules.thresholds = self.config.alerts
+        self._start_timers()
 
     def stopping(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self._cancel_timers()
+        # The final report. Health stops last (reverse start order): feeds and buffers are gone, no tree to walk.
+        self._publish(self.build_report(None, "shutdown"))
+
+    def stopping_after_crash(self) -> None:
+        self._cancel_timers()
+
+    def _start_timers(self) -> None:
+        self.timers = [
+            scheduler().every(self.config.service.health_interval_s, self.actor_ref, HealthRequest(PERIODIC)),
+            scheduler().every(self.tick_interval_s(), self.actor_ref, HealthRequest(TICK)),
+        ]
+
+    def _cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+    def tick_interval_s(self) -> float:
+        """Status refresh; at least twice per watchdog period, as sd_watchdog_enabled(3) advises."""
+        interval = self.config.service.status_interval_s
+        if self.notifier.watchdog_s:
+            interval = min(interval, self.notifier.watchdog_s / 2)
+        return interval
 
     def handle(self, message: object) -> object:
         match message:
             case HealthRequest(reason):
                 if self.gathering:
-                    self.pending_reason = reason  # one more report right after this one
+                    if self.pending_reason is None or RANK[reason] > RANK[self.pending_reason]:
+                        self.pending_reason = reason  # one more report right after this one
                 else:
                     self._gather(reason)
             case ReportReady(report):
@@ -70,6 +124,11 @@ class HealthActor(Supervised):
                 if self.pending_reason is not None:
                     reason, self.pending_reason = self.pending_reason, None
                     self._gather(reason)
+            case UseConfig(config):
+                self.config = config
+                self.board.rules.thresholds = config.alerts
+                self._cancel_timers()
+                self._start_timers()
             case _:
                 return super().handle(message)
         return None
@@ -81,26 +140,33 @@ class HealthActor(Supervised):
         self.gathering = True
         root = self.ctx.parent if self.ctx else None
         me = self.actor_ref
-        threading.Thread(target=lambda: me.tell(ReportReady(self.build_report(root, reason))),
-                         name="health-gather", daemon=True).start()
+
+        def gather() -> None:
+            try:
+                me.tell(ReportReady(self.build_report(root, reason)))
+            except pykka.ActorDeadError:
+                pass  # stopped meanwhile: nobody wants the report
+
+        threading.Thread(target=gather, name="health-gather", daemon=True).start()
 
     def build_report(self, root, reason: str) -> dict:
         """Runs in the gather thread: asks the tree, never this actor itself."""
+        gather_started_at = time.time()
         feeds, buffers, supervisors = {}, {}, {}
         if root is not None:
             self._walk(root, "root", feeds, buffers, supervisors)
-        report = {
+        return {
             "reason": reason,
+            "gather_started_at": gather_started_at,  # `marketfeed health` wants a report begun after its signal
             "generated_at": time.time(),
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "config": self.config.source,
             "feeds": feeds,
             "buffers": buffers,
             "supervisors": supervisors,
             "process": self._process(),
         }
-        report["status"], report["alerts"] = evaluate(report)
-        return report
 
     def _walk(self, ref, name: str, feeds: dict, buffers: dict, supervisors: dict) -> None:
         try:
@@ -123,7 +189,8 @@ class HealthActor(Supervised):
             try:
                 status = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except pykka.Timeout:
-                status = {"kind": "unknown", "state": "unresponsive"}
+                kind = "feed" if child_id.startswith("feed-") else "buffer" if child_id.startswith("buffer-") else "unknown"
+                status = {"kind": kind, "state": "unresponsive"}
             except Exception as exc:  # noqa: BLE001 - an actor that died while asked
                 status = {"kind": "unknown", "state": "dead", "last_error": repr(exc)}
             kind = status.pop("kind", "unknown")
@@ -136,16 +203,43 @@ class HealthActor(Supervised):
             return {
                 "rss_bytes": p.memory_info().rss,
                 "cpu_seconds": round(cpu.user + cpu.system, 2),
+                "cpu_percent": p.cpu_percent(interval=None),  # since the previous report
                 "threads": p.num_threads(),
                 "open_fds": p.num_fds(),
+                "uptime_s": round(time.time() - p.create_time(), 1),
                 "leaked_threads": leaked_thread_count(),
             }
 
     def _publish(self, report: dict) -> None:
+        status, alerts = self.board.rules.evaluate(report, time.monotonic())
+        report["status"], report["alerts"] = status, alerts
+        report["summary"] = summary(report)
         self.reports += 1
-        self.last_report = report
-        event(log, "health_report", logging.INFO, **report)
+        self.board.publish(report)
+        if report["reason"] != TICK:
+            event(log, "health_report", logging.INFO, **report)
+        if status != self.last_status:
+            event(log, "health_status_changed", logging.INFO if status == OK else logging.WARNING,
+                  status=status, previous=self.last_status, alerts=alerts)
+            self.last_status = status
         write_atomically(self.config.service.status_file, orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        export_gauges(report)
+        self.notifier.status(f"{status}: {report['summary']}")
+        if not any(a["cause"] == "actor_unresponsive" for a in alerts):
+            self.notifier.watchdog()  # a hung actor stops the pings: systemd restarts the service
+
+
+def export_gauges(report: dict) -> None:
+    """The report's verdict and the sink states it carries, as Prometheus gauges."""
+    metrics.HEALTH_STATUS.set(SEVERITY[report["status"]])
+    metrics.HEALTH_ALERTS.clear()
+    for alert in report["alerts"]:
+        metrics.HEALTH_ALERTS.labels(alert["cause"]).inc()
+    for table, buffer in report["buffers"].items():
+        if "spool_bytes" in buffer:
+            metrics.SPOOL_BYTES.labels(table).set(buffer["spool_bytes"])
+        if buffer.get("breaker") in BREAKER_VALUES:
+            metrics.BREAKER_STATE.labels(table).set(BREAKER_VALUES[buffer["breaker"]])
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -154,6 +248,4 @@ def write_atomically(path: str, data: bytes) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    os.replace(tmp, target)  # readers see the old report or the new one, never half of one

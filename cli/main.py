@@ -30,6 +30,29 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_health(args) -> int:
+    from cli.health import UNKNOWN, health
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:  # exit 2 would read as "critical" to a monitoring system
+        print(f"MARKETFEED UNKNOWN - {'; '.join(exc.problems)}")
+        return UNKNOWN
+    return health(config, args.json, args.timeout)
+
+
+def cmd_top(args) -> int:
+    from cli.top import top
+
+    return top(_config(args))
+
+
+def cmd_verify(args) -> int:
+    from cli.verify import run as verify
+
+    return verify(_config(args), args.since, args.json)
+
+
 def cmd_demo(args) -> int:
     from cli.demo import demo
 
@@ -52,6 +75,16 @@ def parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("run", help="run the service in the foreground")).set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(func=cmd_check_config)
+    health = with_config(sub.add_parser("health", help="ask the running service for a fresh health report "
+                                                       "(exit 0 ok, 1 degraded, 2 critical, 3 unknown)"))
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the report (default: %(default)s)")
+    health.set_defaults(func=cmd_health)
+    with_config(sub.add_parser("top", help="live terminal dashboard of the running service")).set_defaults(func=cmd_top)
+    verify = with_config(sub.add_parser("verify", help="duplicates and trade-id gaps in QuestDB (exit 1 if any)"))
+    verify.add_argument("--since", default=None, help="only rows from this time: ISO (2024-01-01T10:00Z) or 15m, 2h, 7d")
+    verify.add_argument("--json", action="store_true", help="print the findings as JSON")
+    verify.set_defaults(func=cmd_verify)
     demo = sub.add_parser("demo", help="local QuestDB + exchange simulator + the service")
     demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=50.0, help="simulated trades per second per symbol")

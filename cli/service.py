@@ -12,14 +12,21 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg2
+
 from actors.buffer import BufferActor, SinkDirectory
 from actors.feed import FeedActor, FeedMemory
-from actors.health import HealthActor, HealthRequest
-from config.schema import Config
+from actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
+from cli.reload import applied, plan
+from config.loader import ConfigError, load
+from config.schema import Config, FeedConfig
+from storage.recovery import last_trade_ids
 from storage.schema import TABLES
-from supervision.supervisor import ChildContext, ChildSpec, Supervisor
+from supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
 from telemetry import logs
+from telemetry.http import OpsServer
 from telemetry.logs import event
+from telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.service")
 
@@ -27,8 +34,13 @@ EXIT_OK, EXIT_GAVE_UP = 0, 1
 
 
 class Service:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, notifier: Notifier | None = None):
         self.config = config
+        self.notifier = notifier or Notifier(None)
+        self.board = HealthBoard(config)  # latest report and alert memory, across health actor restarts
+        self.feeds_ref = None
+        self.http: OpsServer | None = None
+        self.reload_requested = threading.Event()
         self.started_at = time.monotonic()
         self.sinks = SinkDirectory()
         self.memories: dict[str, FeedMemory] = {f.name: FeedMemory() for f in config.feeds}
@@ -46,7 +58,7 @@ class Service:
 
     def _health_spec(self) -> ChildSpec:
         def start(ctx: ChildContext):
-            self.health_ref = HealthActor.start(ctx, self.config, self.started_at)
+            self.health_ref = HealthActor.start(ctx, self.config, self.started_at, self.board, self.notifier)
             return self.health_ref
         return ChildSpec("health", start, shutdown_timeout_s=5.0)
 
@@ -60,21 +72,86 @@ class Service:
         return ChildSpec("sinks", lambda ctx: Supervisor.start(ctx, "sinks", buffers, **self._supervisor_options()),
                          shutdown_timeout_s=timeout * len(buffers) + 1, supervisor=True)
 
+    def _feed_child(self, f: FeedConfig) -> ChildSpec:
+        return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(ctx, f, self.sinks, self.memories[f.name]),
+                         shutdown_timeout_s=5.0)
+
     def _feed_spec(self) -> ChildSpec:
-        feeds = [
-            ChildSpec(f"feed-{f.name}",
-                      lambda ctx, f=f: FeedActor.start(ctx, f, self.sinks, self.memories[f.name]),
-                      shutdown_timeout_s=5.0)
-            for f in self.config.feeds
-        ]
-        return ChildSpec("feeds", lambda ctx: Supervisor.start(ctx, "feeds", feeds, **self._supervisor_options()),
-                         shutdown_timeout_s=5.0 * len(feeds) + 1, supervisor=True)
+        def start(ctx: ChildContext):
+            # The feeds of the current config: a restarted feed supervisor keeps what SIGHUP changed.
+            feeds = [self._feed_child(f) for f in self.config.feeds]
+            self.feeds_ref = Supervisor.start(ctx, "feeds", feeds, **self._supervisor_options())
+            return self.feeds_ref
+        return ChildSpec("feeds", start, shutdown_timeout_s=5.0 * max(1, len(self.config.feeds)) + 1, supervisor=True)
 
     def start(self) -> None:
+        self._recover_last_ids()
+        self._start_http()
         specs = [self._health_spec(), self._sink_spec(), self._feed_spec()]
-        self.root = Supervisor.start(None, "root", specs, on_give_up=self._give_up, **self._supervisor_options())
+        root = ChildSpec("root", lambda ctx: Supervisor.start(ctx, "root", specs, on_give_up=self._give_up,
+                                                              **self._supervisor_options()))
+        try:
+            self.root, _ = start_child(root, None)  # returns once the whole tree is up, in order
+        except StartFailed as exc:
+            self._give_up(str(exc))
+            return
         event(log, "service_started", pid=os.getpid(), feeds=[f.name for f in self.config.feeds],
               config=self.config.source)
+        self.notifier.ready(f"started: {len(self.config.feeds)} feeds")
+
+    def _recover_last_ids(self) -> None:
+        """Each feed's sequence starts where the stored history ends, so downtime shows as a gap to backfill."""
+        q = self.config.questdb
+        try:
+            stored = last_trade_ids(q.pg_dsn, q.table_prefix)
+        except psycopg2.Error as exc:  # QuestDB down at start: feeds start from the live stream
+            event(log, "last_ids_unavailable", logging.WARNING, error=str(exc).strip()[:300])
+            return
+        for f in self.config.feeds:
+            self.memories[f.name].last_ids.update(
+                {s: stored[(f.exchange, s)] for s in f.symbols if (f.exchange, s) in stored})
+        event(log, "last_ids_recovered", feeds={name: m.last_ids for name, m in self.memories.items()})
+
+    def _start_http(self) -> None:
+        listen = self.config.service.http_listen
+        if not listen:
+            return
+        try:
+            self.http = OpsServer(listen, self.board.latest, 3 * self.config.service.status_interval_s + 2.0).start()
+        except (OSError, ValueError) as exc:  # ingesting matters more than metrics: run on without HTTP
+            event(log, "http_unavailable", logging.ERROR, listen=listen, error=str(exc))
+            return
+        event(log, "http_listening", listen=listen, port=self.http.port)
+
+    def reload(self) -> None:
+        """SIGHUP: reopen the log file, then apply a valid new config feed by feed; an invalid one changes nothing."""
+        logs.reopen()
+        try:
+            new = load(self.config.source)
+        except ConfigError as exc:
+            event(log, "config_reload_rejected", logging.ERROR, config=self.config.source, problems=exc.problems)
+            return
+        change = plan(self.config, new)
+        self.config = applied(self.config, new)
+        logging.getLogger().setLevel(self.config.service.log_level.upper())
+        failed = {}
+        for name in change.removed:
+            self.memories.pop(name, None)
+        for f in new.feeds:
+            self.memories.setdefault(f.name, FeedMemory())
+        try:
+            for name in (*change.removed, *(f.name for f in change.changed)):
+                self.feeds_ref.ask(RemoveChild(f"feed-{name}"), timeout=30)
+            for f in (*change.changed, *change.added):
+                if error := self.feeds_ref.ask(AddChild(self._feed_child(f)), timeout=30):
+                    failed[f.name] = error
+        except Exception as exc:  # noqa: BLE001 - feed supervisor restarting: it starts from the new config
+            failed["feeds"] = repr(exc)
+        if self.health_ref is not None:
+            self.health_ref.tell(UseConfig(self.config))
+        event(log, "config_reloaded", logging.WARNING if failed else logging.INFO, config=self.config.source,
+              added=[f.name for f in change.added], removed=list(change.removed),
+              changed=[f.name for f in change.changed], restart_needed=list(change.restart_needed), failed=failed)
 
     def _give_up(self, reason: str) -> None:
         event(log, "service_give_up", logging.CRITICAL, reason=reason)
@@ -93,19 +170,28 @@ class Service:
         if self.root is None:
             return
         event(log, "service_stopping", exit_code=self.exit_code)
+        self.notifier.stopping()
         try:
             self.root.stop(block=True, timeout=self.config.service.shutdown_timeout_s * 3)
         except Exception:  # noqa: BLE001 - over time: exit anyway, abandoned threads are daemons
             log.exception("shutdown timed out")
         self.root = None
+        if self.http is not None:
+            self.http.stop()
         event(log, "service_stopped", exit_code=self.exit_code)
+
+
+def _stacks_to_log() -> None:
+    """Every thread's stack goes to the log on a fatal signal (systemd's watchdog aborts) and on SIGUSR2."""
+    faulthandler.enable(file=logs.stdout_stream(), all_threads=True)
+    faulthandler.register(signal.SIGUSR2, file=logs.stdout_stream(), all_threads=True)
 
 
 def run(config: Config, duration_s: float | None = None) -> int:
     """`marketfeed run`: serve until SIGTERM/SIGINT, the root supervisor gives up, or duration_s passes."""
     logs.setup(config.service.log_level, config.service.log_file)
-    faulthandler.enable(file=logs.stdout_stream(), all_threads=True)
-    service = Service(config)
+    _stacks_to_log()
+    service = Service(config, Notifier.from_env())
     pid_file = Path(config.service.pid_file)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")
@@ -113,14 +199,17 @@ def run(config: Config, duration_s: float | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: service.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: service.stop_requested.set())
     signal.signal(signal.SIGUSR1, lambda *_: service.request_health("signal"))
-    signal.signal(signal.SIGHUP, lambda *_: logs.reopen())
-    faulthandler.register(signal.SIGUSR2, file=logs.stdout_stream(), all_threads=True)
+    signal.signal(signal.SIGHUP, lambda *_: service.reload_requested.set())
     try:
         service.start()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not service.stop_requested.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))):
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if service.reload_requested.is_set():
+                service.reload_requested.clear()
+                service.reload()
+                _stacks_to_log()  # the log file may have been reopened
         service.shutdown()
     finally:
         if pid_file.read_text().strip() == str(os.getpid()):

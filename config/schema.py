@@ -19,6 +19,7 @@ class ServiceConfig:
     log_level: str = bounded("info", choices=("debug", "info", "warning", "error"))
     health_interval_s: float = bounded(300.0, min=1.0)
     http_listen: str = "127.0.0.1:8766"  # empty: no HTTP endpoints
+    status_interval_s: float = bounded(2.0, min=0.1)  # status file, sd_notify STATUS and watchdog refresh
     shutdown_timeout_s: float = bounded(15.0, min=1.0)
 
 
@@ -35,6 +36,29 @@ class SinkConfig:
     flush_interval_s: float = bounded(0.25, min=0.001, max=60.0)  # …or when the oldest waited this long
     retry_min_s: float = bounded(0.2, min=0.01)
     retry_max_s: float = bounded(10.0, min=0.01)
+    candles_max_rows: int = bounded(0, min=0, max=1_000_000)  # 0: as max_rows (per-table override)
+    candles_flush_interval_s: float = bounded(0.0, min=0.0, max=60.0)  # 0: as flush_interval_s
+    breaker_failures: int = bounded(5, min=1)  # consecutive failed flushes that open the circuit breaker
+    breaker_reset_s: float = bounded(30.0, min=0.0)  # open → half-open (one trial flush) after this long
+    dead_letter_dir: str = "var/deadletter"  # rows QuestDB rejects: <dir>/<table>.jsonl, one JSON line each
+
+    def policy(self, table: str) -> tuple[int, float]:
+        """(max_rows, flush_interval_s) of one table."""
+        if table == "candles":
+            return (self.candles_max_rows or self.max_rows, self.candles_flush_interval_s or self.flush_interval_s)
+        return self.max_rows, self.flush_interval_s
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """On-disk spool of a buffer actor: where batches wait while QuestDB is unreachable (README, failure behaviour)."""
+
+    enabled: bool = True  # steps aside by itself when questdb.conf sets the client's own sf_dir
+    dir: str = "var/spool"  # one subdirectory per table, one file per batch
+    max_bytes: int = bounded(1 << 30, min=1 << 16)  # per table; full spool = critical health
+    high_water_rows: int = bounded(100_000, min=1)  # rows in memory per table above which batches are spooled
+    fsync: str = bounded("batch", choices=("batch", "never"))  # batch: fsync every spooled batch before it counts
+    on_full: str = bounded("drop_oldest", choices=("drop_oldest", "pause_feeds"))
 
 
 @dataclass(frozen=True)
@@ -60,6 +84,7 @@ class FeedConfig:
     stale_after_s: float = bounded(30.0, min=0.1)  # no data frame for this long: reconnect
     reconnect_min_s: float = bounded(0.5, min=0.0)
     reconnect_max_s: float = bounded(30.0, min=0.0)
+    max_connect_failures: int = bounded(0, min=0)  # this many failed connects in a row: the feed actor fails (0: never)
     dedup_window_s: float = bounded(120.0, min=0.0)
     dedup_max_entries: int = bounded(10_000, min=0)
     batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…
@@ -68,10 +93,24 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class AlertConfig:
+    """Thresholds of the health rules (telemetry/health_rules.py); defaults from the service's history."""
+
+    feed_disconnected_s: float = bounded(120.0, min=0.0)  # a feed not connected for longer: degraded
+    no_data_s: float = bounded(300.0, min=0.0)  # no data frame for longer: degraded
+    buffered_rows: int = bounded(1000, min=0)  # more rows waiting in a buffer: degraded
+    errors_per_minute: int = bounded(10, min=0)  # more errors (reconnects, malformed, flush failures) in 60 s
+    rss_mb: float = bounded(500.0, min=1.0)  # resident memory above this: degraded
+    sink_stalled_s: float = bounded(60.0, min=0.0)  # rows waiting and no successful flush for longer: critical
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = ServiceConfig()
     questdb: QuestDBConfig = QuestDBConfig()
     sink: SinkConfig = SinkConfig()
+    spool: SpoolConfig = SpoolConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    alerts: AlertConfig = AlertConfig()
     feeds: tuple[FeedConfig, ...] = ()
     source: str = ""  # the file it came from, for messages

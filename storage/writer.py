@@ -1,10 +1,18 @@
-"""The blocking half of a buffer actor: a thread that owns the questdb Sender and flushes batches.
+"""The blocking half of a buffer actor: a thread that owns the questdb Sender, the spool and the dead letters.
 
-The buffer actor hands it one batch at a time and is told the outcome; retryable failures are
-retried here with backoff (the actor's inbox stays free), bad data is reported, never retried.
+The buffer actor hands it batches in order; for each it tells the actor what became of the rows.
+- QuestDB takes the batch (one transactional HTTP request): written.
+- QuestDB refuses it as bad data: the batch is split in halves until the refused rows stand alone;
+  those go to the dead-letter file, the rest is written.
+- QuestDB cannot be reached (transport error, 5xx): the circuit breaker counts a failure and the
+  batch goes to the spool; while the spool holds anything, new batches queue behind it there, and
+  the spool is replayed oldest first, with backoff, whenever the breaker allows a trial.
+- Without a spool (disabled, or the client's own store-and-forward is configured), the batch is
+  retried in place with backoff and the breaker, as long as the service runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -15,103 +23,260 @@ from dataclasses import dataclass
 import psycopg2
 from questdb import QuestDBError, Sender
 
+from config.schema import Config
+from feeds.rows import Candle, Trade
+from storage.deadletter import DeadLetters
 from storage.schema import APPEND, create_tables, table_name
+from storage.spool import Spool, SpoolFull
 from supervision.backoff import Backoff
+from supervision.breaker import CircuitBreaker
 from telemetry.logs import event
 
 log = logging.getLogger("marketfeed.sink")
 
+ROW_TYPE = {"trades": Trade, "candles": Candle}
+QWP_ACK_TIMEOUT_MS = 10_000  # QWP without store-and-forward: a batch counts once the server acked it
+
+
+class Unavailable(Exception):
+    """QuestDB could not take the batch now; retrying later can help."""
+
+
+class BadData(Exception):
+    """QuestDB refused the rows themselves; retrying cannot help."""
+
 
 @dataclass(frozen=True)
-class FlushOutcome:
-    rows: list
-    ok: bool
-    duration_s: float
-    attempts: int
+class SinkReport:
+    """What became of one batch the actor submitted (rows > 0), or of one replay attempt (rows == 0)."""
+
+    rows: int  # rows of the submitted batch now off the actor's hands
+    written: int = 0  # acknowledged by QuestDB (this batch, or replayed from the spool)
+    spooled: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0  # lost: the spool was full, or no spool and shutdown ran out of time
+    duration_s: float = 0.0  # of the successful write
+    last_ts_ns: int = 0  # event time of the newest row written, for the ingestion-lag metric
     error: str = ""
-    bad_data: bool = False  # QuestDB rejected the rows themselves: retrying cannot help
+    breaker: str = "closed"
+    spool_bytes: int = 0
+    spool_rows: int = 0
+    spool_full: bool = False
+
+
+def transport(conf: str) -> str:
+    """The questdb client transport a config string selects: http, https, tcp, tcps, ws, wss, …"""
+    return conf.split("::", 1)[0].strip().lower()
+
+
+def is_qwp(conf: str) -> bool:
+    return transport(conf) in ("ws", "wss", "qwpws", "qwpwss")
+
+
+def conf_keys(conf: str) -> set[str]:
+    return {part.split("=", 1)[0].strip() for part in conf.split("::", 1)[-1].split(";") if "=" in part}
+
+
+def client_store_and_forward(conf: str) -> bool:
+    """The client keeps unacknowledged batches on disk itself (QWP with sf_dir): our spool steps aside."""
+    return is_qwp(conf) and "sf_dir" in conf_keys(conf)
+
+
+def spool_enabled(config: Config) -> bool:
+    return config.spool.enabled and not client_store_and_forward(config.questdb.conf)
 
 
 def sender_conf(conf: str) -> str:
     """The user's client config plus what this writer relies on (explicit flushes only)."""
+    keys = conf_keys(conf)
     conf = conf if conf.endswith(";") else conf + ";"
-    if "auto_flush=" not in conf:
+    if "auto_flush" not in keys:
         conf += "auto_flush=off;"
-    if "protocol_version=" not in conf and conf.startswith("http"):
-        conf += "protocol_version=2;"  # no version probe at connect: QuestDB may be down then
-    if "retry_timeout=" not in conf:
-        conf += "retry_timeout=0;"  # retries are ours, with backoff, so a stop can interrupt them
+    if transport(conf) in ("http", "https"):
+        if "protocol_version" not in keys:
+            conf += "protocol_version=2;"  # no version probe at connect: QuestDB may be down then
+        if "retry_timeout" not in keys:
+            conf += "retry_timeout=0;"  # retries are ours, with backoff and the breaker, so a stop can interrupt them
     return conf
 
 
 def is_bad_data(exc: QuestDBError) -> bool:
+    """Refused rows (HTTP 400 "invalid", parse and cast errors) as opposed to QuestDB being unavailable."""
     text = str(exc)
     return '"code":"invalid"' in text or "failed to parse" in text or getattr(exc.code, "name", "") in (
         "InvalidName", "InvalidUtf8", "InvalidTimestamp", "BadDataFrame", "ServerSchemaMismatch", "ServerParseError")
 
 
+def isolate_bad_rows(rows: list, write: Callable[[list], None]) -> list[tuple[object, str]]:
+    """Write `rows`; when refused as bad data, split in halves until each refused row stands alone.
+
+    Returns the refused rows with their errors; everything else was written. Unavailable propagates:
+    halves already written are written again on retry, which DEDUP keys make harmless.
+    """
+    try:
+        write(rows)
+        return []
+    except BadData as exc:
+        if len(rows) == 1:
+            return [(rows[0], str(exc))]
+        middle = len(rows) // 2
+        return isolate_bad_rows(rows[:middle], write) + isolate_bad_rows(rows[middle:], write)
+
+
 class FlushWorker(threading.Thread):
-    def __init__(
-        self,
-        table: str,
-        conf: str,
-        pg_dsn: str,
-        prefix: str,
-        report: Callable[[FlushOutcome], None],
-        retry_min_s: float,
-        retry_max_s: float,
-    ):
-        super().__init__(name=f"flush-{prefix}{table}", daemon=True)
-        self.table, self.name_in_db = table, table_name(prefix, table)
-        self.conf, self.pg_dsn, self.prefix = sender_conf(conf), pg_dsn, prefix
+    def __init__(self, table: str, config: Config, report: Callable[[SinkReport], None]):
+        q, sink, spool = config.questdb, config.sink, config.spool
+        super().__init__(name=f"flush-{q.table_prefix}{table}", daemon=True)
+        self.table, self.name_in_db = table, table_name(q.table_prefix, table)
+        self.conf, self.pg_dsn, self.prefix = sender_conf(q.conf), q.pg_dsn, q.table_prefix
+        self.qwp, self.client_sf = is_qwp(q.conf), client_store_and_forward(q.conf)
         self.report = report
-        self.backoff = Backoff(retry_min_s, retry_max_s)
-        self.batches: queue.Queue[list | None] = queue.Queue()
+        self.backoff = Backoff(sink.retry_min_s, sink.retry_max_s)
+        self.breaker = CircuitBreaker(sink.breaker_failures, sink.breaker_reset_s)
+        self.dead_letters = DeadLetters(sink.dead_letter_dir, self.name_in_db)
+        self.spool = (Spool(f"{spool.dir}/{self.name_in_db}", spool.max_bytes, spool.fsync == "batch")
+                      if spool_enabled(config) else None)
+        self.drop_oldest = spool.on_full == "drop_oldest"
+        self.spool_full = False
+        self.batches: queue.Queue[tuple[list, bool] | None] = queue.Queue()
         self.stopping = threading.Event()
-        self.give_up_at: float | None = None  # set on shutdown: retries end at this time
+        self.give_up_at: float | None = None  # set on shutdown: in-place retries end at this time
+        self.next_trial = 0.0  # monotonic time of the next spool replay attempt
         self.tables_ready = False
         self.sender: Sender | None = None
 
-    def submit(self, rows: list) -> None:
-        self.batches.put(rows)
+    # --- the actor's side
+    def submit(self, rows: list, overflow: bool = False) -> None:
+        """Queue a batch; `overflow`: the actor's memory passed its high-water mark, spool it if we can."""
+        self.batches.put((rows, overflow))
 
     def stop(self, deadline: float) -> None:
-        """Finish what is queued, retrying until `deadline` (monotonic) at the latest."""
+        """Finish what is queued (written or spooled), retrying in place until `deadline` at the latest."""
         self.give_up_at = deadline
         self.batches.put(None)
         self.stopping.set()
 
+    # --- the thread
     def run(self) -> None:
         try:
-            while (rows := self.batches.get()) is not None:
-                self.report(self._flush(rows))
+            while True:
+                wait = self._replay_wait()
+                try:  # new batches first: they join the spool's tail, so memory stays bounded during a replay
+                    item = self.batches.get_nowait() if wait == 0.0 else self.batches.get(timeout=wait)
+                except queue.Empty:
+                    if wait == 0.0:
+                        self._replay_oldest()
+                    continue
+                if item is None:
+                    break
+                self._accept(*item)
         finally:
-            if self.sender is not None:
-                self.sender.close()
+            self._close_sender()
 
-    def _flush(self, rows: list) -> FlushOutcome:
-        started, attempts = time.monotonic(), 0
+    def _replay_wait(self) -> float | None:
+        """0: replay now; seconds until the next replay trial; None: nothing to replay."""
+        if self.spool is None or not len(self.spool) or self.stopping.is_set():
+            return None
+        now = time.monotonic()
+        return max(self.next_trial - now, self.breaker.seconds_until_trial(now), 0.0)
+
+    def _accept(self, rows: list, overflow: bool) -> None:
+        if self.spool is not None and (len(self.spool) or overflow or not self.breaker.allow(time.monotonic())):
+            self._report(SinkReport(len(rows), **self._to_spool(rows)))  # behind what waits: order is kept
+            return
+        if self.spool is None:
+            self._report(self._write_retrying(rows))
+            return
+        try:
+            self._report(SinkReport(len(rows), **self._write(rows)))
+        except Unavailable as exc:
+            self._failed(exc)
+            self._report(SinkReport(len(rows), error=str(exc)[:300], **self._to_spool(rows)))
+
+    def _replay_oldest(self) -> None:
+        rows = self.spool.oldest(ROW_TYPE[self.table])
+        try:
+            outcome = self._write(rows)
+        except Unavailable as exc:
+            self._failed(exc)
+            self.next_trial = time.monotonic() + self.backoff.next_delay()
+            self._report(SinkReport(0, error=str(exc)[:300]))
+            return
+        self.spool.remove_oldest()
+        self.spool_full = False
+        self._report(SinkReport(0, **outcome))
+
+    def _write_retrying(self, rows: list) -> SinkReport:
+        """No spool: keep the batch and retry in place until it lands or shutdown runs out of time."""
         while True:
-            attempts += 1
             try:
-                self._ensure_ready()
-                buffer = self.sender.new_buffer()
-                APPEND[self.table](buffer, self.name_in_db, rows)
+                return SinkReport(len(rows), **self._write(rows))
+            except Unavailable as exc:
+                self._failed(exc)
+                now = time.monotonic()
+                delay = max(self.backoff.next_delay(), self.breaker.seconds_until_trial(now))
+                if self.give_up_at is not None and now + delay > self.give_up_at:
+                    return SinkReport(len(rows), dropped=len(rows), error=str(exc)[:300])
+                self._report(SinkReport(0, error=str(exc)[:300]))
+                self.stopping.wait(delay) if self.give_up_at is None else time.sleep(delay)
+
+    def _failed(self, exc: Unavailable) -> None:
+        self.breaker.failure(time.monotonic())
+        self._close_sender()  # a fresh connection next time
+        event(log, "flush_failed", logging.WARNING, table=self.name_in_db, error=str(exc)[:300],
+              breaker=self.breaker.state(time.monotonic()), consecutive_failures=self.breaker.failures)
+
+    def _to_spool(self, rows: list) -> dict:
+        dropped = 0
+        while True:
+            try:
+                self.spool.append(rows)
+                return {"spooled": len(rows), "dropped": dropped}
+            except SpoolFull as exc:
+                self.spool_full = True
+                if not self.drop_oldest or not len(self.spool):
+                    event(log, "spool_full", logging.CRITICAL, table=self.name_in_db, dropped_rows=len(rows),
+                          policy="pause_feeds" if not self.drop_oldest else "drop_oldest", error=str(exc))
+                    return {"dropped": dropped + len(rows)}
+                removed = self.spool.remove_oldest()
+                dropped += removed
+                event(log, "spool_full", logging.CRITICAL, table=self.name_in_db, dropped_rows=removed,
+                      policy="drop_oldest")
+
+    # --- one write: encode, one transactional request, bad rows isolated
+    def _write(self, rows: list) -> dict:
+        """Written and dead-lettered row counts; raises Unavailable."""
+        started = time.monotonic()
+        rejected = isolate_bad_rows(rows, self._flush)
+        if rejected:
+            self.dead_letters.write(rejected)
+            event(log, "rows_dead_lettered", logging.ERROR, table=self.name_in_db, rows=len(rejected),
+                  file=str(self.dead_letters.path), error=rejected[0][1][:300], sample=repr(rejected[0][0])[:300])
+        self.breaker.success()
+        self.backoff.reset()
+        written = len(rows) - len(rejected)
+        return {"written": written, "dead_lettered": len(rejected), "duration_s": time.monotonic() - started,
+                "last_ts_ns": rows[-1].ts_ns if written else 0}
+
+    def _flush(self, rows: list) -> None:
+        """One request carrying `rows`. Raises BadData or Unavailable."""
+        try:
+            self._ensure_ready()
+            buffer = self.sender.new_buffer()
+            refused = APPEND[self.table](buffer, self.name_in_db, rows)
+            if refused:  # the client itself refused to encode a row (bad timestamp, bad name…)
+                raise BadData(refused[0])
+            if not self.qwp:
                 self.sender.flush(buffer, clear=False, transactional=True)
-                self.backoff.reset()
-                return FlushOutcome(rows, True, time.monotonic() - started, attempts)
-            except QuestDBError as exc:
-                if is_bad_data(exc):
-                    return FlushOutcome(rows, False, time.monotonic() - started, attempts, str(exc), bad_data=True)
-                error = str(exc)
-            except (psycopg2.Error, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            delay = self.backoff.next_delay()
-            event(log, "flush_retry", logging.WARNING, table=self.name_in_db, attempt=attempts,
-                  retry_in_s=round(delay, 3), error=error[:300])
-            if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
-                return FlushOutcome(rows, False, time.monotonic() - started, attempts, error)
-            self.stopping.wait(delay) if self.give_up_at is None else time.sleep(delay)
+            else:
+                fsn = self.sender.flush_and_keep_and_get_fsn(buffer)
+                # With sf_dir the frame is on disk in the client's store: the client delivers it.
+                if not self.client_sf and fsn is not None and not self.sender.await_acked_fsn(fsn, QWP_ACK_TIMEOUT_MS):
+                    raise Unavailable(f"QWP: no ack within {QWP_ACK_TIMEOUT_MS} ms")
+        except QuestDBError as exc:
+            raise (BadData if is_bad_data(exc) else Unavailable)(str(exc)) from None
+        except (psycopg2.Error, OSError) as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}") from None
 
     def _ensure_ready(self) -> None:
         if not self.tables_ready:
@@ -121,3 +286,17 @@ class FlushWorker(threading.Thread):
             sender = Sender.from_conf(self.conf)
             sender.establish()
             self.sender = sender
+
+    def _close_sender(self) -> None:
+        sender, self.sender = self.sender, None
+        if sender is not None:
+            try:
+                sender.close(flush=False)
+            except QuestDBError:
+                pass
+
+    def _report(self, report: SinkReport) -> None:
+        spool = self.spool
+        self.report(dataclasses.replace(
+            report, breaker=self.breaker.state(time.monotonic()), spool_full=self.spool_full,
+            spool_bytes=spool.bytes if spool is not None else 0, spool_rows=spool.rows if spool is not None else 0))

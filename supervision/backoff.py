@@ -36,6 +36,10 @@ class RestartIntensity:
     """OTP's MaxR/MaxT: more than max_restarts within a sliding window of within_s means give up."""
 
     def __init__(self, max_restarts: int, within_s: float):
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"restart intensity needs an integer max_restarts >= 0, got {max_restarts!r}")
+        if not within_s > 0:
+            raise ValueError(f"restart intensity needs within_s > 0, got {within_s!r}")
         self.max_restarts, self.within_s = max_restarts, within_s
         self._times: deque[float] = deque()
 

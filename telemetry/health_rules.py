@@ -1,29 +1,162 @@
-"""Overall health from a gathered report: pure rules, each alert naming its cause."""
+"""Overall health from a gathered report: pure rules, each alert naming its cause.
+
+`AlertRules` remembers what one report cannot show: since when a feed has been disconnected, and
+how many errors the last minute brought. It does no I/O; the health actor feeds it reports.
+"""
 from __future__ import annotations
+
+from collections import deque
+
+from config.schema import AlertConfig
 
 OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"
 SEVERITY = {OK: 0, DEGRADED: 1, CRITICAL: 2}
+ERROR_WINDOW_S = 60.0
+MB = 1024 * 1024
 
 
-def evaluate(report: dict) -> tuple[str, list[dict]]:
-    alerts: list[dict] = []
+def overall(alerts: list[dict]) -> str:
+    return max((a["level"] for a in alerts), key=SEVERITY.__getitem__, default=OK)
 
-    def alert(level: str, cause: str, **detail) -> None:
-        alerts.append({"level": level, "cause": cause, **detail})
 
+def error_counts(report: dict) -> dict[str, int]:
+    """Every error counter in a report, by where it comes from (each is monotonic within one actor)."""
+    counts = {}
     for name, feed in report.get("feeds", {}).items():
-        if feed.get("state") == "unresponsive":
-            alert(CRITICAL, "actor_unresponsive", feed=name)
-        elif feed.get("state") != "connected":
-            alert(DEGRADED, "feed_not_connected", feed=name, state=feed.get("state"), error=feed.get("last_error", ""))
+        counts[f"feed:{name}"] = feed.get("reconnects", 0) + feed.get("malformed", 0)
     for table, buffer in report.get("buffers", {}).items():
-        if buffer.get("state") == "unresponsive":
-            alert(CRITICAL, "actor_unresponsive", buffer=table)
-        elif buffer.get("last_error") and buffer.get("failures"):
-            alert(DEGRADED, "flush_failures", buffer=table, failures=buffer["failures"], error=buffer["last_error"])
-    for name, sup in report.get("supervisors", {}).items():
+        counts[f"buffer:{table}"] = buffer.get("failures", 0)
+    for sup_name, sup in report.get("supervisors", {}).items():
         for child, info in sup.get("children", {}).items():
-            if info.get("state") == "restarting":
-                alert(DEGRADED, "child_restarting", supervisor=name, child=child, error=info.get("last_failure", ""))
-    status = max((a["level"] for a in alerts), key=SEVERITY.__getitem__, default=OK)
-    return status, alerts
+            counts[f"child:{sup_name}/{child}"] = info.get("restarts", 0)
+    return counts
+
+
+class AlertRules:
+    def __init__(self, thresholds: AlertConfig):
+        self.thresholds = thresholds
+        self.disconnected_since: dict[str, float] = {}
+        self.error_samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def evaluate(self, report: dict, now: float) -> tuple[str, list[dict]]:
+        """(overall status, alerts) for a report gathered at `now` (seconds, any monotonic clock)."""
+        t = self.thresholds
+        alerts: list[dict] = []
+
+        def alert(level: str, cause: str, **detail) -> None:
+            alerts.append({"level": level, "cause": cause, **detail})
+
+        feeds = report.get("feeds", {})
+        for name in list(self.disconnected_since):
+            if feeds.get(name, {}).get("state") in ("connected", None):
+                del self.disconnected_since[name]
+        for name, feed in feeds.items():
+            state = feed.get("state")
+            if state in ("unresponsive", "dead"):
+                alert(CRITICAL, "actor_unresponsive", feed=name, state=state)
+                continue
+            if state != "connected":
+                since = self.disconnected_since.setdefault(name, now)
+                if now - since > t.feed_disconnected_s:
+                    alert(DEGRADED, "feed_disconnected", feed=name, state=state, for_s=round(now - since, 1),
+                          threshold_s=t.feed_disconnected_s, error=feed.get("last_error", ""))
+            age = feed.get("last_message_age_s")
+            if age is not None and age > t.no_data_s:
+                alert(DEGRADED, "no_data", feed=name, silent_s=age, threshold_s=t.no_data_s)
+            if feed.get("held_rows", 0) > t.buffered_rows:
+                alert(DEGRADED, "rows_waiting", feed=name, rows=feed["held_rows"], threshold=t.buffered_rows)
+
+        for table, buffer in report.get("buffers", {}).items():
+            state = buffer.get("state")
+            if state in ("unresponsive", "dead"):
+                alert(CRITICAL, "actor_unresponsive", buffer=table, state=state)
+                continue
+            waiting = buffer.get("buffered_rows", 0)
+            if buffer.get("breaker") == "open":
+                alert(CRITICAL, "breaker_open", buffer=table, error=buffer.get("last_error", ""))
+            flush_age = buffer.get("last_flush_age_s")
+            if flush_age is None:
+                flush_age = report.get("uptime_s", 0.0)  # never flushed: waiting since the start
+            if waiting and flush_age > t.sink_stalled_s:
+                alert(CRITICAL, "sink_stalled", buffer=table, rows=waiting, since_flush_s=flush_age,
+                      threshold_s=t.sink_stalled_s, error=buffer.get("last_error", ""))
+            if waiting > t.buffered_rows:
+                alert(DEGRADED, "rows_waiting", buffer=table, rows=waiting, threshold=t.buffered_rows)
+            if buffer.get("spool_full"):
+                alert(CRITICAL, "spool_full", buffer=table, spool_bytes=buffer.get("spool_bytes", 0),
+                      rows_dropped=buffer.get("rows_dropped", 0))
+            elif buffer.get("spool_bytes", 0) > 0:
+                alert(DEGRADED, "spool_in_use", buffer=table, spool_bytes=buffer["spool_bytes"])
+
+        for name, sup in report.get("supervisors", {}).items():
+            if sup.get("state") == "unresponsive":
+                alert(CRITICAL, "actor_unresponsive", supervisor=name)
+            for child, info in sup.get("children", {}).items():
+                if info.get("state") == "restarting":
+                    alert(DEGRADED, "child_restarting", supervisor=name, child=child,
+                          error=info.get("last_failure", ""))
+
+        errors = self._errors_last_minute(error_counts(report), now)
+        if errors > t.errors_per_minute:
+            alert(DEGRADED, "error_rate", errors_last_minute=errors, threshold=t.errors_per_minute)
+
+        rss = report.get("process", {}).get("rss_bytes", 0)
+        if rss > t.rss_mb * MB:
+            alert(DEGRADED, "memory_high", rss_mb=round(rss / MB, 1), threshold_mb=t.rss_mb)
+
+        return overall(alerts), alerts
+
+    def _errors_last_minute(self, counts: dict[str, int], now: float) -> int:
+        """Errors since the oldest sample within the window; a counter that went down (restarted actor)
+        counts from zero."""
+        samples = self.error_samples
+        while len(samples) > 1 and samples[1][0] <= now - ERROR_WINDOW_S:
+            samples.popleft()
+        base = samples[0][1] if samples else counts
+        samples.append((now, counts))
+        return sum(n - base.get(k, 0) if n >= base.get(k, 0) else n for k, n in counts.items())
+
+
+def liveness(report: dict | None, age_s: float, max_age_s: float) -> tuple[bool, str]:
+    """/health: the health actor publishes fresh reports and every actor answered it."""
+    if report is None:
+        return False, "no health report yet"
+    if age_s > max_age_s:
+        return False, f"last health report is {age_s:.1f}s old"
+    silent = [a for a in report.get("alerts", []) if a["cause"] == "actor_unresponsive"]
+    if silent:
+        return False, "unresponsive: " + ", ".join(_subject(a) for a in silent)
+    return True, "alive"
+
+
+def readiness(report: dict | None) -> tuple[bool, str]:
+    """/ready: every feed connected and every sink writable."""
+    if report is None:
+        return False, "no health report yet"
+    problems = [f"feed {name} is {feed.get('state')}" for name, feed in report.get("feeds", {}).items()
+                if feed.get("state") != "connected"]
+    problems += [f"sink {_subject(a)}: {a['cause']}" for a in report.get("alerts", [])
+                 if a["cause"] in ("breaker_open", "sink_stalled") or (a["cause"] == "actor_unresponsive" and "buffer" in a)]
+    if not report.get("buffers"):
+        problems.append("no sink running")
+    return (not problems), ("; ".join(problems) or "ready")
+
+
+def _subject(alert: dict) -> str:
+    for key in ("feed", "buffer", "supervisor", "child"):
+        if key in alert:
+            return f"{key} {alert[key]}"
+    return alert["cause"]
+
+
+def summary(report: dict) -> str:
+    """One line for people: systemd's STATUS=, the first line of `marketfeed health`."""
+    feeds = report.get("feeds", {})
+    connected = sum(1 for f in feeds.values() if f.get("state") == "connected")
+    written = sum(b.get("rows_written", 0) for b in report.get("buffers", {}).values())
+    text = f"{connected}/{len(feeds)} feeds connected, {written} rows written"
+    alerts = report.get("alerts", [])
+    if alerts:
+        text += "; " + ", ".join(f"{a['cause']} ({_subject(a)})" if _subject(a) != a["cause"] else a["cause"]
+                                 for a in alerts)
+    return text

@@ -26,6 +26,16 @@ INGEST_LAG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 BUFFERED_ROWS = Gauge("marketfeed_buffered_rows", "Rows waiting in a buffer actor", ["table"])
+ROWS_SPOOLED = Counter("marketfeed_rows_spooled_total", "Rows written to the on-disk spool", ["table"])
+ROWS_DEAD_LETTERED = Counter("marketfeed_rows_dead_lettered_total", "Rows QuestDB refused, kept in the dead-letter file", ["table"])
+ROWS_DROPPED = Counter("marketfeed_rows_dropped_total", "Rows lost because the spool was full (or absent at shutdown)", ["table"])
+SPOOL_FULL = Gauge("marketfeed_spool_full", "1 while a table's spool is full", ["table"])
 
 ACTOR_RESTARTS = Counter("marketfeed_actor_restarts_total", "Actor restarts by a supervisor", ["actor"])
 SUPERVISOR_GIVEUPS = Counter("marketfeed_supervisor_giveups_total", "Supervisors that exceeded restart intensity")
+LEAKED_THREADS = Gauge("marketfeed_leaked_threads", "Threads of abandoned (hung) actors still alive")
+
+SPOOL_BYTES = Gauge("marketfeed_spool_bytes", "Bytes of rows spooled to disk while QuestDB is unreachable", ["table"])
+BREAKER_STATE = Gauge("marketfeed_breaker_state", "Sink circuit breaker: 0 closed, 1 half-open, 2 open", ["table"])
+HEALTH_STATUS = Gauge("marketfeed_health_status", "Overall health: 0 ok, 1 degraded, 2 critical")
+HEALTH_ALERTS = Gauge("marketfeed_health_alerts", "Active health alerts by cause", ["cause"])

@@ -1,0 +1,51 @@
+"""`marketfeed verify [-c FILE] [--since T] [--json]`: duplicates and trade-id gaps in QuestDB.
+
+Exit 0: clean; 1: duplicates or gaps found; 2: QuestDB could not be asked (or a bad --since).
+"""
+from __future__ import annotations
+
+import sys
+
+import orjson
+import psycopg2
+
+from config.schema import Config
+from storage.verify import SeriesReport, as_dict, parse_since, verify
+
+EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+
+def run(config: Config, since: str | None, as_json: bool) -> int:
+    try:
+        cutoff = parse_since(since) if since else None
+        reports = verify(config.questdb.pg_dsn, config.questdb.table_prefix, cutoff)
+    except ValueError as exc:
+        print(f"verify: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg2.Error as exc:
+        print(f"verify: cannot query QuestDB ({config.questdb.pg_dsn.split(' password')[0]}): {exc}".strip(),
+              file=sys.stderr)
+        return EXIT_ERROR
+    clean = all(r.clean for r in reports)
+    if as_json:
+        body = {"clean": clean, "since": cutoff.isoformat() if cutoff else None, "series": [as_dict(r) for r in reports]}
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(reports))
+    return EXIT_CLEAN if clean else EXIT_FOUND
+
+
+def render(reports: list[SeriesReport]) -> str:
+    if not reports:
+        return "no rows stored"
+    header = ("table", "exchange", "symbol", "interval", "rows", "duplicates", "missing_ids")
+    lines = [header] + [(r.table, r.exchange, r.symbol, r.interval or "-", str(r.rows), str(r.duplicates),
+                         "-" if r.missing_ids is None else str(r.missing_ids)) for r in reports]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    for r in reports:
+        where = f"{r.table} {r.exchange} {r.symbol}"
+        out += [f"duplicate: {where} trade id {i}" for i in r.duplicate_ids]
+        out += [f"gap: {where} ids {a}..{b} ({b - a + 1} missing)" for a, b in r.gaps]
+    out.append("clean" if all(r.clean for r in reports) else "problems found")
+    return "\n".join(out)

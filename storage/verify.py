@@ -1,0 +1,116 @@
+"""What is stored, checked: per (table, exchange, symbol[, interval]) row count, duplicate keys, trade-id gaps.
+
+DEDUP UPSERT KEYS cannot catch everything: the same trade id stored under two timestamps is two
+keys to QuestDB and one trade to us. Gaps only mean something where the exchange numbers trades
+contiguously (the protocol says so); elsewhere they are reported as None.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import psycopg2
+
+from feeds.base import protocol_class
+from storage.schema import table_name
+
+SAMPLES = 10  # duplicate ids and gap ranges listed per series
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass
+class SeriesReport:
+    table: str
+    exchange: str
+    symbol: str
+    interval: str  # candles only
+    rows: int
+    duplicates: int  # rows beyond the first with the same key
+    missing_ids: int | None  # None: the exchange's ids are not contiguous, gaps cannot be told
+    first_id: int | None = None
+    last_id: int | None = None
+    duplicate_ids: list[int] = field(default_factory=list)  # samples
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # samples: first..last missing id
+
+    @property
+    def clean(self) -> bool:
+        return not self.duplicates and not self.missing_ids
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """'2024-01-01', '2024-01-01T10:00:00Z', or relative to now: '90s', '15m', '2h', '7d'."""
+    now = now or datetime.now(timezone.utc)
+    if m := _RELATIVE.match(text.strip()):
+        return now - timedelta(seconds=float(m[1]) * _UNIT_S[m[2]])
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since {text!r}: expected an ISO time (2024-01-01T10:00:00Z) or 15m, 2h, 7d") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def contiguous(exchange: str) -> bool:
+    try:
+        return protocol_class(exchange).contiguous_ids
+    except ValueError:
+        return False
+
+
+def verify(pg_dsn: str, prefix: str, since: datetime | None = None) -> list[SeriesReport]:
+    where = "" if since is None else f"WHERE ts >= '{since.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}'"
+    with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+        existing = _tables(cur)
+        reports = []
+        trades = table_name(prefix, "trades")
+        if trades in existing:
+            reports += _check_trades(cur, trades, where)
+        candles = table_name(prefix, "candles")
+        if candles in existing:
+            reports += _check_candles(cur, candles, where)
+    conn.close()
+    return reports
+
+
+def _tables(cur) -> set[str]:
+    cur.execute("SELECT table_name FROM tables()")
+    return {r[0] for r in cur.fetchall()}
+
+
+def _check_trades(cur, table: str, where: str) -> list[SeriesReport]:
+    cur.execute(f"""SELECT exchange, symbol, count(), count_distinct(trade_id), min(trade_id), max(trade_id)
+                    FROM {table} {where} ORDER BY exchange, symbol""")
+    reports = []
+    for exchange, symbol, rows, distinct, first, last in cur.fetchall():
+        missing = (last - first + 1 - distinct) if contiguous(exchange) else None
+        report = SeriesReport("trades", exchange, symbol, "", rows, rows - distinct, missing, first, last)
+        series = f"exchange = '{_quote(exchange)}' AND symbol = '{_quote(symbol)}'"
+        scope = f"{where} AND {series}" if where else f"WHERE {series}"
+        if report.duplicates:
+            cur.execute(f"""SELECT trade_id FROM (SELECT trade_id, count() n FROM {table} {scope})
+                            WHERE n > 1 ORDER BY trade_id LIMIT {SAMPLES}""")
+            report.duplicate_ids = [r[0] for r in cur.fetchall()]
+        if missing:
+            cur.execute(f"""SELECT previous + 1, trade_id - 1 FROM (
+                                SELECT trade_id, lag(trade_id) OVER (ORDER BY trade_id) previous
+                                FROM (SELECT DISTINCT trade_id FROM {table} {scope}))
+                            WHERE trade_id > previous + 1 ORDER BY trade_id LIMIT {SAMPLES}""")
+            report.gaps = [(a, b) for a, b in cur.fetchall()]
+        reports.append(report)
+    return reports
+
+
+def _check_candles(cur, table: str, where: str) -> list[SeriesReport]:
+    cur.execute(f"""SELECT exchange, symbol, interval, count(), count_distinct(ts)
+                    FROM {table} {where} ORDER BY exchange, symbol, interval""")
+    return [SeriesReport("candles", exchange, symbol, interval, rows, rows - distinct, None)
+            for exchange, symbol, interval, rows, distinct in cur.fetchall()]
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def as_dict(report: SeriesReport) -> dict:
+    return {**asdict(report), "clean": report.clean}

@@ -1,0 +1,262 @@
+"""The pure core of operations: alert rules, reload plans, sd_notify, the health CLI's output, top's screen."""
+import os
+import socket
+import uuid
+
+import pykka
+import pytest
+
+from cli.health import EXIT_CODES, UNKNOWN, fresh_report, perfdata, render
+from cli.reload import applied, plan
+from cli.top import Dashboard, LogTail
+from config.loader import from_dict
+from config.schema import AlertConfig, Config, ServiceConfig
+from supervision.supervisor import AddChild, ChildSpec, GetChildren, GetStatus, RemoveChild, Supervised, Supervisor
+from telemetry.health_rules import CRITICAL, DEGRADED, OK, AlertRules, liveness, readiness, summary
+from telemetry.sdnotify import Notifier, socket_address
+
+MB = 1024 * 1024
+
+
+def feed(state="connected", **extra):
+    return {"state": state, "messages": 10, "last_message_age_s": 0.1, "reconnects": 0, "malformed": 0,
+            "held_rows": 0, **extra}
+
+
+def buffer(**extra):
+    return {"buffered_rows": 0, "rows_written": 5, "last_flush_age_s": 0.2, "failures": 0, "breaker": "closed",
+            "spool_bytes": 0, "spool_full": False, **extra}
+
+
+def report(feeds=None, buffers=None, supervisors=None, rss=50 * MB, uptime=100.0):
+    return {"feeds": {"feed-a": feed()} if feeds is None else feeds,
+            "buffers": {"buffer-trades": buffer()} if buffers is None else buffers,
+            "supervisors": supervisors or {}, "uptime_s": uptime, "process": {"rss_bytes": rss}}
+
+
+def causes(alerts):
+    return sorted(a["cause"] for a in alerts)
+
+
+# --- alert rules
+
+def test_a_healthy_report_is_ok_without_alerts():
+    assert AlertRules(AlertConfig()).evaluate(report(), 0.0) == (OK, [])
+
+
+def test_a_feed_disconnected_longer_than_the_threshold_is_degraded_and_named():
+    rules = AlertRules(AlertConfig(feed_disconnected_s=120))
+    down = report(feeds={"feed-a": feed("retrying", last_error="refused"), "feed-b": feed()})
+    assert rules.evaluate(down, 1000.0) == (OK, [])  # just went down: within its grace
+    assert rules.evaluate(down, 1100.0)[0] == OK
+    status, alerts = rules.evaluate(down, 1121.0)
+    assert status == DEGRADED
+    assert alerts == [{"level": DEGRADED, "cause": "feed_disconnected", "feed": "feed-a", "state": "retrying",
+                       "for_s": 121.0, "threshold_s": 120, "error": "refused"}]
+    rules.evaluate(report(), 1122.0)  # reconnected: the clock starts over next time
+    assert rules.evaluate(down, 1200.0) == (OK, [])
+
+
+@pytest.mark.parametrize("data, cause, level", [
+    (report(feeds={"f": feed(last_message_age_s=301.0)}), "no_data", DEGRADED),
+    (report(feeds={"f": feed(held_rows=1001)}), "rows_waiting", DEGRADED),
+    (report(buffers={"b": buffer(buffered_rows=1001)}), "rows_waiting", DEGRADED),
+    (report(rss=501 * MB), "memory_high", DEGRADED),
+    (report(buffers={"b": buffer(spool_bytes=4096)}), "spool_in_use", DEGRADED),
+    (report(buffers={"b": buffer(spool_bytes=4096, spool_full=True)}), "spool_full", CRITICAL),
+    (report(buffers={"b": buffer(breaker="open")}), "breaker_open", CRITICAL),
+    (report(buffers={"b": buffer(buffered_rows=5, last_flush_age_s=61.0)}), "sink_stalled", CRITICAL),
+    (report(buffers={"b": buffer(buffered_rows=5, last_flush_age_s=None)}, uptime=61.0), "sink_stalled", CRITICAL),
+    (report(feeds={"f": {"state": "unresponsive"}}), "actor_unresponsive", CRITICAL),
+    (report(buffers={"b": {"state": "unresponsive"}}), "actor_unresponsive", CRITICAL),
+    (report(supervisors={"feeds": {"state": "unresponsive"}}), "actor_unresponsive", CRITICAL),
+    (report(supervisors={"feeds": {"children": {"feed-a": {"state": "restarting", "restarts": 0}}}}),
+     "child_restarting", DEGRADED),
+])
+def test_each_rule_names_its_cause(data, cause, level):
+    status, alerts = AlertRules(AlertConfig()).evaluate(data, 0.0)
+    assert (status, causes(alerts)) == (level, [cause])
+
+
+def test_thresholds_come_from_the_config():
+    data = report(feeds={"f": feed(last_message_age_s=3.0)}, buffers={"b": buffer(buffered_rows=20)}, rss=30 * MB)
+    strict = AlertConfig(no_data_s=2.0, buffered_rows=10, rss_mb=20.0)
+    assert causes(AlertRules(strict).evaluate(data, 0.0)[1]) == ["memory_high", "no_data", "rows_waiting"]
+    assert AlertRules(AlertConfig()).evaluate(data, 0.0) == (OK, [])
+
+
+def test_more_than_ten_errors_within_a_minute_is_degraded():
+    rules = AlertRules(AlertConfig(errors_per_minute=10))
+    assert rules.evaluate(report(feeds={"f": feed(reconnects=2)}), 0.0)[0] == OK
+    assert rules.evaluate(report(feeds={"f": feed(reconnects=7, malformed=5)}), 20.0)[0] == OK  # 10 new: not more
+    assert rules.evaluate(report(feeds={"f": feed(reconnects=8, malformed=5)}), 30.0)[0] == DEGRADED  # 11 new
+    # A minute later the old errors have left the window; a restarted actor's counter starting over
+    # from zero counts only what it saw.
+    assert rules.evaluate(report(feeds={"f": feed(reconnects=8, malformed=5)}), 95.0)[0] == OK
+    assert rules.evaluate(report(feeds={"f": feed(reconnects=3)}), 100.0)[0] == OK
+
+
+def test_liveness_and_readiness_read_the_latest_report():
+    rules = AlertRules(AlertConfig())
+    good = report()
+    good["status"], good["alerts"] = rules.evaluate(good, 0.0)
+    assert liveness(good, 1.0, 10.0) == (True, "alive")
+    assert liveness(good, 11.0, 10.0)[0] is False  # the health actor stopped publishing
+    assert liveness(None, 0.0, 10.0)[0] is False
+    assert readiness(good) == (True, "ready")
+    bad = report(feeds={"feed-a": feed("retrying")}, buffers={"buffer-trades": buffer(breaker="open")})
+    bad["status"], bad["alerts"] = rules.evaluate(bad, 0.0)
+    ok, detail = readiness(bad)
+    assert not ok and "feed feed-a is retrying" in detail and "breaker_open" in detail
+    hung = report(feeds={"feed-a": {"state": "unresponsive"}})
+    hung["status"], hung["alerts"] = rules.evaluate(hung, 0.0)
+    assert liveness(hung, 0.0, 10.0) == (False, "unresponsive: feed feed-a")
+
+
+# --- the health CLI's output
+
+def test_perfdata_and_render_follow_the_nagios_plugin_format():
+    data = report(feeds={"feed-a": feed(), "feed-b": feed("retrying")})
+    rules = AlertRules(AlertConfig(feed_disconnected_s=0))
+    rules.evaluate(data, 0.0)
+    data["status"], data["alerts"] = rules.evaluate(data, 1.0)
+    data["summary"] = summary(data)
+    first, *rest = render(data).splitlines()
+    text, _, perf = first.partition(" | ")
+    assert text == "MARKETFEED DEGRADED - 1/2 feeds connected, 5 rows written; feed_disconnected (feed feed-b)"
+    assert "feeds_connected=1;;;0;2" in perf.split() and "rows_written=5c" in perf.split()
+    assert any("DEGRADED  feed_disconnected" in line for line in rest)
+    assert EXIT_CODES[data["status"]] == 1
+    assert all("=" in item for item in perfdata(data).split())
+
+
+def test_no_process_is_unknown(tmp_path):
+    config = Config(service=ServiceConfig(pid_file=str(tmp_path / "none.pid"), status_file=str(tmp_path / "s.json")))
+    assert fresh_report(config, 0.2) == (None, f"no marketfeed process (pid file {tmp_path / 'none.pid'})")
+    (tmp_path / "none.pid").write_text("999999999\n")  # a pid file left behind by a dead process
+    assert fresh_report(config, 0.2)[0] is None
+    assert UNKNOWN == 3
+
+
+# --- reload plans
+
+FEEDS = [{"name": "a", "exchange": "binance", "url": "ws://127.0.0.1:1", "symbols": ["BTCUSDT"]},
+         {"name": "b", "exchange": "binance", "url": "ws://127.0.0.1:2", "symbols": ["BTCUSDT"]},
+         {"name": "c", "exchange": "binance", "url": "ws://127.0.0.1:3", "symbols": ["BTCUSDT"]}]
+
+
+def test_a_reload_plan_names_added_removed_and_changed_feeds_only():
+    old = from_dict({"feeds": FEEDS})
+    new = from_dict({"feeds": [FEEDS[0], {**FEEDS[1], "symbols": ["ETHUSDT"]},
+                               {"name": "d", "exchange": "binance", "url": "ws://127.0.0.1:4", "symbols": ["X"]}],
+                     "alerts": {"no_data_s": 9}, "sink": {"max_rows": 5}, "service": {"status_file": "x.json",
+                                                                                      "log_level": "debug"}})
+    change = plan(old, new)
+    assert [f.name for f in change.added] == ["d"]
+    assert change.removed == ("c",)
+    assert [f.name for f in change.changed] == ["b"]
+    assert change.restart_needed == ("sink", "service.status_file")
+    running = applied(old, new)
+    assert running.feeds == new.feeds and running.alerts.no_data_s == 9 and running.service.log_level == "debug"
+    assert running.sink == old.sink and running.service.status_file == old.service.status_file
+    assert not plan(old, from_dict({"feeds": FEEDS})).feeds_touched
+
+
+# --- sd_notify
+
+@pytest.mark.parametrize("abstract", [True, False])
+def test_notify_datagrams_reach_the_socket(tmp_path, abstract):
+    name = f"@marketfeed-test-{uuid.uuid4().hex}" if abstract else str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(socket_address(name))
+        server.settimeout(2)
+        notifier = Notifier.from_env({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "4000000"})
+        assert notifier.watchdog_s == 4.0
+        assert notifier.ready("started") and notifier.watchdog() and notifier.stopping()
+        got = [server.recv(4096).decode() for _ in range(3)]
+    assert got == [f"READY=1\nMAINPID={os.getpid()}\nSTATUS=started", "WATCHDOG=1", "STOPPING=1"]
+    notifier.close()
+
+
+def test_outside_systemd_notify_does_nothing():
+    notifier = Notifier.from_env({})
+    assert not notifier.enabled and not notifier.ready() and not notifier.watchdog()
+    other_pid = Notifier.from_env({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_s is None  # the watchdog is meant for another process
+
+
+# --- top
+
+def test_the_dashboard_shows_feeds_tables_rates_and_alerts():
+    board = Dashboard()
+    first = report(feeds={"feed-a": feed(messages=100)}, buffers={"buffer-trades": buffer(rows_written=50)})
+    first.update(gather_started_at=1.0, generated_at=10.0, status=OK, alerts=[], pid=42)
+    second = report(feeds={"feed-a": feed(messages=300)}, buffers={"buffer-trades": buffer(rows_written=250)})
+    second.update(gather_started_at=2.0, generated_at=12.0, status=DEGRADED, pid=42,
+                  alerts=[{"level": DEGRADED, "cause": "no_data", "feed": "feed-a"}])
+    board.update(first)
+    board.update(second)
+    lines = board.lines(13.0, [{"ts": "2024-01-01T00:00:00.000+00:00", "level": "error", "event": "flush_failed"}])
+    text = "\n".join(t for t, _ in lines)
+    assert "DEGRADED" in lines[0][0] and "report 1.0s old" in lines[0][0]
+    feed_line = next(t for t in text.splitlines() if t.startswith("feed-a"))
+    assert "connected" in feed_line and "100.0" in feed_line  # 200 messages in 2 s
+    assert "100.0" in next(t for t in text.splitlines() if t.startswith("buffer-trades"))
+    assert ("  DEGRADED no_data  feed=feed-a", DEGRADED) in lines
+    assert any("flush_failed" in t and style == CRITICAL for t, style in lines)
+
+
+def test_the_log_tail_keeps_warnings_and_follows_rotation(tmp_path):
+    path = tmp_path / "marketfeed.log"
+    path.write_text('{"level": "info", "event": "a"}\n{"level": "warning", "event": "b"}\n{"level": "err')
+    tail = LogTail(str(path))
+    assert [line["event"] for line in tail.poll()] == ["b"]
+    with open(path, "a") as f:
+        f.write('or", "event": "c"}\n')
+    assert [line["event"] for line in tail.poll()] == ["b", "c"]
+    path.rename(tmp_path / "marketfeed.log.1")  # logrotate
+    path.write_text('{"level": "error", "event": "d"}\n')
+    assert [line["event"] for line in tail.poll()] == ["b", "c", "d"]
+
+
+# --- AddChild / RemoveChild
+
+class Worker(Supervised):
+    kind = "worker"
+
+
+def worker_spec(child_id: str) -> ChildSpec:
+    return ChildSpec(child_id, lambda ctx: Worker.start(ctx), shutdown_timeout_s=2.0)
+
+
+def test_children_are_added_and_removed_without_touching_the_others():
+    sup = Supervisor.start(None, "s", [worker_spec("a")])
+    try:
+        (_, a_ref, _), = sup.ask(GetChildren(), timeout=5)
+        assert sup.ask(AddChild(worker_spec("b")), timeout=5) == ""
+        assert "exists already" in sup.ask(AddChild(worker_spec("b")), timeout=5)
+        children = sup.ask(GetChildren(), timeout=5)
+        assert [c[0] for c in children] == ["a", "b"] and children[0][1] is a_ref  # "a" was not restarted
+        b_ref = children[1][1]
+        assert b_ref.ask(GetStatus(), timeout=5)["kind"] == "worker"
+        assert sup.ask(RemoveChild("b"), timeout=5) is True
+        assert sup.ask(RemoveChild("b"), timeout=5) is False
+        with pytest.raises(pykka.ActorDeadError):
+            b_ref.ask(GetStatus(), timeout=5)
+        assert [c[0] for c in sup.ask(GetChildren(), timeout=5)] == ["a"]
+        assert a_ref.is_alive()
+    finally:
+        sup.stop()
+
+
+def test_a_child_that_cannot_start_is_not_added():
+    def broken(ctx):
+        raise RuntimeError("no socket")
+
+    sup = Supervisor.start(None, "s", [])
+    try:
+        assert "no socket" in sup.ask(AddChild(ChildSpec("x", broken)), timeout=5)
+        assert sup.ask(GetChildren(), timeout=5) == []
+        assert "x" not in sup.ask(GetStatus(), timeout=5)["children"]
+    finally:
+        sup.stop()

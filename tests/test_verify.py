@@ -1,0 +1,77 @@
+"""`marketfeed verify` against the real QuestDB: planted duplicates and gaps are found, clean data passes."""
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import orjson
+from questdb import Sender, TimestampNanos
+
+from storage.schema import APPEND, create_tables
+from storage.verify import parse_since, verify
+from tests.support.questdb import REPO
+from feeds.rows import Trade
+
+BASE = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
+
+
+def plant(questdb, prefix: str, rows: list[Trade]) -> None:
+    create_tables(questdb.pg_dsn, prefix, ("trades",))
+    table = f"{prefix}trades"
+    with Sender.from_conf(questdb.conf + "protocol_version=2;") as sender:
+        buffer = sender.new_buffer()
+        APPEND["trades"](buffer, table, rows)
+        sender.flush(buffer)
+    questdb.wait_for(lambda: questdb.wal_applied(table) and len(questdb.trade_ids(table)) == len(rows),
+                     what="planted rows")
+
+
+def trade(symbol: str, trade_id: int, ts_ns: int | None = None) -> Trade:
+    return Trade(BASE + trade_id * 10**6 if ts_ns is None else ts_ns, "binance", symbol, trade_id, 1.0, 1.0, "buy", 0)
+
+
+def run_cli(tmp_path, questdb, prefix: str, *args: str) -> subprocess.CompletedProcess:
+    config = tmp_path / "verify.toml"
+    config.write_text(f'[questdb]\npg_dsn = "{questdb.pg_dsn}"\ntable_prefix = "{prefix}"\n')
+    return subprocess.run([sys.executable, "-m", "cli.main", "verify", "-c", str(config), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_verify_finds_a_planted_duplicate_and_a_planted_gap(questdb, table_prefix, tmp_path):
+    btc = [trade("BTCUSDT", i) for i in range(1, 101) if not 40 <= i <= 44]  # ids 40..44 never stored
+    btc.append(trade("BTCUSDT", 70, BASE + 70 * 10**6 + 1))  # trade 70 again, one nanosecond later: DEDUP keeps both
+    eth = [trade("ETHUSDT", i) for i in range(1, 51)]  # clean
+    plant(questdb, table_prefix, btc + eth)
+
+    found = {r.symbol: r for r in verify(questdb.pg_dsn, table_prefix)}
+    assert (found["BTCUSDT"].rows, found["BTCUSDT"].duplicates, found["BTCUSDT"].missing_ids) == (96, 1, 5)
+    assert found["BTCUSDT"].duplicate_ids == [70] and found["BTCUSDT"].gaps == [(40, 44)]
+    assert found["ETHUSDT"].clean and found["ETHUSDT"].rows == 50
+
+    result = run_cli(tmp_path, questdb, table_prefix, "--json")
+    assert result.returncode == 1, result.stderr
+    body = orjson.loads(result.stdout)
+    assert body["clean"] is False
+    btc_json = next(s for s in body["series"] if s["symbol"] == "BTCUSDT")
+    assert btc_json["gaps"] == [[40, 44]] and btc_json["duplicate_ids"] == [70]
+
+    text = run_cli(tmp_path, questdb, table_prefix)
+    assert text.returncode == 1
+    assert "gap: trades binance BTCUSDT ids 40..44 (5 missing)" in text.stdout
+    assert "duplicate: trades binance BTCUSDT trade id 70" in text.stdout
+
+
+def test_verify_is_clean_on_clean_data_and_honours_since(questdb, table_prefix, tmp_path):
+    plant(questdb, table_prefix, [trade("BTCUSDT", i) for i in range(1, 31)]
+          + [trade("ETHUSDT", i, BASE - 86400 * 10**9 + i) for i in (1, 5)])  # a gap, but the day before
+    assert run_cli(tmp_path, questdb, table_prefix).returncode == 1
+    result = run_cli(tmp_path, questdb, table_prefix, "--since", "2024-01-01T00:00:00Z", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [s["symbol"] for s in orjson.loads(result.stdout)["series"]] == ["BTCUSDT"]
+
+
+def test_since_accepts_iso_times_and_relative_durations():
+    now = datetime(2024, 1, 2, 12, 0, tzinfo=timezone.utc)
+    assert parse_since("2h", now) == datetime(2024, 1, 2, 10, 0, tzinfo=timezone.utc)
+    assert parse_since("7d", now) == datetime(2023, 12, 26, 12, 0, tzinfo=timezone.utc)
+    assert parse_since("2024-01-01", now) == datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert parse_since("2024-01-01T10:00:00Z", now) == datetime(2024, 1, 1, 10, tzinfo=timezone.utc)
