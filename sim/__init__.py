@@ -1,0 +1,25 @@
+"""Exchange simulator: real wire formats over real sockets, from deterministic ground truth.
+
+    from sim import Simulator
+    with Simulator(["binance"], ["BTCUSDT", "ETHUSDT"], rate=100, seed=1) as sim:
+        url = sim.url("binance")                    # ws://127.0.0.1:PORT; REST on the same port
+        conn = sim.wait_connections("binance", 1)[0]
+        conn.skip_next(3)                           # lost in transit, still served over REST
+        sim.truth("binance", "BTCUSDT")             # ids that have happened so far
+
+Rooms: market.py (pure ground truth: trade i of a symbol), faults.py (pure fault plans),
+twin.py (the twin contract), <exchange>.py (one twin per exchange), server.py (the asyncio shell:
+loop thread, one port per exchange, market clock, connections, fault injection), cli.py.
+
+Adding an exchange = one file sim/<exchange>.py defining TWIN, a subclass of sim.twin.Twin:
+  exchange: str; ping_interval, pong_timeout: float (server keepalive); id_block: int (trade ids)
+  open_session(path) -> Session            parse the WS request path; raise Rejected(status, body) to refuse
+  on_message(session, message) -> [bytes]  client messages (subscribe…): mutate session, return replies
+  trade_frame(trade, style) -> bytes       one trade's frame, encoded once per style, broadcast as is
+  rest(path, query, emitted) -> RestResponse  plain GETs on the same port; trades < emitted have happened
+Session(style, streams, symbols): `symbols` routes trades to the connection; `style` picks the rendering.
+The server provides the clock, history, connection tracking and every fault, for every twin.
+"""
+from sim.server import Connection, ConnectionCounters, ExchangeFaults, Simulator
+
+__all__ = ["Connection", "ConnectionCounters", "ExchangeFaults", "Simulator"]

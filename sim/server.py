@@ -1,0 +1,528 @@
+"""The simulator's async shell: a loop thread, one port per exchange, the market clock, live faults.
+
+Everything on the loop is owned by the loop thread. Test-facing methods either read plain values
+(atomic under the GIL) or hop onto the loop with `_call` and wait for the result, so a fault has
+taken effect by the time the call returns.
+"""
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from sim.faults import FaultPlan, garbage_frames
+from sim.market import ExchangeMarket, Trade
+from sim.twin import Rejected, RestResponse, Session, Twin, twin_class
+
+log = logging.getLogger("sim")
+T = TypeVar("T")
+
+MIN_TICK_S = 0.001  # the clock wakes at most every millisecond; faster rates emit in bursts
+POLL_S = 0.002  # how often wait_* re-checks its condition
+CALL_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ConnectionCounters:
+    frames_sent: int = 0  # every data frame written: trades, duplicates, garbage, replies
+    trades_sent: int = 0  # distinct trades delivered
+    duplicates_sent: int = 0
+    garbage_sent: int = 0
+    skipped_ids: list[int] = field(default_factory=list)  # trades lost in transit on purpose
+
+
+class Connection:
+    """A live WebSocket connection: what it was sent, and the faults a test injects into it.
+
+    Fault methods may be called from any thread; they have taken effect when they return.
+    """
+
+    def __init__(self, sim: Simulator, exchange: _Exchange, ws: ServerConnection, session: Session, number: int):
+        self.exchange = exchange.name
+        self.id = number
+        self.path = ws.request.path
+        self.session = session
+        self.counters = ConnectionCounters()
+        self.closed = False
+        self.close_code: int | None = None  # as received from the client, 1006 if none
+        self._sim = sim
+        self._ex = exchange
+        self._ws = ws
+        self._plan = FaultPlan()
+        self._backlog: list[bytes] | None = None  # frames held back while stalled
+        self._resume_timer: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.exchange}#{self.id} {self.path} {'closed' if self.closed else 'open'}>"
+
+    @property
+    def symbols(self) -> frozenset[str]:
+        return frozenset(self.session.symbols)
+
+    @property
+    def stalled(self) -> bool:
+        return self._backlog is not None
+
+    # ---- faults (any thread) ----
+
+    def drop(self) -> None:
+        """Close the TCP socket abruptly: no close frame."""
+        self._sim._call(self._ws.transport.abort)
+
+    def stall(self, seconds: float | None = None) -> None:
+        """Send nothing, not even pings, for `seconds` (None: until resume()); then flush what was held."""
+        self._sim._call(self._stall, seconds)
+
+    def resume(self) -> None:
+        self._sim._call(self._resume)
+
+    def send_garbage(self, k: int) -> None:
+        """Send k malformed frames now (invalid JSON, truncated JSON, valid JSON of the wrong shape)."""
+        self._sim._call(self._send_garbage, k)
+
+    def duplicate_next(self, k: int) -> None:
+        """Send each of the next k trades twice."""
+        self._sim._call(self._plan.duplicate, k)
+
+    def skip_next(self, k: int, symbol: str | None = None) -> None:
+        """Do not send the next k trades (of `symbol`, or of any symbol); they stay in the history."""
+        self._sim._call(self._plan.skip, k, symbol)
+
+    def disconnect_slow_consumer(self) -> None:
+        """Close with 1008 (policy violation), as an exchange does to a client that falls behind."""
+        self._sim._call(self._close_slow_consumer)
+
+    # ---- loop side ----
+
+    def send_trade(self, trade: Trade, frame: bytes) -> None:
+        """Queue one trade's frame (subject to skip/duplicate faults); the clock flushes per tick."""
+        copies = self._plan.copies(trade.symbol)
+        if copies == 0:
+            self.counters.skipped_ids.append(trade.trade_id)
+            return
+        self.counters.trades_sent += 1
+        self.counters.duplicates_sent += copies - 1
+        self.queue([frame] * copies)
+
+    def send(self, frames: list[bytes]) -> None:
+        self.queue(frames)
+        self.flush()
+
+    def queue(self, frames: list[bytes]) -> None:
+        if self._backlog is not None:
+            self._backlog += frames
+        elif self._writable():
+            for frame in frames:
+                self._ws.protocol.send_text(frame)  # framed into the protocol's buffer, not written yet
+            self.counters.frames_sent += len(frames)
+
+    def flush(self) -> None:
+        """Write everything queued in one syscall: a burst of trades costs one send(), not one each."""
+        if self._writable():
+            ws = self._ws
+            ws.transport.write(b"".join(ws.protocol.data_to_send()))
+            if ws.transport.get_write_buffer_size() > self._sim.write_buffer_limit:
+                self._close_slow_consumer()
+
+    def _writable(self) -> bool:
+        return self._ws.state is State.OPEN and not self._ws.transport.is_closing()  # gone, maybe unnoticed
+
+    def _send_garbage(self, k: int) -> None:
+        sample = self._ex.twin.trade_frame(self._ex.sample_trade(), self.session.style)
+        self.counters.garbage_sent += k
+        self.send(garbage_frames(k, sample))
+
+    def _stall(self, seconds: float | None) -> None:
+        if self._backlog is None:
+            self._backlog = []
+        if self._ws.keepalive_task is not None:  # no pings either: the line is silent
+            self._ws.keepalive_task.cancel()
+            self._ws.keepalive_task = None
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        if seconds is not None:
+            self._resume_timer = asyncio.get_running_loop().call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        if self._backlog is None:
+            return
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        backlog, self._backlog = self._backlog, None
+        if self._ws.state is State.OPEN:
+            self._ws.start_keepalive()
+            self.send(backlog)
+
+    def _close_slow_consumer(self) -> None:
+        if self._closing is None:  # keep a reference: the loop holds tasks only weakly
+            self._closing = asyncio.get_running_loop().create_task(self._ws.close(1008, "slow consumer"))
+
+
+class ExchangeFaults:
+    """Faults applied to every live connection of one exchange; each returns how many it hit."""
+
+    def __init__(self, sim: Simulator, exchange: str):
+        self._sim = sim
+        self._exchange = exchange
+
+    def drop_all(self) -> int:
+        return self._each(Connection.drop)
+
+    def stall_all(self, seconds: float | None = None) -> int:
+        return self._each(Connection.stall, seconds)
+
+    def resume_all(self) -> int:
+        return self._each(Connection.resume)
+
+    def send_garbage_all(self, k: int) -> int:
+        return self._each(Connection.send_garbage, k)
+
+    def duplicate_next_all(self, k: int) -> int:
+        return self._each(Connection.duplicate_next, k)
+
+    def skip_next_all(self, k: int, symbol: str | None = None) -> int:
+        return self._each(Connection.skip_next, k, symbol)
+
+    def disconnect_slow_consumers(self) -> int:
+        return self._each(Connection.disconnect_slow_consumer)
+
+    def _each(self, fault: Callable[..., None], *args: Any) -> int:
+        connections = self._sim.connections(self._exchange)
+        for connection in connections:
+            fault(connection, *args)
+        return len(connections)
+
+
+class _Exchange:
+    """Loop-side state of one exchange: its twin, market, server and connections."""
+
+    def __init__(self, name: str, twin: Twin, ping_interval: float, pong_timeout: float):
+        self.name = name
+        self.twin = twin
+        self.market = twin.market
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.server: Server | None = None
+        self.emitted = 0  # trades 0..emitted-1 of every symbol have happened
+        self.connections: dict[int, Connection] = {}
+        self.subscribers: dict[str, set[Connection]] = {symbol: set() for symbol in self.market.symbols}
+        self.sessions: weakref.WeakKeyDictionary[ServerConnection, Session] = weakref.WeakKeyDictionary()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "simulator not started"
+        return next(iter(self.server.sockets)).getsockname()[1]
+
+    def sample_trade(self) -> Trade:
+        return next(iter(self.market.symbols.values())).trade(0)
+
+    def route(self, connection: Connection, before: set[str]) -> None:
+        """Keep the symbol → subscribers index in step with the connection's session."""
+        after = connection.session.symbols
+        for symbol in before - after:
+            self.subscribers[symbol].discard(connection)
+        for symbol in after - before:
+            self.subscribers[symbol].add(connection)
+
+
+class Simulator:
+    """Exchange twins on 127.0.0.1 serving deterministic trades, run from a background loop thread.
+
+    symbols: one list for every exchange, or a mapping exchange → list (exchanges name symbols
+    differently). rate: trades per second per symbol; count: trades per symbol (None: forever).
+    start_ms: event time of trade 0 (None: wall clock at start(), so ingestion lag is meaningful).
+    port: base port, exchange k listens on port + k (0: ephemeral ports).
+    ping_interval / pong_timeout: override every twin's keepalive (small values for tests).
+    clock_paused: no trade happens until start_clock(), so a test's client can subscribe first.
+    """
+
+    def __init__(
+        self,
+        exchanges: Sequence[str] = ("binance",),
+        symbols: Sequence[str] | Mapping[str, Sequence[str]] = ("BTCUSDT", "ETHUSDT"),
+        *,
+        rate: float = 10.0,
+        count: int | None = None,
+        seed: int = 0,
+        start_ms: int | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ping_interval: float | None = None,
+        pong_timeout: float | None = None,
+        write_buffer_limit: int = 16 * 2**20,
+        clock_paused: bool = False,
+    ):
+        if not exchanges:
+            raise ValueError("no exchanges to simulate")
+        self.exchange_names = list(dict.fromkeys(exchanges))
+        self.symbols = symbols
+        self.rate = rate
+        self.count = count
+        self.seed = seed
+        self.start_ms = start_ms
+        self.host = host
+        self.base_port = port
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.write_buffer_limit = write_buffer_limit  # a client this far behind is cut off with 1008
+        self.clock_paused = clock_paused  # no trade happens before start_clock(): tests connect first
+        self._exchanges: dict[str, _Exchange] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._clock: asyncio.Task[None] | None = None
+        self._connection_numbers = iter(range(1, 2**62))
+
+    # ---- lifecycle ----
+
+    def start(self) -> Simulator:
+        """Bind every exchange and start the market clock; returns once listening."""
+        if self._thread is not None:
+            raise RuntimeError("simulator already started")
+        start_ms = self.start_ms if self.start_ms is not None else int(time.time()) * 1000
+        for name in self.exchange_names:
+            cls = twin_class(name)
+            symbols = self.symbols[name] if isinstance(self.symbols, Mapping) else self.symbols
+            market = ExchangeMarket(
+                name, symbols, seed=self.seed, rate=self.rate, start_ms=start_ms, id_block=cls.id_block
+            )
+            self._exchanges[name] = _Exchange(
+                name,
+                cls(market),
+                self.ping_interval if self.ping_interval is not None else cls.ping_interval,
+                self.pong_timeout if self.pong_timeout is not None else cls.pong_timeout,
+            )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sim-loop", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(CALL_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Close every server and connection and end the loop thread. Idempotent."""
+        if self._loop is None or self._thread is None:
+            return
+        loop, thread = self._loop, self._thread
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(CALL_TIMEOUT_S * 2)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(CALL_TIMEOUT_S)
+        loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ---- addresses ----
+
+    def port(self, exchange: str) -> int:
+        return self._exchange(exchange).port
+
+    def url(self, exchange: str) -> str:
+        """WebSocket base URL, e.g. ws://127.0.0.1:PORT (the twin defines the paths)."""
+        return f"ws://{self.host}:{self.port(exchange)}"
+
+    def rest_url(self, exchange: str) -> str:
+        """REST base URL: the same port as the WebSocket."""
+        return f"http://{self.host}:{self.port(exchange)}"
+
+    def urls(self) -> dict[str, dict[str, str]]:
+        return {name: {"ws": self.url(name), "rest": self.rest_url(name)} for name in self._exchanges}
+
+    # ---- ground truth ----
+
+    def market(self, exchange: str) -> ExchangeMarket:
+        return self._exchange(exchange).market
+
+    def emitted(self, exchange: str) -> int:
+        """How many trades of each symbol have happened so far."""
+        return self._exchange(exchange).emitted
+
+    def trades(self, exchange: str, symbol: str) -> list[Trade]:
+        """Every trade of `symbol` that has happened, in order."""
+        ex = self._exchange(exchange)
+        return ex.market[symbol].trades(0, ex.emitted)
+
+    def truth(self, exchange: str, symbol: str) -> list[int]:
+        """Ids of every trade of `symbol` that has happened, in order."""
+        ex = self._exchange(exchange)
+        first = ex.market[symbol].first_id
+        return list(range(first, first + ex.emitted))
+
+    def wait_emitted(self, count: int, timeout: float = 10.0) -> None:
+        """Block until every exchange has emitted at least `count` trades per symbol."""
+        self.wait_until(lambda: all(ex.emitted >= count for ex in self._exchanges.values()), timeout, f"{count} trades")
+
+    # ---- connections and faults ----
+
+    def connections(self, exchange: str) -> list[Connection]:
+        """The live connections of an exchange, oldest first."""
+        return list(self._exchange(exchange).connections.values())  # one C-level copy: safe across threads
+
+    def wait_connections(self, exchange: str, n: int, timeout: float = 10.0) -> list[Connection]:
+        """Block until an exchange has at least n live connections; return them."""
+        self.wait_until(lambda: len(self._exchange(exchange).connections) >= n, timeout, f"{n} {exchange} connections")
+        return self.connections(exchange)
+
+    def faults(self, exchange: str) -> ExchangeFaults:
+        self._exchange(exchange)
+        return ExchangeFaults(self, exchange)
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+        """Poll `predicate` until it is true; TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"simulator: {what} not reached within {timeout} s")
+            time.sleep(POLL_S)
+
+    # ---- loop side ----
+
+    def _exchange(self, name: str) -> _Exchange:
+        try:
+            return self._exchanges[name]
+        except KeyError:
+            raise KeyError(f"exchange {name!r} is not simulated (started: {list(self._exchanges)})") from None
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the loop and return its result; direct when already on the loop thread."""
+        assert self._loop is not None and self._thread is not None, "simulator not started"
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+
+        async def run() -> T:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(CALL_TIMEOUT_S)
+
+    async def _open(self) -> None:
+        for k, ex in enumerate(self._exchanges.values()):
+            ex.server = await serve(
+                lambda ws, ex=ex: self._serve_connection(ex, ws),
+                self.host,
+                self.base_port + k if self.base_port else 0,
+                process_request=lambda connection, request, ex=ex: self._process_request(ex, connection, request),
+                ping_interval=ex.ping_interval,
+                ping_timeout=ex.pong_timeout,
+                compression=None,  # frames are encoded once and broadcast as is
+                close_timeout=1.0,
+                logger=log.getChild(ex.name),
+            )
+        if not self.clock_paused:
+            self._clock = asyncio.get_running_loop().create_task(self._run_clock())
+
+    def start_clock(self) -> None:
+        """Start the market clock of a simulator made with clock_paused=True."""
+
+        def create() -> None:
+            if self._clock is None:
+                self._clock = asyncio.get_running_loop().create_task(self._run_clock())
+
+        self._call(create)
+
+    async def _close(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+        for ex in self._exchanges.values():
+            if ex.server is not None:
+                ex.server.close()
+                await ex.server.wait_closed()
+
+    async def _run_clock(self) -> None:
+        """Trade i of every symbol happens at t0 + i / rate."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        emitted = 0
+        while self.count is None or emitted < self.count:
+            due = int((loop.time() - t0) * self.rate) + 1
+            if self.count is not None:
+                due = min(due, self.count)
+            for i in range(emitted, due):
+                for ex in self._exchanges.values():
+                    self._emit(ex, i)
+            for ex in self._exchanges.values():
+                for connection in tuple(ex.connections.values()):
+                    connection.flush()
+            emitted = max(emitted, due)
+            await asyncio.sleep(max(t0 + emitted / self.rate - loop.time(), MIN_TICK_S))
+
+    @staticmethod
+    def _emit(ex: _Exchange, i: int) -> None:
+        """Trade i of every symbol happens: queue it to the subscribers, encoded once per frame style."""
+        ex.emitted = i + 1  # first: whatever a client has seen is already in the truth and on REST
+        for symbol, subscribers in ex.subscribers.items():
+            if subscribers:
+                trade = ex.market[symbol].trade(i)
+                frames: dict[str, bytes] = {}
+                for connection in tuple(subscribers):
+                    style = connection.session.style
+                    frame = frames.get(style)
+                    if frame is None:
+                        frame = frames[style] = ex.twin.trade_frame(trade, style)
+                    connection.send_trade(trade, frame)
+
+    def _process_request(self, ex: _Exchange, connection: ServerConnection, request: Request) -> Response | None:
+        """Plain GETs are REST calls; upgrades are checked by the twin before the handshake."""
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            url = urlsplit(request.path)
+            query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+            return _http_response(ex.twin.rest(url.path, query, ex.emitted))
+        try:
+            ex.sessions[connection] = ex.twin.open_session(request.path)
+        except Rejected as rejected:
+            return _http_response(RestResponse(rejected.status, rejected.body))
+        return None
+
+    async def _serve_connection(self, ex: _Exchange, ws: ServerConnection) -> None:
+        session = ex.sessions.pop(ws)
+        connection = Connection(self, ex, ws, session, next(self._connection_numbers))
+        ex.connections[connection.id] = connection
+        ex.route(connection, set())
+        log.info("%s connection %d opened: %s", ex.name, connection.id, connection.path)
+        try:
+            async for message in ws:
+                before = set(session.symbols)
+                connection.send(ex.twin.on_message(session, message))
+                ex.route(connection, before)
+        except ConnectionClosed:
+            pass
+        finally:
+            connection.closed = True
+            connection.close_code = ws.close_code
+            for subscribers in ex.subscribers.values():
+                subscribers.discard(connection)
+            del ex.connections[connection.id]
+            log.info("%s connection %d closed: code %s", ex.name, connection.id, ws.close_code)
+
+
+def _http_response(response: RestResponse) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(response.status, http.HTTPStatus(response.status).phrase, headers, response.body)

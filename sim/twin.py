@@ -1,0 +1,83 @@
+"""The contract every exchange twin fulfils: wire format in and out, no sockets.
+
+A twin turns a WebSocket request path into a Session, answers client messages, renders trades as
+frames and answers REST GETs. The Simulator owns sockets, the market clock, connection tracking and
+fault injection, so an exchange is one file: sim/<exchange>.py defining TWIN.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import orjson
+
+from sim.market import ExchangeMarket, Trade
+
+
+class Rejected(Exception):
+    """Answer the WebSocket handshake with this HTTP error instead of upgrading."""
+
+    def __init__(self, status: int, body: bytes):
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class RestResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, value: object, status: int = 200) -> RestResponse:
+        return cls(status, orjson.dumps(value))
+
+
+@dataclass
+class Session:
+    """Protocol state of one connection; the twin mutates it, the server routes trades by `symbols`."""
+
+    style: str  # how this connection's trade frames are rendered (e.g. combined vs raw stream)
+    streams: list[str] = field(default_factory=list)  # subscriptions in the exchange's own naming
+    symbols: set[str] = field(default_factory=set)  # market symbols whose trades this connection gets
+
+
+class Twin:
+    """One exchange's protocol. Subclasses live in sim/<exchange>.py as TWIN."""
+
+    exchange: ClassVar[str]
+    ping_interval: ClassVar[float] = 20.0  # WebSocket ping frames from the server
+    pong_timeout: ClassVar[float] = 60.0  # no pong within this → the server closes the connection
+    id_block: ClassVar[int] = 1_000_000  # symbol k's trade ids start at (k + 1) * id_block
+
+    def __init__(self, market: ExchangeMarket):
+        self.market = market
+
+    def open_session(self, path: str) -> Session:
+        """The session for a WebSocket request path; raise Rejected to refuse the upgrade."""
+        raise NotImplementedError
+
+    def on_message(self, session: Session, message: str | bytes) -> list[bytes]:
+        """Handle one client message (subscribe, …): update `session`, return the replies."""
+        raise NotImplementedError
+
+    def trade_frame(self, trade: Trade, style: str) -> bytes:
+        """The encoded frame carrying one trade (encoded once, broadcast to every subscriber)."""
+        raise NotImplementedError
+
+    def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
+        """Answer a plain HTTP GET; only trades with index < `emitted` have happened."""
+        raise NotImplementedError
+
+
+def twin_class(exchange: str) -> type[Twin]:
+    """sim/<exchange>.py defines TWIN; a new exchange is one new file."""
+    try:
+        module = importlib.import_module(f"sim.{exchange}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"sim.{exchange}":
+            raise
+        raise ValueError(f"no simulator twin for exchange {exchange!r}") from exc
+    return module.TWIN
