@@ -46,6 +46,7 @@ class FrameBatch:
     frames: int
     data_frames: int
     malformed: tuple[MalformedFrame, ...]
+    pongs: int = 0  # Control.PONG replies to our application-level pings
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,12 @@ class Tick:
 
 
 class FeedMemory:
-    """What a feed knows that outlives one actor incarnation: the last trade id per symbol."""
+    """What a feed knows that outlives one actor incarnation: the last trade id per stream, and
+    the event time of the last live trade (where an outage window starts)."""
 
     def __init__(self) -> None:
         self.last_ids: dict[str, int] = {}
+        self.last_trade_ns = 0
 
 
 class FeedActor(Supervised):
@@ -87,7 +90,7 @@ class FeedActor(Supervised):
         self.urls = (feed.url, *feed.alt_urls)
         self.url_index = 0
         self.dedup = DedupWindow(feed.dedup_window_s, feed.dedup_max_entries)
-        self.sequence = SequenceTracker(memory.last_ids)
+        self.sequence = SequenceTracker(memory.last_ids, self.protocol.stream_key)
         self.backoff = Backoff(feed.reconnect_min_s, feed.reconnect_max_s)
         self.reader: FeedReader | None = None
         self.backfiller: Backfiller | None = None
@@ -96,6 +99,8 @@ class FeedActor(Supervised):
         self.connected_at: float | None = None
         self.last_data_at: float | None = None
         self.last_ping_at = 0.0
+        self.pong_due_at: float | None = None  # a ping is unanswered; reconnect if no PONG by then
+        self.outage_since_ns = 0  # set while an outage awaits its window backfill (outage_gaps)
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
         self.gaps = self.backfilled = 0
         self.connect_failures = 0  # in a row; at feed.max_connect_failures the actor fails to its supervisor
@@ -110,7 +115,7 @@ class FeedActor(Supervised):
 
     # --- lifecycle
     def started(self) -> None:
-        if self.feed.backfill and self.protocol.contiguous_ids:
+        if self.feed.backfill:
             self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref)
             self.backfiller.start()
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
@@ -151,8 +156,9 @@ class FeedActor(Supervised):
                 self._send("trades", fresh)
             case BackfillDone(gap, rows, error):
                 level = logging.WARNING if error else logging.INFO
-                event(log, "backfill_done", level, feed=self.feed.name, symbol=gap.symbol,
-                      first_id=gap.first_id, last_id=gap.last_id, rows=rows, error=error)
+                event(log, "backfill_done", level, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
+                      first_id=gap.first_id, last_id=gap.last_id, since_ns=gap.since_ns, until_ns=gap.until_ns,
+                      rows=rows, error=error)
             case Connected(generation, url) if generation == self.generation:
                 self.state, self.connected_at = "connected", time.monotonic()
                 self.last_data_at = self.connected_at
@@ -176,6 +182,8 @@ class FeedActor(Supervised):
         if batch.data_frames:
             self.data_messages += batch.data_frames
             self.last_data_at = time.monotonic()
+        if batch.pongs:
+            self.pong_due_at = None
         if batch.malformed:
             self.malformed += len(batch.malformed)
             self.m_malformed.inc(len(batch.malformed))
@@ -183,7 +191,14 @@ class FeedActor(Supervised):
             event(log, "malformed_frame", logging.WARNING, feed=self.feed.name, count=len(batch.malformed),
                   reason=first.reason, sample=_sample(first.sample))
         rows = batch.rows
+        if self.outage_since_ns and batch.data_frames:
+            # The first live data after an outage bounds its window: what happened before comes over REST.
+            until_ns = min((t.ts_ns for t in rows.trades), default=time.time_ns())
+            for gap in self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns):
+                self._gap(gap)
+            self.outage_since_ns = 0
         if rows.trades:
+            self.memory.last_trade_ns = max(self.memory.last_trade_ns, rows.trades[-1].ts_ns)
             before = self.dedup.dropped
             trades = self.dedup.fresh(rows.trades, time.monotonic())
             if self.dedup.dropped != before:
@@ -200,8 +215,12 @@ class FeedActor(Supervised):
     def _gap(self, gap: Gap) -> None:
         self.gaps += 1
         self.m_gaps.inc()
-        event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol,
-              first_id=gap.first_id, last_id=gap.last_id, missing=gap.last_id - gap.first_id + 1)
+        if gap.last_id is not None:
+            event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
+                  first_id=gap.first_id, last_id=gap.last_id, missing=gap.last_id - gap.first_id + 1)
+        else:
+            event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol,
+                  since_ns=gap.since_ns, until_ns=gap.until_ns)
         if self.backfiller is not None:
             self.backfiller.gaps.put(gap)
 
@@ -244,6 +263,9 @@ class FeedActor(Supervised):
         self.last_error = reason
         self.state = "retrying"
         self.connected_at = None
+        self.pong_due_at = None
+        if was_connected and not self.outage_since_ns:
+            self.outage_since_ns = self.memory.last_trade_ns or time.time_ns()
         self.connect_failures = 0 if was_connected else self.connect_failures + 1
         if self.feed.max_connect_failures and self.connect_failures >= self.feed.max_connect_failures:
             self.exit(ABNORMAL, f"{self.connect_failures} connects in a row failed, the last: {reason}")
@@ -263,9 +285,16 @@ class FeedActor(Supervised):
                   silent_s=round(now - self.last_data_at, 1))
             self.reader.close()
             return
+        if self.pong_due_at is not None and now > self.pong_due_at:
+            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name,
+                  timeout_s=self.protocol.pong_timeout_s)
+            self.reader.close()
+            return
         ping = self.protocol.ping_message
         if ping and now - self.last_ping_at >= self.protocol.ping_interval_s:
             self.last_ping_at = now
+            if self.protocol.pong_timeout_s and self.pong_due_at is None:
+                self.pong_due_at = now + self.protocol.pong_timeout_s
             try:
                 self.reader.send(ping)
             except Exception:  # noqa: BLE001 - a dead socket shows up as Disconnected from the reader

@@ -81,15 +81,15 @@ class FeedReader(threading.Thread):
         parse, protocol_close = self.protocol.parse, websocket.ABNF.OPCODE_CLOSE
         sock = ws.sock
         out = ParsedRows()
-        frames = data_frames = 0
+        frames = data_frames = pongs = 0
         malformed: list[MalformedFrame] = []
         first_at = 0.0
         reconnect = False
 
         def hand_on() -> None:
-            nonlocal out, frames, data_frames, malformed, first_at
-            self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed)))
-            out, frames, data_frames, malformed, first_at = ParsedRows(), 0, 0, [], 0.0
+            nonlocal out, frames, data_frames, pongs, malformed, first_at
+            self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed), pongs))
+            out, frames, data_frames, pongs, malformed, first_at = ParsedRows(), 0, 0, 0, [], 0.0
 
         while not self.closing:
             # Nothing more to read right now: hand on what we have instead of holding it in a blocking recv.
@@ -110,6 +110,8 @@ class FeedReader(threading.Thread):
                 control = Control.INFO
             if control is None:
                 data_frames += 1
+            elif control is Control.PONG:
+                pongs += 1
             elif control is Control.RECONNECT:
                 reconnect = True
             if reconnect or len(out) >= self.batch_rows or time.monotonic() - first_at >= self.batch_linger_s:

@@ -85,6 +85,9 @@ class FeedConfig:
     reconnect_min_s: float = bounded(0.5, min=0.0)
     reconnect_max_s: float = bounded(30.0, min=0.0)
     max_connect_failures: int = bounded(0, min=0)  # this many failed connects in a row: the feed actor fails (0: never)
+    breaker_failures: int = bounded(3, min=1)  # failed connects in a row that open the feed's circuit breaker…
+    breaker_reset_s: float = bounded(60.0, min=0.0)  # …which allows one trial connect after this long (half-open)
+    max_held_rows: int = bounded(100_000, min=1)  # rows held for an unavailable buffer; above it the feed stops reading
     dedup_window_s: float = bounded(120.0, min=0.0)
     dedup_max_entries: int = bounded(10_000, min=0)
     batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…

@@ -61,12 +61,17 @@ class HttpRequest:
 
 @dataclass(frozen=True)
 class Gap:
-    """Trade ids missing for one symbol: first..last inclusive (last None: up to the live stream)."""
+    """Trade ids missing for one symbol: first..last inclusive (last None: up to the live stream).
+
+    Exchanges without contiguous ids describe an outage by time instead: since_ns..until_ns.
+    """
 
     symbol: str
-    first_id: int
+    first_id: int = 0
     last_id: int | None = None
-    since_ns: int = 0  # for exchanges without contiguous ids: the outage start
+    since_ns: int = 0  # for exchanges without contiguous ids: the outage start…
+    until_ns: int = 0  # …and its end (event time of the first live trade after it)
+    stream: str = ""  # which id sequence (FeedProtocol.stream_key) the ids belong to
 
 
 class FeedProtocol:
@@ -76,6 +81,7 @@ class FeedProtocol:
     contiguous_ids: ClassVar[bool] = False  # trade ids without holes: gaps are detectable
     ping_message: ClassVar[str | None] = None  # application-level ping, if the protocol has one
     ping_interval_s: ClassVar[float] = 0.0
+    pong_timeout_s: ClassVar[float] = 0.0  # no Control.PONG this long after a ping: reconnect (0: not enforced)
 
     def __init__(self, feed: FeedConfig):
         self.feed = feed
@@ -94,6 +100,14 @@ class FeedProtocol:
         Raises MalformedFrame for frames that cannot be understood.
         """
         raise NotImplementedError
+
+    def stream_key(self, row: Trade) -> str:
+        """The id sequence a trade belongs to: ids are contiguous within one stream (default: per symbol)."""
+        return row.symbol
+
+    def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Time windows to backfill after a reconnect, for exchanges whose ids cannot reveal the outage."""
+        return []
 
     def backfill_request(self, gap: Gap) -> HttpRequest | None:
         """The first REST request that fetches the gap, or None if the exchange cannot backfill."""

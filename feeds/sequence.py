@@ -1,26 +1,34 @@
 """Trade-id sequence tracking: where ids are contiguous, a jump is a gap to backfill."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from feeds.base import Gap
 
 
 class SequenceTracker:
-    """Last id seen per symbol. State survives reconnects, so the outage itself shows up as a gap."""
+    """Last id seen per stream. State survives reconnects, so the outage itself shows up as a gap.
 
-    def __init__(self, last_ids: dict[str, int] | None = None):
-        self.last_ids: dict[str, int] = dict(last_ids or {})
+    `stream_key(row)` names the id sequence a row belongs to (FeedProtocol.stream_key); without it
+    ids are tracked per symbol and gaps carry no stream.
+    """
+
+    def __init__(self, last_ids: dict[str, int] | None = None, stream_key: Callable[[tuple], str] | None = None):
+        self.last_ids: dict[str, int] = last_ids if last_ids is not None else {}  # shared: outlives the actor
+        self.stream_key = stream_key
 
     def observe(self, rows: list) -> list[Gap]:
         """Advance over live rows (in arrival order); return the gaps they reveal."""
         gaps = []
-        last_ids = self.last_ids
+        last_ids, stream_key = self.last_ids, self.stream_key
         for row in rows:
             symbol, trade_id = row[2], row[3]
-            last = last_ids.get(symbol)
+            stream = stream_key(row) if stream_key is not None else symbol
+            last = last_ids.get(stream)
             if last is None or trade_id == last + 1:
-                last_ids[symbol] = trade_id
+                last_ids[stream] = trade_id
             elif trade_id > last + 1:
-                gaps.append(Gap(symbol, last + 1, trade_id - 1))
-                last_ids[symbol] = trade_id
+                gaps.append(Gap(symbol, last + 1, trade_id - 1, stream="" if stream_key is None else stream))
+                last_ids[stream] = trade_id
             # trade_id <= last: a late or repeated id; the dedup window has already judged it
         return gaps

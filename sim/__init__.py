@@ -16,6 +16,8 @@ Adding an exchange = one file sim/<exchange>.py defining TWIN, a subclass of sim
   open_session(path) -> Session            parse the WS request path; raise Rejected(status, body) to refuse
   on_message(session, message) -> [bytes]  client messages (subscribe…): mutate session, return replies
   trade_frame(trade, style) -> bytes       one trade's frame, encoded once per style, broadcast as is
+  batches_trades, batch_frame(frames)      optional: a clock tick's trades go out as one frame (Polygon's arrays)
+  greeting(session) -> [bytes]             optional: frames sent as soon as a connection opens (status messages)
   rest(path, query, emitted) -> RestResponse  plain GETs on the same port; trades < emitted have happened
 Session(style, streams, symbols): `symbols` routes trades to the connection; `style` picks the rendering.
 The server provides the clock, history, connection tracking and every fault, for every twin.

@@ -63,6 +63,7 @@ class Connection:
         self._ws = ws
         self._plan = FaultPlan()
         self._backlog: list[bytes] | None = None  # frames held back while stalled
+        self._batch: list[bytes] = []  # trade frames of this clock tick, for twins that batch them
         self._resume_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -116,7 +117,10 @@ class Connection:
             return
         self.counters.trades_sent += 1
         self.counters.duplicates_sent += copies - 1
-        self.queue([frame] * copies)
+        if self._ex.twin.batches_trades:
+            self._batch += [frame] * copies  # framed together at the tick's flush
+        else:
+            self.queue([frame] * copies)
 
     def send(self, frames: list[bytes]) -> None:
         self.queue(frames)
@@ -132,6 +136,9 @@ class Connection:
 
     def flush(self) -> None:
         """Write everything queued in one syscall: a burst of trades costs one send(), not one each."""
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self.queue([self._ex.twin.batch_frame(batch)])
         if self._writable():
             ws = self._ws
             ws.transport.write(b"".join(ws.protocol.data_to_send()))
@@ -501,6 +508,7 @@ class Simulator:
         ex.connections[connection.id] = connection
         ex.route(connection, set())
         log.info("%s connection %d opened: %s", ex.name, connection.id, connection.path)
+        connection.send(ex.twin.greeting(session))
         try:
             async for message in ws:
                 before = set(session.symbols)

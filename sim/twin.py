@@ -51,6 +51,7 @@ class Twin:
     ping_interval: ClassVar[float] = 20.0  # WebSocket ping frames from the server
     pong_timeout: ClassVar[float] = 60.0  # no pong within this → the server closes the connection
     id_block: ClassVar[int] = 1_000_000  # symbol k's trade ids start at (k + 1) * id_block
+    batches_trades: ClassVar[bool] = False  # one frame per clock tick carries all its trades (batch_frame)
 
     def __init__(self, market: ExchangeMarket):
         self.market = market
@@ -66,6 +67,14 @@ class Twin:
     def trade_frame(self, trade: Trade, style: str) -> bytes:
         """The encoded frame carrying one trade (encoded once, broadcast to every subscriber)."""
         raise NotImplementedError
+
+    def batch_frame(self, frames: list[bytes]) -> bytes:
+        """One frame carrying several trade_frame()s, for twins with batches_trades (e.g. a JSON array)."""
+        raise NotImplementedError
+
+    def greeting(self, session: Session) -> list[bytes]:
+        """Frames the server sends by itself as soon as a connection opens (e.g. a status message)."""
+        return []
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
         """Answer a plain HTTP GET; only trades with index < `emitted` have happened."""
