@@ -6,6 +6,7 @@ feed actor:    dedup → sequence check → RowBatch to the buffer actors; gaps 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -14,16 +15,23 @@ from actors.feed_io import Backfiller, FeedReader
 from config.schema import FeedConfig
 from feeds.base import Gap, MalformedFrame, ParsedRows, protocol_class
 from feeds.dedup import DedupWindow
+from feeds.rows import Candle
 from feeds.sequence import SequenceTracker
+from feeds.validation import RateCeiling, RowValidator, SampleGate, sample_row
+from storage.deadletter import DeadLetters
 from supervision.backoff import Backoff
+from supervision.breaker import CircuitBreaker
+from supervision.reconnect import CONNECTED, FAILED, ReconnectPolicy, Retry
 from supervision.scheduler import scheduler
 from supervision.supervisor import ABNORMAL, ChildContext, Supervised
 from telemetry import metrics
-from telemetry.logs import event
+from telemetry.logs import event, scrub
 
 log = logging.getLogger("marketfeed.feed")
 
 TICK_S = 1.0  # watchdog and keepalive resolution
+REJECT_SAMPLE_INTERVAL_S = 60.0  # one dead-letter sample per rejection reason per minute
+CONNECTING, PAUSED = "connecting", "paused"
 
 
 # Messages a feed actor receives (from its own threads and timers).
@@ -37,6 +45,17 @@ class Connected:
 class Disconnected:
     generation: int
     reason: str
+
+
+@dataclass(frozen=True)
+class SubscriptionRefused:
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShutdownAnnounced:
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -77,23 +96,70 @@ class FeedMemory:
 
     def __init__(self) -> None:
         self.last_ids: dict[str, int] = {}
+        self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
         self.last_trade_ns = 0
+
+
+class LiveCandles:
+    """In-progress candles, latest state wins per (exchange, symbol, interval); bounded by the
+    subscriptions. A closed candle retires the in-progress state of its own and older periods."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str, str], Candle] = {}
+        self.closed_ts: dict[tuple[str, str, str], int] = {}  # newest closed period per key
+
+    def update(self, candles: list[Candle]) -> None:
+        pending, closed_ts = self.pending, self.closed_ts
+        for c in candles:
+            key = (c.exchange, c.symbol, c.interval)
+            if c.ts_ns <= closed_ts.get(key, -1):
+                continue  # a late update of a period already closed: the closed row is final
+            held = pending.get(key)
+            if held is None or c.ts_ns >= held.ts_ns:
+                pending[key] = c
+
+    def close(self, candles: list[Candle]) -> None:
+        for c in candles:
+            key = (c.exchange, c.symbol, c.interval)
+            if c.ts_ns > self.closed_ts.get(key, -1):
+                self.closed_ts[key] = c.ts_ns
+            held = self.pending.get(key)
+            if held is not None and held.ts_ns <= c.ts_ns:
+                del self.pending[key]
+
+    def take(self) -> list[Candle]:
+        rows, self.pending = list(self.pending.values()), {}
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.pending)
 
 
 class FeedActor(Supervised):
     kind = "feed"
 
-    def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory):
+    def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory,
+                 dead_letter_dir: str = "var/deadletter"):
         super().__init__(ctx)
         self.feed, self.sinks, self.memory = feed, sinks, memory
+        self.validator = RowValidator(feed.symbols, feed.max_future_skew_s, feed.max_string_len)
+        self.rejected: dict[str, int] = {}  # rows refused by validation, by reason
+        self.reject_samples, self.dead_letter_dir = SampleGate(REJECT_SAMPLE_INTERVAL_S), dead_letter_dir
+        self.rate_ceiling = RateCeiling(feed.max_messages_per_s)
         self.protocol = protocol_class(feed.exchange)(feed)
-        self.urls = (feed.url, *feed.alt_urls)
-        self.url_index = 0
+        self.reconnect = ReconnectPolicy(
+            (feed.url, *feed.alt_urls),
+            Backoff(feed.reconnect_min_s, feed.reconnect_max_s),
+            CircuitBreaker(feed.breaker_failures, feed.breaker_reset_s),
+        )
         self.dedup = DedupWindow(feed.dedup_window_s, feed.dedup_max_entries)
-        self.sequence = SequenceTracker(memory.last_ids, self.protocol.stream_key)
-        self.backoff = Backoff(feed.reconnect_min_s, feed.reconnect_max_s)
+        self.sequence = SequenceTracker(memory.last_ids, self.protocol.stream_key, memory.stream_symbols)
+        self.live_candles = LiveCandles()
         self.reader: FeedReader | None = None
+        self.draining: FeedReader | None = None  # the old connection while its successor opens
         self.backfiller: Backfiller | None = None
+        self.may_backfill = threading.Event()  # cleared while the feed is paused: backfill waits too
+        self.may_backfill.set()
         self.generation = 0
         self.state = "starting"
         self.connected_at: float | None = None
@@ -103,8 +169,9 @@ class FeedActor(Supervised):
         self.outage_since_ns = 0  # set while an outage awaits its window backfill (outage_gaps)
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
         self.gaps = self.backfilled = 0
-        self.connect_failures = 0  # in a row; at feed.max_connect_failures the actor fails to its supervisor
         self.last_error = ""
+        self.pause_reason = ""
+        self.tables: set[str] = set()  # tables this feed has written: their backpressure pauses it
         self.outbox: dict[str, list] = {}
         self.tick_timer = None
         m = metrics
@@ -112,17 +179,19 @@ class FeedActor(Supervised):
         self.m_dups, self.m_gaps = m.DUPLICATES.labels(feed.name), m.GAPS.labels(feed.name)
         self.m_backfilled, self.m_reconnects = m.BACKFILLED.labels(feed.name), m.RECONNECTS.labels(feed.name)
         self.m_connected = m.FEED_CONNECTED.labels(feed.name)
+        self.m_rate_exceeded = m.FEED_RATE_EXCEEDED.labels(feed.name)
 
     # --- lifecycle
     def started(self) -> None:
         if self.feed.backfill:
-            self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref)
+            self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref, self.may_backfill)
             self.backfiller.start()
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
         self._connect()
 
     def stopping(self) -> None:
         self._release()
+        self._send_live_candles()
         self._deliver()  # hand whatever is held to the buffers before they stop
         event(log, "feed_stopped", feed=self.feed.name, messages=self.messages, data_messages=self.data_messages)
 
@@ -133,14 +202,16 @@ class FeedActor(Supervised):
         self._release()
 
     def owned_threads(self) -> list:
-        return [t for t in (self.reader, self.backfiller) if t is not None]
+        return [t for t in (self.reader, self.draining, self.backfiller) if t is not None]
 
     def _release(self) -> None:
         if self.tick_timer is not None:
             self.tick_timer.cancel()
-        if self.reader is not None:
-            self.reader.close()
+        for reader in (self.reader, self.draining):
+            if reader is not None:
+                reader.close()
         if self.backfiller is not None:
+            self.may_backfill.set()
             self.backfiller.stop()
         self.m_connected.set(0)
 
@@ -150,6 +221,8 @@ class FeedActor(Supervised):
             case FrameBatch():
                 self._on_frames(message)  # rows of a connection already replaced still count
             case BackfillRows(rows):
+                rows = self._valid("trades", rows)
+                self.sequence.fill(rows)
                 fresh = self.dedup.fresh(rows, time.monotonic())
                 self.backfilled += len(fresh)
                 self.m_backfilled.inc(len(fresh))
@@ -160,17 +233,19 @@ class FeedActor(Supervised):
                       first_id=gap.first_id, last_id=gap.last_id, since_ns=gap.since_ns, until_ns=gap.until_ns,
                       rows=rows, error=error)
             case Connected(generation, url) if generation == self.generation:
-                self.state, self.connected_at = "connected", time.monotonic()
-                self.last_data_at = self.connected_at
-                self.m_connected.set(1)
-                event(log, "feed_connected", feed=self.feed.name, url=url)
+                self._on_connected(url)
             case Disconnected(generation, reason) if generation == self.generation:
                 self._on_disconnected(reason)
+            case SubscriptionRefused(generation, reason) if generation == self.generation:
+                self._on_refused(reason)
+            case ShutdownAnnounced(generation) if generation == self.generation:
+                event(log, "feed_shutdown_announced", feed=self.feed.name)
+                self._roll()
             case Reconnect(generation) if generation == self.generation:
                 self._connect()
             case Tick():
                 self._tick()
-            case Connected() | Disconnected() | Reconnect():
+            case Connected() | Disconnected() | SubscriptionRefused() | ShutdownAnnounced() | Reconnect():
                 pass  # about a connection already replaced
             case _:
                 return super().handle(message)
@@ -181,8 +256,9 @@ class FeedActor(Supervised):
         self.m_messages.inc(batch.frames)
         if batch.data_frames:
             self.data_messages += batch.data_frames
-            self.last_data_at = time.monotonic()
-        if batch.pongs:
+            if batch.generation == self.generation:
+                self.last_data_at = time.monotonic()  # a draining connection must not hide a silent successor
+        if batch.pongs and batch.generation == self.generation:
             self.pong_due_at = None
         if batch.malformed:
             self.malformed += len(batch.malformed)
@@ -191,7 +267,10 @@ class FeedActor(Supervised):
             event(log, "malformed_frame", logging.WARNING, feed=self.feed.name, count=len(batch.malformed),
                   reason=first.reason, sample=_sample(first.sample))
         rows = batch.rows
-        if self.outage_since_ns and batch.data_frames:
+        rows.trades = self._valid("trades", rows.trades)
+        rows.candles = self._valid("candles", rows.candles)
+        rows.live_candles = self._valid("candles", rows.live_candles)
+        if self.outage_since_ns and batch.data_frames and batch.generation == self.generation:
             # The first live data after an outage bounds its window: what happened before comes over REST.
             until_ns = min((t.ts_ns for t in rows.trades), default=time.time_ns())
             for gap in self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns):
@@ -207,10 +286,44 @@ class FeedActor(Supervised):
                 for gap in self.sequence.observe(trades):
                     self._gap(gap)
             self._send("trades", trades)
-        if rows.candles:
-            self._send("candles", rows.candles)
         if rows.live_candles:
-            self._send("candles", rows.live_candles)
+            self.live_candles.update(rows.live_candles)
+        if rows.candles:
+            self.live_candles.close(rows.candles)
+            self._send("candles", rows.candles)
+        if self.live_candles:
+            self._send_live_candles()
+
+    def _valid(self, table: str, rows: list) -> list:
+        """The rows that may be stored; the rest are counted by reason, logged, and sampled to the dead-letter file."""
+        if not rows:
+            return rows
+        valid, rejected = self.validator.split(rows, time.time_ns())
+        if not rejected:
+            return valid
+        reasons: dict[str, int] = {}
+        for _, reason in rejected:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, count in reasons.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+            metrics.ROWS_REJECTED.labels(self.feed.name, reason).inc(count)
+        now = time.monotonic()
+        samples = [(sample_row(row), f"rejected by validation: {reason} (feed {self.feed.name})")
+                   for row, reason in rejected if self.reject_samples.due(reason, now)]
+        event(log, "rows_rejected", logging.WARNING, feed=self.feed.name, table=table, reasons=reasons,
+              sample=repr(sample_row(rejected[0][0])))
+        if samples:
+            try:
+                DeadLetters(self.dead_letter_dir, table).write(samples)
+            except (OSError, TypeError, ValueError) as exc:  # the sample is lost, the feed goes on
+                event(log, "dead_letter_failed", logging.ERROR, feed=self.feed.name,
+                      error=f"{type(exc).__name__}: {exc}")
+        return valid
+
+    def _send_live_candles(self) -> None:
+        """Only while the candles buffer takes them: until then the latest state waits, one per key."""
+        if self.sinks.get("candles") is not None and "candles" not in self.outbox:
+            self._send("candles", self.live_candles.take())
 
     def _gap(self, gap: Gap) -> None:
         self.gaps += 1
@@ -221,13 +334,19 @@ class FeedActor(Supervised):
         else:
             event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol,
                   since_ns=gap.since_ns, until_ns=gap.until_ns)
+        self._backfill(gap)
+
+    def _backfill(self, gap: Gap) -> None:
         if self.backfiller is not None:
             self.backfiller.gaps.put(gap)
 
     def _send(self, table: str, rows: list) -> None:
         if rows:
+            self.tables.add(table)
             self.outbox.setdefault(table, []).extend(rows)
             self._deliver()
+            if self._held_rows() > self.feed.max_held_rows:
+                self._pause(f"{self._held_rows()} rows held for an unavailable buffer")
 
     def _deliver(self) -> None:
         """One tell per table per batch; rows wait here while their buffer actor is restarting."""
@@ -241,44 +360,121 @@ class FeedActor(Supervised):
                 continue
             del self.outbox[table]
 
+    def _held_rows(self) -> int:
+        return sum(len(r) for r in self.outbox.values())
+
     # --- connection control
     def _connect(self) -> None:
         self.generation += 1
-        self.state = "connecting"
-        url = self.protocol.url(self.urls[self.url_index % len(self.urls)])
+        self.state = CONNECTING
+        url = self.protocol.url(self.reconnect.url)
         self.reader = FeedReader(self.feed.name, self.protocol, url, self.generation, self.actor_ref,
                                  self.feed.batch_rows, self.feed.batch_linger_s)
         self.reader.start()
 
+    def _roll(self) -> None:
+        """Make before break: the current connection keeps streaming until its successor is up."""
+        if self.draining is not None:
+            self.draining.close()
+        self.draining, self.reader = self.reader, None
+        self._connect()
+
+    def _on_connected(self, url: str) -> None:
+        now = time.monotonic()
+        if self.draining is not None:
+            self.draining.close()
+            self.draining = None
+        self.reconnect.connected(now)
+        self.rate_ceiling.restart(self.messages, now)
+        self.m_rate_exceeded.set(0)
+        self.state, self.connected_at, self.last_data_at = CONNECTED, now, now
+        self.pong_due_at = None
+        self.m_connected.set(1)
+        event(log, "feed_connected", feed=self.feed.name, url=url)
+        if self.protocol.contiguous_ids:
+            # Whatever happened since the last id seen, even if no live trade follows to reveal it.
+            for gap in self.sequence.since_last():
+                self._backfill(gap)
+
     def _on_disconnected(self, reason: str) -> None:
         self.m_connected.set(0)
-        was_connected = self.state == "connected"
-        stable = self.connected_at is not None and time.monotonic() - self.connected_at >= 30.0
-        if stable:
-            self.backoff.reset()
-        if not was_connected:
-            self.url_index += 1  # a failed connect tries the next alternative URL
+        was_connected = self.state == CONNECTED
+        if was_connected and not self.outage_since_ns:
+            self.outage_since_ns = self.memory.last_trade_ns or time.time_ns()
+        self.connected_at = self.pong_due_at = None
+        self.reader = None
+        if self.draining is not None:  # the successor failed: the old connection ends with it
+            self.draining.close()
+            self.draining = None
         self.reconnects += 1
         self.m_reconnects.inc()
         self.last_error = reason
-        self.state = "retrying"
-        self.connected_at = None
-        self.pong_due_at = None
-        if was_connected and not self.outage_since_ns:
-            self.outage_since_ns = self.memory.last_trade_ns or time.time_ns()
-        self.connect_failures = 0 if was_connected else self.connect_failures + 1
-        if self.feed.max_connect_failures and self.connect_failures >= self.feed.max_connect_failures:
-            self.exit(ABNORMAL, f"{self.connect_failures} connects in a row failed, the last: {reason}")
+        retry = self.reconnect.ended(time.monotonic())
+        limit = self.feed.max_connect_failures
+        if limit and self.reconnect.failures >= limit:
+            self.exit(ABNORMAL, f"{self.reconnect.failures} connects in a row failed, the last: {reason}")
             return
-        delay = self.backoff.next_delay()
-        event(log, "feed_disconnected", logging.WARNING, feed=self.feed.name, reason=reason,
-              reconnect_in_s=round(delay, 3))
-        scheduler().after(delay, self.actor_ref, Reconnect(self.generation))
+        self._retry(retry, "feed_disconnected", reason)
+
+    def _on_refused(self, reason: str) -> None:
+        """The exchange refused the subscription: report the feed failed, try again only after the breaker's cool-down."""
+        if self.reader is not None:
+            self.reader.close()
+        self.generation += 1  # the refused connection's Disconnected is now stale
+        self.m_connected.set(0)
+        self.reader, self.connected_at, self.pong_due_at = None, None, None
+        self.last_error = f"subscription refused: {reason}"
+        self._retry(self.reconnect.rejected(time.monotonic()), "feed_subscription_refused", reason)
+
+    def _retry(self, retry: Retry, what: str, reason: str) -> None:
+        self.state = retry.state
+        level = logging.ERROR if retry.state == FAILED else logging.WARNING
+        event(log, what, level, feed=self.feed.name, reason=reason, state=retry.state,
+              failures=self.reconnect.failures, reconnect_in_s=round(retry.delay_s, 3))
+        scheduler().after(retry.delay_s, self.actor_ref, Reconnect(self.generation))
+
+    def _pause(self, reason: str) -> None:
+        """Backpressure: stop reading rather than hold more; the outage is backfilled after resuming."""
+        if self.state == PAUSED:
+            return
+        event(log, "feed_paused", logging.WARNING, feed=self.feed.name, reason=reason)
+        self.state, self.pause_reason = PAUSED, reason
+        self.may_backfill.clear()
+        self.m_connected.set(0)
+        if self.outage_since_ns == 0:
+            self.outage_since_ns = self.memory.last_trade_ns or time.time_ns()
+        for reader in (self.reader, self.draining):
+            if reader is not None:
+                reader.close()
+        self.generation += 1  # whatever the closed readers still say is about the past
+        self.reader = self.draining = None
+
+    def _backpressure(self) -> str:
+        paused = sorted(t for t in self.tables if self.sinks.paused(t))
+        if paused:
+            return f"spool full for {', '.join(paused)}"
+        if self._held_rows() > self.feed.max_held_rows:
+            return f"{self._held_rows()} rows held for an unavailable buffer"
+        return ""
 
     def _tick(self) -> None:
         self._deliver()
+        self._check_rate(time.monotonic())
+        if self.live_candles:
+            self._send_live_candles()
         now = time.monotonic()
-        if self.state != "connected" or self.reader is None:
+        pressure = self._backpressure()
+        if self.state == PAUSED:
+            if not pressure:
+                event(log, "feed_resumed", feed=self.feed.name, paused_for=self.pause_reason)
+                self.pause_reason = ""
+                self.may_backfill.set()
+                self._connect()
+            return
+        if pressure:
+            self._pause(pressure)
+            return
+        if self.state != CONNECTED or self.reader is None:
             return
         if self.last_data_at is not None and now - self.last_data_at > self.feed.stale_after_s:
             event(log, "feed_stale", logging.WARNING, feed=self.feed.name,
@@ -290,6 +486,11 @@ class FeedActor(Supervised):
                   timeout_s=self.protocol.pong_timeout_s)
             self.reader.close()
             return
+        max_age = self.feed.max_connection_age_s or self.protocol.max_connection_age_s
+        if max_age and self.connected_at is not None and now - self.connected_at >= max_age:
+            event(log, "feed_connection_rolled", feed=self.feed.name, age_s=round(now - self.connected_at, 1))
+            self._roll()
+            return
         ping = self.protocol.ping_message
         if ping and now - self.last_ping_at >= self.protocol.ping_interval_s:
             self.last_ping_at = now
@@ -300,11 +501,23 @@ class FeedActor(Supervised):
             except Exception:  # noqa: BLE001 - a dead socket shows up as Disconnected from the reader
                 pass
 
+    def _check_rate(self, now: float) -> None:
+        """Flag the feed while its connection talks faster than max_messages_per_s: a runaway or hostile peer."""
+        if self.rate_ceiling.observe(self.messages, now):
+            flagged = self.rate_ceiling.flagged
+            self.m_rate_exceeded.set(int(flagged))
+            event(log, "feed_rate_exceeded" if flagged else "feed_rate_normal",
+                  logging.WARNING if flagged else logging.INFO, feed=self.feed.name, messages_per_s=round(self.rate_ceiling.rate, 1),
+                  max_messages_per_s=self.feed.max_messages_per_s)
+
     def status(self) -> dict:
         now = time.monotonic()
         return {
             "exchange": self.feed.exchange,
             "state": self.state,
+            "url": self.reconnect.url,
+            "breaker": self.reconnect.breaker.state(now),
+            "connect_failures": self.reconnect.failures,
             "messages": self.messages,
             "data_messages": self.data_messages,
             "last_message_age_s": None if self.last_data_at is None else round(now - self.last_data_at, 3),
@@ -313,8 +526,13 @@ class FeedActor(Supervised):
             "duplicates": self.dedup.dropped,
             "gaps": self.gaps,
             "backfilled": self.backfilled,
-            "held_rows": sum(len(r) for r in self.outbox.values()),
-            "last_error": self.last_error,
+            "held_rows": self._held_rows(),
+            "live_candles": len(self.live_candles),
+            "paused": self.pause_reason,
+            "last_error": scrub(self.last_error),
+            "rejected": dict(self.rejected),
+            "rate_exceeded": self.rate_ceiling.flagged,
+            "messages_per_s": round(self.rate_ceiling.rate, 1),
         }
 
 

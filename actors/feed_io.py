@@ -9,18 +9,61 @@ import logging
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import websocket
+from websocket._abnf import continuous_frame, frame_buffer  # the classes a WebSocket reads frames with
 
-from feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows
+from feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from supervision.backoff import Backoff
 from telemetry.logs import event
 
 log = logging.getLogger("marketfeed.feed")
+STATUS_MESSAGE_TOO_BIG = 1009
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """Certificates and host names are always verified; ca_file only chooses whom to trust (empty: the system)."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+class MessageTooBig(Exception):
+    """A WebSocket message above the feed's max_frame_bytes: the connection is closed before its payload is read."""
+
+
+class _BoundedFrameBuffer(frame_buffer):
+    """websocket-client reads any declared length; this refuses a frame once its header names too many bytes."""
+
+    def __init__(self, recv, skip_utf8_validation: bool, max_bytes: int):
+        super().__init__(recv, skip_utf8_validation)
+        self.max_bytes = max_bytes
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        if self.length > self.max_bytes:
+            raise MessageTooBig(f"frame of {self.length} bytes is above max_frame_bytes ({self.max_bytes})")
+
+
+class _BoundedMessage(continuous_frame):
+    """…and a message fragmented into many small frames is refused once their sum is too big."""
+
+    def __init__(self, fire_cont_frame: bool, skip_utf8_validation: bool, max_bytes: int):
+        super().__init__(fire_cont_frame, skip_utf8_validation)
+        self.max_bytes = max_bytes
+
+    def add(self, frame) -> None:
+        super().add(frame)
+        if self.cont_data is not None and len(self.cont_data[1]) > self.max_bytes:
+            raise MessageTooBig(f"fragmented message above max_frame_bytes ({self.max_bytes})")
+
+
+def limit_message_size(ws: websocket.WebSocket, max_bytes: int) -> None:
+    ws.frame_buffer = _BoundedFrameBuffer(ws._recv, ws.frame_buffer.skip_utf8_validation, max_bytes)
+    ws.cont_frame = _BoundedMessage(ws.cont_frame.fire_cont_frame, ws.cont_frame.skip_utf8_validation, max_bytes)
 
 
 class FeedReader(threading.Thread):
@@ -52,11 +95,14 @@ class FeedReader(threading.Thread):
             ws.send(text)
 
     def run(self) -> None:
-        from actors.feed import Connected, Disconnected
+        from actors.feed import Connected, Disconnected, SubscriptionRefused
 
         error = "closed"
         try:
-            ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
+            feed = self.protocol.feed
+            ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
+                                     sslopt={"context": tls_context(feed.ca_file)})
+            limit_message_size(ws, feed.max_frame_bytes)
             self.ws = ws
             ws.connect(self.url, timeout=self.connect_timeout_s)
             ws.settimeout(None)  # block in recv; the actor's watchdog closes a stale socket
@@ -64,6 +110,15 @@ class FeedReader(threading.Thread):
                 ws.send(message)
             self.actor_ref.tell(Connected(self.generation, self.url))
             error = self._receive(ws)
+        except SubscriptionRejected as exc:
+            self.closing = True
+            self.actor_ref.tell(SubscriptionRefused(self.generation, str(exc)))
+        except MessageTooBig as exc:
+            error = f"MessageTooBig: {exc}"
+            try:  # say why, then drop the socket: a close handshake would read the oversized payload
+                self.ws.send_close(STATUS_MESSAGE_TOO_BIG, b"message too big")
+            except Exception:  # noqa: BLE001 - the socket may be gone already
+                pass
         except Exception as exc:  # noqa: BLE001 - every way a connection ends is reported the same way
             error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -76,7 +131,7 @@ class FeedReader(threading.Thread):
                 pass
 
     def _receive(self, ws: websocket.WebSocket) -> str:
-        from actors.feed import FrameBatch
+        from actors.feed import FrameBatch, ShutdownAnnounced
 
         parse, protocol_close = self.protocol.parse, websocket.ABNF.OPCODE_CLOSE
         sock = ws.sock
@@ -84,7 +139,7 @@ class FeedReader(threading.Thread):
         frames = data_frames = pongs = 0
         malformed: list[MalformedFrame] = []
         first_at = 0.0
-        reconnect = False
+        max_json_bytes = self.protocol.feed.max_json_bytes
 
         def hand_on() -> None:
             nonlocal out, frames, data_frames, pongs, malformed, first_at
@@ -95,7 +150,11 @@ class FeedReader(threading.Thread):
             # Nothing more to read right now: hand on what we have instead of holding it in a blocking recv.
             if frames and not select.select([sock], [], [], 0)[0]:
                 hand_on()
-            opcode, data = ws.recv_data()
+            try:
+                opcode, data = ws.recv_data()
+            except MessageTooBig:
+                hand_on()  # what arrived before it still counts
+                raise
             if opcode == protocol_close:
                 hand_on()
                 return "server closed the connection"
@@ -104,20 +163,26 @@ class FeedReader(threading.Thread):
                 first_at = time.monotonic()
             frames += 1
             try:
+                if len(data) > max_json_bytes:  # never handed to the JSON parser
+                    raise MalformedFrame(f"message of {len(data)} bytes is above max_json_bytes ({max_json_bytes})",
+                                         data)
                 control = parse(data, received_ns, out)
             except MalformedFrame as exc:
                 malformed.append(exc)
                 control = Control.INFO
+            except SubscriptionRejected:
+                hand_on()  # what arrived before the refusal still counts
+                raise
             if control is None:
                 data_frames += 1
             elif control is Control.PONG:
                 pongs += 1
             elif control is Control.RECONNECT:
-                reconnect = True
-            if reconnect or len(out) >= self.batch_rows or time.monotonic() - first_at >= self.batch_linger_s:
+                # Keep reading: the actor opens a successor and closes this connection once it is up.
                 hand_on()
-            if reconnect:
-                return "server announced shutdown"
+                self.actor_ref.tell(ShutdownAnnounced(self.generation))
+            if frames and (len(out) >= self.batch_rows or time.monotonic() - first_at >= self.batch_linger_s):
+                hand_on()
         hand_on()
         return "closed by us"
 
@@ -125,13 +190,16 @@ class FeedReader(threading.Thread):
 class Backfiller(threading.Thread):
     """Fetches gaps over the exchange's REST API, one page at a time, within a request rate."""
 
-    def __init__(self, feed_name: str, protocol: FeedProtocol, actor_ref, min_interval_s: float = 0.2,
-                 attempts: int = 5, timeout_s: float = 10.0):
+    def __init__(self, feed_name: str, protocol: FeedProtocol, actor_ref, allowed: threading.Event,
+                 min_interval_s: float = 0.2, attempts: int = 5, timeout_s: float = 10.0):
         super().__init__(name=f"backfill-{feed_name}", daemon=True)
         self.feed_name, self.protocol, self.actor_ref = feed_name, protocol, actor_ref
+        self.allowed = allowed  # cleared while the feed is paused by backpressure: no rows to hold
         self.min_interval_s, self.attempts, self.timeout_s = min_interval_s, attempts, timeout_s
         self.gaps: queue.Queue[Gap | None] = queue.Queue()
         self._last_request = 0.0
+        self.tls = tls_context(protocol.feed.ca_file)
+        self.max_bytes = protocol.feed.max_backfill_bytes
 
     def stop(self) -> None:
         self.gaps.put(None)
@@ -142,6 +210,7 @@ class Backfiller(threading.Thread):
         while (gap := self.gaps.get()) is not None:
             requested, fetched, error = gap, 0, ""
             while gap is not None:
+                self.allowed.wait()
                 request = self.protocol.backfill_request(gap)
                 if request is None:
                     error = "exchange has no backfill"
@@ -166,8 +235,11 @@ class Backfiller(threading.Thread):
             self._last_request = time.monotonic()
             try:
                 req = urllib.request.Request(request.url, headers=dict(request.headers))
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
-                    return response.read()
+                with urllib.request.urlopen(req, timeout=self.timeout_s, context=self.tls) as response:
+                    body = response.read(self.max_bytes + 1)
+                if len(body) > self.max_bytes:  # not retried: the next answer would be as big
+                    raise MalformedFrame(f"REST response above max_backfill_bytes ({self.max_bytes})", body)
+                return body
             except urllib.error.HTTPError as exc:
                 if exc.code not in (418, 429) and exc.code < 500:
                     raise

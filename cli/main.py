@@ -11,11 +11,21 @@ DEFAULT_CONFIG = "marketfeed.toml"
 
 def _config(args) -> object:
     try:
-        return load(args.config)
+        config = load(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         sys.exit(2)
+    _hide_secrets(config)
+    return config
+
+
+def _hide_secrets(config) -> None:
+    """No log line of this process may show a secret of its config (README, Security)."""
+    from config.secrets import secret_values
+    from telemetry import logs
+
+    logs.hide(secret_values(config))
 
 
 def cmd_run(args) -> int:
@@ -38,6 +48,7 @@ def cmd_health(args) -> int:
     except ConfigError as exc:  # exit 2 would read as "critical" to a monitoring system
         print(f"MARKETFEED UNKNOWN - {'; '.join(exc.problems)}")
         return UNKNOWN
+    _hide_secrets(config)
     return health(config, args.json, args.timeout)
 
 

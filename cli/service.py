@@ -19,6 +19,7 @@ from actors.feed import FeedActor, FeedMemory
 from actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
 from cli.reload import applied, plan
 from config.loader import ConfigError, load
+from config.secrets import secret_values
 from config.schema import Config, FeedConfig
 from storage.recovery import last_trade_ids
 from storage.schema import TABLES
@@ -73,7 +74,8 @@ class Service:
                          shutdown_timeout_s=timeout * len(buffers) + 1, supervisor=True)
 
     def _feed_child(self, f: FeedConfig) -> ChildSpec:
-        return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(ctx, f, self.sinks, self.memories[f.name]),
+        return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(ctx, f, self.sinks, self.memories[f.name],
+                                                                      self.config.sink.dead_letter_dir),
                          shutdown_timeout_s=5.0)
 
     def _feed_spec(self) -> ChildSpec:
@@ -131,6 +133,7 @@ class Service:
         except ConfigError as exc:
             event(log, "config_reload_rejected", logging.ERROR, config=self.config.source, problems=exc.problems)
             return
+        logs.hide(secret_values(self.config) | secret_values(new))  # old ones too: running actors may still show them
         change = plan(self.config, new)
         self.config = applied(self.config, new)
         logging.getLogger().setLevel(self.config.service.log_level.upper())

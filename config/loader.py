@@ -1,12 +1,18 @@
 """Load and validate the TOML config; every problem is reported at once, naming file and key.
 
 Environment overrides: MARKETFEED_<SECTION>__<KEY>=value, e.g. MARKETFEED_QUESTDB__CONF=...
-(values are parsed as TOML scalars when they parse, else taken as strings).
+(values are parsed as TOML scalars when they parse, else taken as strings). Secrets can stay out of
+both: MARKETFEED_<SECTION>__<KEY>_FILE=path reads the value from a file (a systemd credential,
+$CREDENTIALS_DIRECTORY/…), and a feed's api_key_file does the same for its api_key.
+
+A config or secret file anyone may write is refused: whoever can edit it can point the service at
+their own QuestDB or exchange. Secret values are never echoed in a problem message.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -15,9 +21,10 @@ from pathlib import Path
 import orjson
 
 from config.schema import Config, FeedConfig
+from config.secrets import SECRET_KEYS, conf_items
 
 ENV_PREFIX = "MARKETFEED_"
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("feeds", "source")}
+SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("feeds", "source")}
 
 
 class ConfigError(Exception):
@@ -32,13 +39,56 @@ def load(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -
     raw: dict = {}
     if path:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(_read_private(Path(path)))
         except FileNotFoundError:
             raise ConfigError([f"{source}: file not found"]) from None
+        except PermissionError as exc:
+            raise ConfigError([f"{source}: {exc.strerror}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
-    _apply_env(raw, env)
+    problems: list[str] = []
+    _apply_env(raw, env, problems)
+    _read_key_files(raw, source, problems)
+    if problems:
+        raise ConfigError(problems)
     return from_dict(raw, source)
+
+
+def _read_private(path: Path) -> str:
+    """A config or secret file's text; PermissionError if anyone may write it."""
+    mode = path.stat().st_mode
+    if mode & stat.S_IWOTH:
+        raise PermissionError(0, f"is world-writable (mode {stat.S_IMODE(mode):o}); refusing it — "
+                                 "run chmod o-w on it")
+    return path.read_text()
+
+
+def _read_secret(path: str, what: str, problems: list[str]) -> str | None:
+    """The text of a secret file, without its trailing newline; a problem naming `what` if unreadable."""
+    try:
+        return _read_private(Path(path)).rstrip("\r\n")
+    except FileNotFoundError:
+        problems.append(f"{what}: file {path!r} not found")
+    except (PermissionError, IsADirectoryError) as exc:
+        problems.append(f"{what}: file {path!r} {exc.strerror}")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{what}: file {path!r} unreadable: {type(exc).__name__}")
+    return None
+
+
+def _read_key_files(raw: dict, source: str, problems: list[str]) -> None:
+    """feeds[i].api_key_file → feeds[i].api_key."""
+    feeds = raw.get("feeds")
+    for i, feed in enumerate(feeds if isinstance(feeds, list) else []):
+        if not isinstance(feed, dict) or not feed.get("api_key_file"):
+            continue
+        where = f"{source}: feeds[{i}] ({feed.get('name', '?')}).api_key_file"
+        if not isinstance(feed["api_key_file"], str):
+            continue  # reported by from_dict as a type problem
+        if feed.get("api_key"):
+            problems.append(f"{where}: set api_key or api_key_file, not both")
+        elif (key := _read_secret(feed["api_key_file"], where, problems)) is not None:
+            feed["api_key"] = key
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> Config:
@@ -72,9 +122,29 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
         problems.append(f"{source}: feeds: name {dup!r} is used twice")
     for feed in built_feeds:
         _check_feed(feed, source, problems)
+    _check_tls(built, built_feeds, source, problems)
     if problems:
         raise ConfigError(problems)
+    default_ca = built["service"].ca_file if "service" in built else ""
+    built_feeds = [dataclasses.replace(f, ca_file=f.ca_file or default_ca) for f in built_feeds]
     return Config(feeds=tuple(built_feeds), **built)
+
+
+def _check_tls(built: dict, feeds: list[FeedConfig], source: str, problems: list[str]) -> None:
+    """Certificate verification has no off switch: CA files must exist, the client's unsafe_off is refused."""
+    service, questdb = built.get("service"), built.get("questdb")
+    cas = [("service.ca_file", service.ca_file if service else "")]
+    cas += [(f"feeds ({f.name}).ca_file", f.ca_file) for f in feeds]
+    for key, path in cas:
+        if path and not os.path.isfile(path):
+            problems.append(f"{source}: {key}: file {path!r} not found")
+    if questdb is not None:
+        settings = dict(conf_items(questdb.conf))
+        if settings.get("tls_verify", "on").strip() != "on":
+            problems.append(f"{source}: questdb.conf: tls_verify={settings['tls_verify']} is refused: certificates "
+                            "are always verified (a private CA goes in tls_roots=/path/ca.pem)")
+        if (path := settings.get("tls_roots")) and not os.path.isfile(path):
+            problems.append(f"{source}: questdb.conf: tls_roots file {path!r} not found")
 
 
 def _build(cls, values: dict, where: str, source: str, problems: list[str]):
@@ -88,7 +158,9 @@ def _build(cls, values: dict, where: str, source: str, problems: list[str]):
             continue
         converted = _convert(hints[key], value)
         if converted is _INVALID:
-            problems.append(f"{source}: {where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            secret = f"{where.split('[', 1)[0]}.{key}" in SECRET_KEYS
+            got = f"a value of type {type(value).__name__} (not shown: it is a secret)" if secret else repr(value)
+            problems.append(f"{source}: {where}.{key}: expected {_type_name(hints[key])}, got {got}")
             continue
         meta = fields[key].metadata
         if meta.get("min") is not None and converted < meta["min"]:
@@ -152,12 +224,16 @@ def _check_feed(feed: FeedConfig, source: str, problems: list[str]) -> None:
         problems.append(f"{where}.reconnect_max_s: below reconnect_min_s")
 
 
-def _apply_env(raw: dict, env: Mapping[str, str]) -> None:
-    for name, value in env.items():
+def _apply_env(raw: dict, env: Mapping[str, str], problems: list[str]) -> None:
+    for name, value in sorted(env.items()):  # sorted: KEY before KEY_FILE, so the file wins
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
         if section not in SECTIONS:
+            continue
+        if key.endswith("_file") and key not in typing.get_type_hints(SECTIONS[section]):
+            if (text := _read_secret(value, f"${name}", problems)) is not None:
+                raw.setdefault(section, {})[key[:-len("_file")]] = text  # taken as is: a secret is a string
             continue
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]

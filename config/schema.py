@@ -21,12 +21,14 @@ class ServiceConfig:
     http_listen: str = "127.0.0.1:8766"  # empty: no HTTP endpoints
     status_interval_s: float = bounded(2.0, min=0.1)  # status file, sd_notify STATUS and watchdog refresh
     shutdown_timeout_s: float = bounded(15.0, min=1.0)
+    ca_file: str = ""  # default CA bundle of every feed (feeds.ca_file); empty: the system's trust store
 
 
 @dataclass(frozen=True)
 class QuestDBConfig:
-    conf: str = "http::addr=127.0.0.1:9000;"  # questdb client configuration string
-    pg_dsn: str = "host=127.0.0.1 port=8812 user=admin password=quest dbname=qdb"
+    # Both may carry credentials (username/password/token): hidden from repr, redacted wherever shown.
+    conf: str = field(default="http::addr=127.0.0.1:9000;", repr=False)  # questdb client configuration string
+    pg_dsn: str = field(default="host=127.0.0.1 port=8812 user=admin password=quest dbname=qdb", repr=False)
     table_prefix: str = ""
 
 
@@ -88,11 +90,26 @@ class FeedConfig:
     breaker_failures: int = bounded(3, min=1)  # failed connects in a row that open the feed's circuit breaker…
     breaker_reset_s: float = bounded(60.0, min=0.0)  # …which allows one trial connect after this long (half-open)
     max_held_rows: int = bounded(100_000, min=1)  # rows held for an unavailable buffer; above it the feed stops reading
+    max_connection_age_s: float = bounded(0.0, min=0.0)  # open a fresh connection before this age (0: the exchange's limit)
     dedup_window_s: float = bounded(120.0, min=0.0)
     dedup_max_entries: int = bounded(10_000, min=0)
     batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…
     batch_linger_s: float = bounded(0.005, min=0.0)  # …or once the oldest waited this long
     backfill: bool = True
+    snapshot: bool = True  # Kraken v2: ask every channel for its snapshot on (re)subscribe, sent explicitly
+    # Polygon. The key is a secret: hidden from repr, never logged; empty → $POLYGON_API_KEY or $POLYGON_API_KEY_FILE.
+    api_key: str = field(default="", repr=False)
+    min_trade_value: float = bounded(0.0, min=0.0)  # store only trades worth price × size × multiplier ≥ this
+    contract_multiplier: float = bounded(0.0, min=0.0)  # 0: 100 for options (O: tickers), 1 for stocks
+    # Hostile input and secrets (README, Security). The loader reads api_key_file into api_key.
+    api_key_file: str = ""  # a file holding the key (systemd credential), instead of api_key in this file
+    ca_file: str = ""  # CA bundle for wss:// and https:// (empty: service.ca_file, else the system's)
+    max_frame_bytes: int = bounded(16 << 20, min=1024)  # a bigger WebSocket message closes the connection
+    max_json_bytes: int = bounded(4 << 20, min=64)  # a bigger message is a malformed frame, never parsed
+    max_messages_per_s: float = bounded(0.0, min=0.0)  # above this the feed is flagged in health (0: no ceiling)
+    max_backfill_bytes: int = bounded(16 << 20, min=1024)  # a bigger REST response fails that backfill
+    max_future_skew_s: float = bounded(60.0, min=0.0)  # rows stamped later than now + this are rejected
+    max_string_len: int = bounded(64, min=1)  # longer symbols (or other strings) in a row are rejected
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class Gap:
     since_ns: int = 0  # for exchanges without contiguous ids: the outage start…
     until_ns: int = 0  # …and its end (event time of the first live trade after it)
     stream: str = ""  # which id sequence (FeedProtocol.stream_key) the ids belong to
+    page: str = ""  # cursor-paged REST APIs: where the next page is (e.g. Polygon's next_url path)
 
 
 class FeedProtocol:
@@ -82,6 +83,8 @@ class FeedProtocol:
     ping_message: ClassVar[str | None] = None  # application-level ping, if the protocol has one
     ping_interval_s: ClassVar[float] = 0.0
     pong_timeout_s: ClassVar[float] = 0.0  # no Control.PONG this long after a ping: reconnect (0: not enforced)
+    max_connection_age_s: ClassVar[float] = 0.0  # the exchange ends connections this old: roll over before (0: never)
+    backfill_min_interval_s: ClassVar[float] = 0.2  # the REST API's rate limit: at least this long between requests
 
     def __init__(self, feed: FeedConfig):
         self.feed = feed
@@ -97,7 +100,8 @@ class FeedProtocol:
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
         """Append the rows of one frame to `out`; return a Control for non-data frames.
 
-        Raises MalformedFrame for frames that cannot be understood.
+        Raises MalformedFrame for frames that cannot be understood, SubscriptionRejected when the
+        exchange refuses a subscription (the feed is then reported failed, not retried in a loop).
         """
         raise NotImplementedError
 

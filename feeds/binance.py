@@ -1,9 +1,17 @@
 """Binance spot market streams (combined-stream endpoint) and its REST backfill.
 
-Wire format: wss://<host>/stream?streams=btcusdt@trade/ethusdt@trade, each frame
-{"stream": "btcusdt@trade", "data": {"e": "trade", "E": ms, "s": "BTCUSDT", "t": id,
-"p": "decimal", "q": "decimal", "T": ms, "m": buyer_is_maker}}. The server pings every
-20 s; websocket-client answers pings with pongs by itself.
+Wire format: wss://<host>/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@kline_1m, each
+frame {"stream": name, "data": event}. Events:
+  trade     {"e": "trade", "E": ms, "s": "BTCUSDT", "t": id, "p": "dec", "q": "dec", "T": ms, "m": buyer_is_maker}
+  aggTrade  {"e": "aggTrade", "E": ms, "s": …, "a": agg id, "p", "q", "f": first id, "l": last id, "T": ms, "m"}
+  kline     {"e": "kline", "E": ms, "s": …, "k": {"t": open ms, "T": close ms, "i": "1m", "o", "h", "l",
+            "c", "v", "x": closed, …}}
+The server pings every 20 s (websocket-client answers by itself), ends every connection at 24 h and
+may announce a shutdown first ({"e": "serverShutdown"}, documented as {"event": {…}}).
+
+Aggregate trades go to the trades table under exchange "binance-agg": their ids are a sequence of
+their own (same numbers as trade ids, different meaning), so the DEDUP key (ts, exchange, symbol,
+trade_id) keeps them apart and `verify` checks each sequence on its own.
 """
 from __future__ import annotations
 
@@ -11,86 +19,89 @@ from urllib.parse import urlencode
 
 import orjson
 
-from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows
-from feeds.rows import Trade
+from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.rows import Candle, Trade
 
-BACKFILL_PAGE = 1000  # historicalTrades' maximum limit
+BACKFILL_PAGE = 1000  # historicalTrades' and aggTrades' maximum limit
+AGG_EXCHANGE = "binance-agg"  # exchange label of aggregate trades in the trades table
+AGG_STREAM = "@aggTrade"  # stream_key suffix of aggregate-trade ids
 
 
 class BinanceProtocol(FeedProtocol):
     exchange = "binance"
     contiguous_ids = True
+    max_connection_age_s = 24 * 3600 - 600  # Binance cuts at 24 h: roll over to a fresh connection 10 min before
 
     def url(self, base: str) -> str:
         streams = "/".join(f"{s.lower()}@{ch}" for s in self.feed.symbols for ch in self.feed.channels)
         return f"{base.rstrip('/')}/stream?streams={streams}"
 
+    def stream_key(self, row: Trade) -> str:
+        return row.symbol + AGG_STREAM if row.exchange == AGG_EXCHANGE else row.symbol
+
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
         try:
             msg = orjson.loads(frame)
-            data = msg["data"]
-            event = data["e"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            if isinstance(msg := _safe_loads(frame), dict) and "result" in msg and "id" in msg:
-                return Control.SUBSCRIBED  # reply to a SUBSCRIBE request
-            raise MalformedFrame(f"not a combined-stream event: {exc!r}", frame) from None
-        if event == "trade":
-            try:
-                out.trades.append(
-                    Trade(
-                        data["T"] * 1_000_000,
-                        "binance",
-                        data["s"],
-                        data["t"],
-                        float(data["p"]),
-                        float(data["q"]),
-                        "sell" if data["m"] else "buy",  # buyer is maker → the taker sold
-                        received_ns,
-                    )
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise MalformedFrame(f"bad trade event: {exc!r}", frame) from None
-            return None
+        except orjson.JSONDecodeError as exc:
+            raise MalformedFrame(f"invalid JSON: {exc}", frame) from None
+        if not isinstance(msg, dict):
+            raise MalformedFrame("not a JSON object", frame)
+        data = msg.get("data", msg.get("event", msg))  # combined stream, connection event, raw stream
+        event = data.get("e") if isinstance(data, dict) else None
+        try:
+            if event == "trade":
+                out.trades.append(Trade(int(data["T"]) * 1_000_000, "binance", data["s"], data["t"], float(data["p"]),
+                                        float(data["q"]), "sell" if data["m"] else "buy", received_ns))
+                return None
+            if event == "aggTrade":
+                out.trades.append(Trade(int(data["T"]) * 1_000_000, AGG_EXCHANGE, data["s"], data["a"], float(data["p"]),
+                                        float(data["q"]), "sell" if data["m"] else "buy", received_ns))
+                return None
+            if event == "kline":
+                k = data["k"]
+                candle = Candle(int(k["t"]) * 1_000_000, "binance", data["s"], k["i"], float(k["o"]), float(k["h"]),
+                                float(k["l"]), float(k["c"]), float(k["v"]), bool(k["x"]), received_ns)
+                (out.candles if candle.closed else out.live_candles).append(candle)
+                return None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad {event} event: {exc!r}", frame) from None
         if event == "serverShutdown":
             return Control.RECONNECT
+        if "id" in msg and "result" in msg:
+            return Control.SUBSCRIBED  # reply to a SUBSCRIBE request
+        if "id" in msg and ("error" in msg or "code" in msg):
+            error = msg.get("error", msg)
+            raise SubscriptionRejected(f"code {error.get('code')}: {error.get('msg')}" if isinstance(error, dict)
+                                       else str(error))
         raise MalformedFrame(f"unexpected event type {event!r}", frame)
 
     def backfill_request(self, gap: Gap) -> HttpRequest:
+        endpoint = "aggTrades" if gap.stream.endswith(AGG_STREAM) else "historicalTrades"
         query = urlencode({"symbol": gap.symbol, "fromId": gap.first_id, "limit": BACKFILL_PAGE})
-        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/historicalTrades?{query}")
+        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/{endpoint}?{query}")
 
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+        agg = gap.stream.endswith(AGG_STREAM)
         try:
             page = orjson.loads(body)
-            rows = [
-                Trade(
-                    t["time"] * 1_000_000,
-                    "binance",
-                    gap.symbol,
-                    t["id"],
-                    float(t["price"]),
-                    float(t["qty"]),
-                    "sell" if t["isBuyerMaker"] else "buy",
-                    received_ns,
-                )
-                for t in page
-                if gap.last_id is None or t["id"] <= gap.last_id
-            ]
+            if agg:
+                ids = [t["a"] for t in page]
+                rows = [Trade(int(t["T"]) * 1_000_000, AGG_EXCHANGE, gap.symbol, t["a"], float(t["p"]), float(t["q"]),
+                              "sell" if t["m"] else "buy", received_ns) for t in page]
+            else:
+                ids = [t["id"] for t in page]
+                rows = [Trade(int(t["time"]) * 1_000_000, "binance", gap.symbol, t["id"], float(t["price"]),
+                              float(t["qty"]), "sell" if t["isBuyerMaker"] else "buy", received_ns) for t in page]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise MalformedFrame(f"bad historicalTrades page: {exc!r}", body) from None
-        if not page or len(page) < BACKFILL_PAGE:
+            raise MalformedFrame(f"bad {'aggTrades' if agg else 'historicalTrades'} page: {exc!r}", body) from None
+        if gap.last_id is not None:
+            rows = [row for row in rows if row.trade_id <= gap.last_id]
+        if len(ids) < BACKFILL_PAGE:
             return rows, None  # nothing newer exists yet
-        next_id = page[-1]["id"] + 1
+        next_id = ids[-1] + 1
         if gap.last_id is not None and next_id > gap.last_id:
             return rows, None
-        return rows, Gap(gap.symbol, next_id, gap.last_id)
-
-
-def _safe_loads(frame: bytes | str) -> object:
-    try:
-        return orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        return None
+        return rows, Gap(gap.symbol, next_id, gap.last_id, stream=gap.stream)
 
 
 PROTOCOL = BinanceProtocol

@@ -3,23 +3,33 @@
 WebSocket: /stream?streams=btcusdt@trade/ethusdt@trade frames {"stream": name, "data": event};
 /ws/btcusdt@trade (or bare /ws, /stream plus SUBSCRIBE) sends the bare event. Live methods:
 SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET_PROPERTY/GET_PROPERTY "combined".
-Only <symbol>@trade streams carry data; other well-formed stream names are accepted and stay quiet.
-REST: GET /api/v3/historicalTrades?symbol=&fromId=&limit= and GET /api/v3/trades?symbol=&limit=.
+Data streams: <symbol>@trade, <symbol>@aggTrade (one aggregate per trade: id AGG_ID_BASE + trade id,
+f = l = the trade id) and <symbol>@kline_<interval> (an in-progress update after every trade; a
+trade that opens a new period first closes the previous one with "x": true, so a period closes
+on its next trade rather than on the clock). Other well-formed stream names are accepted and stay quiet.
+Connection.announce_shutdown() sends {"event": {"e": "serverShutdown", "E": ms}}.
+REST: GET /api/v3/historicalTrades?symbol=&fromId=&limit=, /api/v3/trades?symbol=&limit=,
+/api/v3/aggTrades?symbol=&fromId=&limit=.
 """
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from sim.market import Trade
+from sim.market import SymbolMarket, Trade
 from sim.twin import Rejected, RestResponse, Session, Twin
 
 COMBINED, RAW = "combined", "raw"
 DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
 _STREAM_NAME = re.compile(r"^[a-z0-9]+@[A-Za-z0-9_]+$")
+AGG_ID_BASE = 7_000_000_000  # aggregate ids: a sequence of their own, apart from trade ids
+INTERVAL_MS = {"1s": 1000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+               "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
+               "12h": 43_200_000, "1d": 86_400_000}
 _METHODS = "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`"
 
 # Binance's REST error bodies (HTTP 400).
@@ -91,8 +101,31 @@ class BinanceTwin(Twin):
             return orjson.dumps({"stream": f"{trade.symbol.lower()}@trade", "data": event})
         return orjson.dumps(event)
 
+    def connection_frames(self, trade: Trade, session: Session, frame: bytes) -> list[bytes]:
+        """The frames of every stream of this connection that the trade feeds, in subscription order."""
+        prefix = trade.symbol.lower() + "@"
+        frames = []
+        for name in session.streams:
+            if not name.startswith(prefix):
+                continue
+            channel = name[len(prefix):]
+            if channel == "trade":
+                frames.append(frame)
+            elif channel == "aggTrade":
+                frames.append(_wrap(session.style, name, _agg_event(trade)))
+            elif channel.startswith("kline_"):
+                interval = channel[len("kline_"):]
+                market = self.market[trade.symbol]
+                if trade.index and _period(market.trade(trade.index - 1), interval) != _period(trade, interval):
+                    frames.append(_wrap(session.style, name, _kline_event(market, trade.index - 1, interval, True)))
+                frames.append(_wrap(session.style, name, _kline_event(market, trade.index, interval, False)))
+        return frames
+
+    def shutdown_frames(self, session: Session) -> list[bytes]:
+        return [orjson.dumps({"event": {"e": "serverShutdown", "E": int(time.time() * 1000)}})]
+
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
-        if path not in ("/api/v3/historicalTrades", "/api/v3/trades"):
+        if path not in ("/api/v3/historicalTrades", "/api/v3/trades", "/api/v3/aggTrades"):
             return RestResponse(404, b"", "text/html")
         symbol = query.get("symbol", "")
         if not symbol:
@@ -101,11 +134,16 @@ class BinanceTwin(Twin):
             return RestResponse.json(INVALID_SYMBOL, 400)
         try:
             limit = int(query.get("limit", DEFAULT_LIMIT))
-            from_id = int(query["fromId"]) if path == "/api/v3/historicalTrades" and "fromId" in query else None
+            from_id = int(query["fromId"]) if path != "/api/v3/trades" and "fromId" in query else None
         except ValueError:
             return RestResponse.json({"code": -1100, "msg": "Illegal characters found in a parameter."}, 400)
         limit = max(1, min(limit, MAX_LIMIT))
         market = self.market[symbol]
+        if path == "/api/v3/aggTrades":
+            start = emitted - limit if from_id is None else market.index_of(from_id - AGG_ID_BASE)
+            trades = market.trades(start, min(max(start, 0) + limit, emitted))
+            return RestResponse.json([{k: v for k, v in _agg_event(t).items() if k not in ("e", "E", "s")}
+                                      for t in trades])
         start = emitted - limit if from_id is None else market.index_of(from_id)  # no fromId: most recent
         return RestResponse.json([_rest_trade(t) for t in market.trades(start, min(max(start, 0) + limit, emitted))])
 
@@ -118,11 +156,11 @@ class BinanceTwin(Twin):
         self._route(session)
 
     def _route(self, session: Session) -> None:
-        """Only <symbol>@trade streams of listed symbols carry trades."""
+        """Trade, aggTrade and kline streams of listed symbols carry data."""
         session.symbols = {
-            symbol
-            for symbol, channel in (name.upper().split("@") for name in session.streams)
-            if channel == "TRADE" and symbol in self.market
+            symbol.upper()
+            for symbol, channel in (name.split("@") for name in session.streams)
+            if _carries_data(channel) and symbol.upper() in self.market
         }
 
 
@@ -137,6 +175,46 @@ def _rest_trade(trade: Trade) -> dict:
         "isBuyerMaker": trade.buyer_is_maker,
         "isBestMatch": True,
     }
+
+
+def _carries_data(channel: str) -> bool:
+    return channel in ("trade", "aggTrade") or channel.removeprefix("kline_") in INTERVAL_MS
+
+
+def agg_id(trade: Trade) -> int:
+    return AGG_ID_BASE + trade.trade_id
+
+
+def _agg_event(trade: Trade) -> dict:
+    return {"e": "aggTrade", "E": trade.time_ms, "s": trade.symbol, "a": agg_id(trade), "p": trade.price,
+            "q": trade.qty, "f": trade.trade_id, "l": trade.trade_id, "T": trade.time_ms,
+            "m": trade.buyer_is_maker, "M": True}
+
+
+def _period(trade: Trade, interval: str) -> int:
+    step = INTERVAL_MS[interval]
+    return trade.time_ms - trade.time_ms % step
+
+
+def _kline_event(market: SymbolMarket, index: int, interval: str, closed: bool) -> dict:
+    """The candle of trade `index`'s period, as of that trade (scans the period: fine at test rates)."""
+    last = market.trade(index)
+    start = _period(last, interval)
+    first = index
+    while first > 0 and market.trade(first - 1).time_ms >= start:
+        first -= 1
+    trades = market.trades(first, index + 1)
+    prices = [Decimal(t.price) for t in trades]
+    volume = sum((Decimal(t.qty) for t in trades), Decimal(0))
+    kline = {"t": start, "T": start + INTERVAL_MS[interval] - 1, "s": last.symbol, "i": interval,
+             "f": trades[0].trade_id, "L": last.trade_id, "o": trades[0].price, "c": last.price,
+             "h": f"{max(prices):f}", "l": f"{min(prices):f}", "v": f"{volume:f}", "n": len(trades),
+             "x": closed, "q": "0", "V": "0", "Q": "0", "B": "0"}
+    return {"e": "kline", "E": last.time_ms, "s": last.symbol, "k": kline}
+
+
+def _wrap(style: str, stream: str, event: dict) -> bytes:
+    return orjson.dumps({"stream": stream, "data": event} if style == COMBINED else event)
 
 
 def _result(result: object, request_id: object) -> bytes:

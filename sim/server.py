@@ -7,8 +7,10 @@ taken effect by the time the call returns.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http
 import logging
+import ssl
 import threading
 import time
 import weakref
@@ -33,6 +35,8 @@ T = TypeVar("T")
 MIN_TICK_S = 0.001  # the clock wakes at most every millisecond; faster rates emit in bursts
 POLL_S = 0.002  # how often wait_* re-checks its condition
 CALL_TIMEOUT_S = 5.0
+MAX_RATE_CHUNK = 1000  # max_rate: trades per symbol per transport write
+MAX_RATE_LOW_WATER = 1 << 20  # max_rate: the next chunk goes out once a send buffer is below this
 
 
 @dataclass
@@ -107,6 +111,10 @@ class Connection:
         """Close with 1008 (policy violation), as an exchange does to a client that falls behind."""
         self._sim._call(self._close_slow_consumer)
 
+    def announce_shutdown(self, close_after_s: float | None = None) -> None:
+        """Send the twin's shutdown notice (e.g. Binance serverShutdown); close normally after `close_after_s`."""
+        self._sim._call(self._announce_shutdown, close_after_s)
+
     # ---- loop side ----
 
     def send_trade(self, trade: Trade, frame: bytes) -> None:
@@ -117,10 +125,11 @@ class Connection:
             return
         self.counters.trades_sent += 1
         self.counters.duplicates_sent += copies - 1
+        frames = self._ex.twin.connection_frames(trade, self.session, frame)
         if self._ex.twin.batches_trades:
-            self._batch += [frame] * copies  # framed together at the tick's flush
+            self._batch += frames * copies  # framed together at the tick's flush
         else:
-            self.queue([frame] * copies)
+            self.queue(frames * copies)
 
     def send(self, frames: list[bytes]) -> None:
         self.queue(frames)
@@ -174,6 +183,15 @@ class Connection:
         if self._ws.state is State.OPEN:
             self._ws.start_keepalive()
             self.send(backlog)
+
+    def _announce_shutdown(self, close_after_s: float | None) -> None:
+        self.send(self._ex.twin.shutdown_frames(self.session))
+        if close_after_s is not None:
+            asyncio.get_running_loop().call_later(close_after_s, self._close_normally)
+
+    def _close_normally(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._ws.close(1000))
 
     def _close_slow_consumer(self) -> None:
         if self._closing is None:  # keep a reference: the loop holds tasks only weakly
@@ -229,6 +247,7 @@ class _Exchange:
         self.connections: dict[int, Connection] = {}
         self.subscribers: dict[str, set[Connection]] = {symbol: set() for symbol in self.market.symbols}
         self.sessions: weakref.WeakKeyDictionary[ServerConnection, Session] = weakref.WeakKeyDictionary()
+        self.heartbeats: asyncio.Task[None] | None = None  # the twin's application-level heartbeats, if any
 
     @property
     def port(self) -> int:
@@ -256,6 +275,14 @@ class Simulator:
     port: base port, exchange k listens on port + k (0: ephemeral ports).
     ping_interval / pong_timeout: override every twin's keepalive (small values for tests).
     clock_paused: no trade happens until start_clock(), so a test's client can subscribe first.
+    max_connection_age: close every connection (code 1000) this many seconds after it opened, as
+    Binance does at 24 h (small values for tests; None: never).
+    max_rate: (benchmarks; needs count and clock_paused) ignore `rate`: start_clock() renders every
+    trade's wire frame up front, then each connection gets them in large chunks as fast as it reads
+    them, so the sender costs next to nothing. No faults apply in this mode.
+    stamp_send_time: (latency benchmarks) a trade's event time is the wall clock when it is sent.
+    twin_options: exchange → keyword arguments of its twin (e.g. {"polygon": {"api_key": "k"}}).
+    ssl_context: serve wss:// and https:// with this server context (tests of certificate verification).
     """
 
     def __init__(
@@ -273,6 +300,11 @@ class Simulator:
         pong_timeout: float | None = None,
         write_buffer_limit: int = 16 * 2**20,
         clock_paused: bool = False,
+        twin_options: Mapping[str, Mapping[str, Any]] | None = None,
+        max_rate: bool = False,
+        stamp_send_time: bool = False,
+        max_connection_age: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         if not exchanges:
             raise ValueError("no exchanges to simulate")
@@ -288,6 +320,14 @@ class Simulator:
         self.pong_timeout = pong_timeout
         self.write_buffer_limit = write_buffer_limit  # a client this far behind is cut off with 1008
         self.clock_paused = clock_paused  # no trade happens before start_clock(): tests connect first
+        self.twin_options = {name: dict(options) for name, options in (twin_options or {}).items()}
+        if max_rate and (count is None or not clock_paused):
+            raise ValueError("max_rate needs count and clock_paused (frames are rendered before the clock starts)")
+        self.max_rate = max_rate
+        self.max_connection_age = max_connection_age
+        self.stamp_send_time = stamp_send_time
+        self._rendered: dict[tuple[str, str, str], list[bytes]] = {}  # max_rate: wire frames, by subscription
+        self.ssl_context = ssl_context
         self._exchanges: dict[str, _Exchange] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -309,7 +349,7 @@ class Simulator:
             )
             self._exchanges[name] = _Exchange(
                 name,
-                cls(market),
+                cls(market, **self.twin_options.get(name, {})),
                 self.ping_interval if self.ping_interval is not None else cls.ping_interval,
                 self.pong_timeout if self.pong_timeout is not None else cls.pong_timeout,
             )
@@ -348,11 +388,11 @@ class Simulator:
 
     def url(self, exchange: str) -> str:
         """WebSocket base URL, e.g. ws://127.0.0.1:PORT (the twin defines the paths)."""
-        return f"ws://{self.host}:{self.port(exchange)}"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port(exchange)}"
 
     def rest_url(self, exchange: str) -> str:
         """REST base URL: the same port as the WebSocket."""
-        return f"http://{self.host}:{self.port(exchange)}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port(exchange)}"
 
     def urls(self) -> dict[str, dict[str, str]]:
         return {name: {"ws": self.url(name), "rest": self.rest_url(name)} for name in self._exchanges}
@@ -436,26 +476,89 @@ class Simulator:
                 compression=None,  # frames are encoded once and broadcast as is
                 close_timeout=1.0,
                 logger=log.getChild(ex.name),
+                ssl=self.ssl_context,
             )
+            if ex.twin.heartbeat_interval > 0:
+                ex.heartbeats = asyncio.get_running_loop().create_task(self._run_heartbeats(ex))
         if not self.clock_paused:
             self._clock = asyncio.get_running_loop().create_task(self._run_clock())
 
     def start_clock(self) -> None:
-        """Start the market clock of a simulator made with clock_paused=True."""
+        """Start the market clock of a simulator made with clock_paused=True (max_rate: render first)."""
+        rendered = self._render_max_rate() if self.max_rate else None  # in the caller's thread: may take seconds
 
         def create() -> None:
             if self._clock is None:
-                self._clock = asyncio.get_running_loop().create_task(self._run_clock())
+                clock = self._run_clock() if rendered is None else self._run_max_rate(rendered)
+                self._clock = asyncio.get_running_loop().create_task(clock)
 
         self._call(create)
+
+    def prepare_max_rate(self, style: str) -> None:
+        """Render every symbol's frames in `style` now, before clients connect (it can take a while)."""
+        for ex in self._exchanges.values():
+            for symbol in ex.market.symbols:
+                self._render(ex, symbol, style)
+
+    def _render_max_rate(self) -> dict[tuple[str, str, str], list[bytes]]:
+        """(exchange, symbol, style) of every live subscription → all `count` trades as wire frames, in chunks."""
+        for ex in self._exchanges.values():
+            for connection in tuple(ex.connections.values()):
+                for symbol in connection.session.symbols:
+                    self._render(ex, symbol, connection.session.style)
+        return self._rendered
+
+    def _render(self, ex: _Exchange, symbol: str, style: str) -> None:
+        if (ex.name, symbol, style) not in self._rendered:
+            market, twin = ex.market[symbol], ex.twin
+            self._rendered[(ex.name, symbol, style)] = [
+                b"".join(_text_frame(twin.trade_frame(market.trade(i), style))
+                         for i in range(start, min(start + MAX_RATE_CHUNK, self.count)))
+                for start in range(0, self.count, MAX_RATE_CHUNK)
+            ]
+
+    async def _run_max_rate(self, rendered: dict[tuple[str, str, str], list[bytes]]) -> None:
+        """Write chunk k to every live connection once all have drained below the low-water mark.
+
+        A connection opened later (a client's reconnect) gets the chunks from then on; what it missed
+        has happened and is served over REST, as after any outage."""
+        for k, start in enumerate(range(0, self.count, MAX_RATE_CHUNK)):
+            live = [c for ex in self._exchanges.values() for c in tuple(ex.connections.values()) if c._writable()]
+            while any(c._writable() and c._ws.transport.get_write_buffer_size() > MAX_RATE_LOW_WATER for c in live):
+                await asyncio.sleep(MIN_TICK_S / 2)
+            emitted = min(start + MAX_RATE_CHUNK, self.count)
+            for ex in self._exchanges.values():
+                ex.emitted = emitted
+            for connection in live:
+                if not connection._writable():
+                    continue
+                session = connection.session
+                for symbol in sorted(session.symbols):
+                    chunks = rendered.get((connection.exchange, symbol, session.style))
+                    if chunks is not None:
+                        connection._ws.transport.write(chunks[k])  # whole frames: pings interleave between them
+                        connection.counters.trades_sent += emitted - start
+                        connection.counters.frames_sent += emitted - start
+            await asyncio.sleep(0)  # let the loop answer pings and notice closes
 
     async def _close(self) -> None:
         if self._clock is not None:
             self._clock.cancel()
         for ex in self._exchanges.values():
+            if ex.heartbeats is not None:
+                ex.heartbeats.cancel()
             if ex.server is not None:
                 ex.server.close()
                 await ex.server.wait_closed()
+
+    @staticmethod
+    async def _run_heartbeats(ex: _Exchange) -> None:
+        """Every heartbeat_interval, each connection gets its twin's heartbeat frames (held back while stalled)."""
+        while True:
+            await asyncio.sleep(ex.twin.heartbeat_interval)
+            for connection in tuple(ex.connections.values()):
+                if frames := ex.twin.heartbeat(connection.session, ex.emitted):
+                    connection.send(frames)
 
     async def _run_clock(self) -> None:
         """Trade i of every symbol happens at t0 + i / rate."""
@@ -466,9 +569,10 @@ class Simulator:
             due = int((loop.time() - t0) * self.rate) + 1
             if self.count is not None:
                 due = min(due, self.count)
+            sent_ms = int(time.time() * 1000) if self.stamp_send_time else None
             for i in range(emitted, due):
                 for ex in self._exchanges.values():
-                    self._emit(ex, i)
+                    self._emit(ex, i, sent_ms)
             for ex in self._exchanges.values():
                 for connection in tuple(ex.connections.values()):
                     connection.flush()
@@ -476,12 +580,16 @@ class Simulator:
             await asyncio.sleep(max(t0 + emitted / self.rate - loop.time(), MIN_TICK_S))
 
     @staticmethod
-    def _emit(ex: _Exchange, i: int) -> None:
-        """Trade i of every symbol happens: queue it to the subscribers, encoded once per frame style."""
+    def _emit(ex: _Exchange, i: int, sent_ms: int | None = None) -> None:
+        """Trade i of every symbol happens: queue it to the subscribers, encoded once per frame style.
+
+        sent_ms: the event time to stamp instead of the market's (stamp_send_time)."""
         ex.emitted = i + 1  # first: whatever a client has seen is already in the truth and on REST
         for symbol, subscribers in ex.subscribers.items():
             if subscribers:
                 trade = ex.market[symbol].trade(i)
+                if sent_ms is not None:
+                    trade = dataclasses.replace(trade, time_ms=sent_ms)
                 frames: dict[str, bytes] = {}
                 for connection in tuple(subscribers):
                     style = connection.session.style
@@ -508,12 +616,17 @@ class Simulator:
         ex.connections[connection.id] = connection
         ex.route(connection, set())
         log.info("%s connection %d opened: %s", ex.name, connection.id, connection.path)
+        if self.max_connection_age is not None:
+            asyncio.get_running_loop().call_later(self.max_connection_age, connection._close_normally)
         connection.send(ex.twin.greeting(session))
         try:
             async for message in ws:
                 before = set(session.symbols)
                 connection.send(ex.twin.on_message(session, message))
                 ex.route(connection, before)
+                if added := session.symbols - before:
+                    connection.send(ex.twin.subscribed(session, added, ex.emitted))
+                connection.send(ex.twin.snapshots(session, ex.emitted))
         except ConnectionClosed:
             pass
         finally:
@@ -525,12 +638,25 @@ class Simulator:
             log.info("%s connection %d closed: code %s", ex.name, connection.id, ws.close_code)
 
 
+def _text_frame(payload: bytes) -> bytes:
+    """One unmasked server-to-client text frame (RFC 6455 §5.2), for writing straight to the transport."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
 def _http_response(response: RestResponse) -> Response:
     headers = Headers(
         [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             ("Connection", "close"),
+            *response.headers,
         ]
     )
     return Response(response.status, http.HTTPStatus(response.status).phrase, headers, response.body)

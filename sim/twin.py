@@ -29,10 +29,11 @@ class RestResponse:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. pagination cursors)
 
     @classmethod
-    def json(cls, value: object, status: int = 200) -> RestResponse:
-        return cls(status, orjson.dumps(value))
+    def json(cls, value: object, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> RestResponse:
+        return cls(status, orjson.dumps(value), headers=headers)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Twin:
     pong_timeout: ClassVar[float] = 60.0  # no pong within this → the server closes the connection
     id_block: ClassVar[int] = 1_000_000  # symbol k's trade ids start at (k + 1) * id_block
     batches_trades: ClassVar[bool] = False  # one frame per clock tick carries all its trades (batch_frame)
+    heartbeat_interval: ClassVar[float] = 0.0  # seconds between application-level heartbeat() frames (0: none)
 
     def __init__(self, market: ExchangeMarket):
         self.market = market
@@ -68,12 +70,35 @@ class Twin:
         """The encoded frame carrying one trade (encoded once, broadcast to every subscriber)."""
         raise NotImplementedError
 
+    def connection_frames(self, trade: Trade, session: Session, frame: bytes) -> list[bytes]:
+        """The frames one trade makes on one connection, given its trade_frame(): by default just that
+        frame; a twin whose other streams derive from trades (aggregates, candles) adds theirs here."""
+        return [frame]
+
+    def shutdown_frames(self, session: Session) -> list[bytes]:
+        """The notice a server sends before going away for maintenance (Connection.announce_shutdown)."""
+        return []
+
     def batch_frame(self, frames: list[bytes]) -> bytes:
         """One frame carrying several trade_frame()s, for twins with batches_trades (e.g. a JSON array)."""
         raise NotImplementedError
 
     def greeting(self, session: Session) -> list[bytes]:
         """Frames the server sends by itself as soon as a connection opens (e.g. a status message)."""
+        return []
+
+    def subscribed(self, session: Session, symbols: set[str], emitted: int) -> list[bytes]:
+        """Frames sent after the replies when a client message added `symbols` to the session (e.g. a
+        last trade); only trades with index < `emitted` have happened."""
+        return []
+
+    def snapshots(self, session: Session, emitted: int) -> list[bytes]:
+        """Frames owed after the replies to every client message: the snapshots its subscribes asked
+        for (on_message records them in the session); only trades with index < `emitted` have happened."""
+        return []
+
+    def heartbeat(self, session: Session, emitted: int) -> list[bytes]:
+        """Application-level heartbeat frames for one connection, every heartbeat_interval seconds."""
         return []
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:

@@ -23,7 +23,8 @@ def error_counts(report: dict) -> dict[str, int]:
     """Every error counter in a report, by where it comes from (each is monotonic within one actor)."""
     counts = {}
     for name, feed in report.get("feeds", {}).items():
-        counts[f"feed:{name}"] = feed.get("reconnects", 0) + feed.get("malformed", 0)
+        counts[f"feed:{name}"] = (feed.get("reconnects", 0) + feed.get("malformed", 0)
+                                  + sum(feed.get("rejected", {}).values()))
     for table, buffer in report.get("buffers", {}).items():
         counts[f"buffer:{table}"] = buffer.get("failures", 0)
     for sup_name, sup in report.get("supervisors", {}).items():
@@ -63,6 +64,8 @@ class AlertRules:
             age = feed.get("last_message_age_s")
             if age is not None and age > t.no_data_s:
                 alert(DEGRADED, "no_data", feed=name, silent_s=age, threshold_s=t.no_data_s)
+            if feed.get("rate_exceeded"):
+                alert(DEGRADED, "message_rate", feed=name, messages_per_s=feed.get("messages_per_s"))
             if feed.get("held_rows", 0) > t.buffered_rows:
                 alert(DEGRADED, "rows_waiting", feed=name, rows=feed["held_rows"], threshold=t.buffered_rows)
 

@@ -5,6 +5,8 @@ scrape cannot stall the tree and a stalled tree cannot stall a scrape.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +16,9 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from telemetry.health_rules import liveness, readiness
+from telemetry.logs import event
+
+log = logging.getLogger("marketfeed.http")
 
 # (report, monotonic time it was published) or None before the first report
 ReportSource = Callable[[], "tuple[dict, float] | None"]
@@ -25,6 +30,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{listen!r} is not host:port")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class OpsServer:
@@ -40,6 +52,10 @@ class OpsServer:
         return self.httpd.server_address[1]
 
     def start(self) -> OpsServer:
+        host = self.httpd.server_address[0]
+        if not is_loopback(host):  # metrics and health have no authentication: say so when others can reach them
+            event(log, "http_not_loopback", logging.WARNING, listen=f"{host}:{self.port}",
+                  hint="/metrics, /health and /ready have no authentication; bind 127.0.0.1 or firewall the port")
         self.thread.start()
         return self
 

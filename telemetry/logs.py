@@ -9,6 +9,23 @@ from datetime import datetime, timezone
 import orjson
 
 _handler: logging.Handler | None = None
+_secrets: tuple[str, ...] = ()  # config secrets no line may show (config.secrets.secret_values)
+SECRET_SHOWN_AS = "***"
+
+
+def hide(secrets) -> None:
+    """From now on, every log line (and whatever else is scrubbed) shows these values as ***."""
+    global _secrets
+    forms = {form for s in secrets if s for form in (s, orjson.dumps(s).decode()[1:-1])}  # as is and JSON-escaped
+    _secrets = tuple(sorted(forms, key=len, reverse=True))  # longest first: no partial leftovers
+
+
+def scrub(text: str) -> str:
+    """`text` with every hidden secret replaced; a few `in` checks when there is nothing to hide."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, SECRET_SHOWN_AS)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             line["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
             line["traceback"] = "".join(traceback.format_exception(*record.exc_info))
-        return orjson.dumps(line, default=str).decode()
+        return scrub(orjson.dumps(line, default=str).decode())
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, exc_info=None, **fields) -> None:

@@ -10,6 +10,10 @@ DUPLICATES = Counter("marketfeed_duplicates_dropped_total", "Rows dropped as dup
 GAPS = Counter("marketfeed_gaps_detected_total", "Trade id gaps detected", ["feed"])
 BACKFILLED = Counter("marketfeed_rows_backfilled_total", "Rows fetched over REST backfill", ["feed"])
 FEED_CONNECTED = Gauge("marketfeed_feed_connected", "1 while the feed's WebSocket is open", ["feed"])
+ROWS_REJECTED = Counter("marketfeed_rows_rejected_total", "Rows refused by validation before the buffer",
+                        ["feed", "reason"])
+FEED_RATE_EXCEEDED = Gauge("marketfeed_feed_rate_exceeded", "1 while a feed receives more than its max_messages_per_s",
+                           ["feed"])
 
 ROWS_WRITTEN = Counter("marketfeed_rows_written_total", "Rows acknowledged by QuestDB", ["table"])
 FLUSH_FAILURES = Counter("marketfeed_flush_failures_total", "Failed flushes to QuestDB", ["table"])

@@ -2,9 +2,9 @@ import orjson
 import pytest
 
 from config.schema import FeedConfig
-from feeds.base import Control, Gap, MalformedFrame, ParsedRows
+from feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from feeds.binance import BinanceProtocol
-from feeds.rows import Trade
+from feeds.rows import Candle, Trade
 
 FEED = FeedConfig(name="b", exchange="binance", url="wss://x:9443", rest_url="https://api.x",
                   symbols=("BTCUSDT", "ETHUSDT"))
@@ -52,3 +52,74 @@ def test_backfill_pages_until_the_gap_is_filled():
     rows, rest = p.parse_backfill(gap, body, 7)
     assert [r.trade_id for r in rows] == [10, 11, 12] and rest is None
     assert rows[0] == Trade(1010_000_000, "binance", "BTCUSDT", 10, 1.5, 2.0, "sell", 7)
+
+
+def combined(stream, data):
+    return orjson.dumps({"stream": stream, "data": data})
+
+
+AGG = {"e": "aggTrade", "E": 1672515782136, "s": "BTCUSDT", "a": 26129, "p": "0.01633102", "q": "4.70443515",
+       "f": 27781, "l": 27781, "T": 1672515782134, "m": False, "M": True}
+
+
+def test_agg_trades_are_rows_of_their_own_sequence():
+    p, out = BinanceProtocol(FEED), ParsedRows()
+    assert p.parse(combined("btcusdt@aggTrade", AGG), 5, out) is None
+    row = out.trades[0]
+    assert row == Trade(1672515782134_000_000, "binance-agg", "BTCUSDT", 26129, 0.01633102, 4.70443515, "buy", 5)
+    assert p.stream_key(row) == "BTCUSDT@aggTrade"
+    assert p.stream_key(out.trades[0]._replace(exchange="binance")) == "BTCUSDT"
+
+
+def test_agg_trade_gaps_are_backfilled_from_agg_trades():
+    p = BinanceProtocol(FEED)
+    gap = Gap("BTCUSDT", 26129, 26130, stream="BTCUSDT@aggTrade")
+    assert p.backfill_request(gap).url == "https://api.x/api/v3/aggTrades?symbol=BTCUSDT&fromId=26129&limit=1000"
+    page = [{k: v for k, v in AGG.items() if k not in ("e", "E", "s")} | {"a": a} for a in (26129, 26130, 26131)]
+    rows, rest = p.parse_backfill(gap, orjson.dumps(page), 9)
+    assert [(r.exchange, r.trade_id) for r in rows] == [("binance-agg", 26129), ("binance-agg", 26130)]
+    assert rest is None
+
+
+def test_a_full_page_continues_the_gap_on_the_same_stream():
+    p = BinanceProtocol(FEED)
+    gap = Gap("BTCUSDT", 1, None, stream="BTCUSDT@aggTrade")
+    page = [{k: v for k, v in AGG.items() if k not in ("e", "E", "s")} | {"a": a} for a in range(1, 1001)]
+    rows, rest = p.parse_backfill(gap, orjson.dumps(page), 9)
+    assert len(rows) == 1000 and rest == Gap("BTCUSDT", 1001, None, stream="BTCUSDT@aggTrade")
+
+
+def kline(closed):
+    return {"e": "kline", "E": 1672515782136, "s": "BTCUSDT",
+            "k": {"t": 1672515780000, "T": 1672515839999, "s": "BTCUSDT", "i": "1m", "f": 100, "L": 200,
+                  "o": "1.0", "c": "2.0", "h": "2.5", "l": "0.5", "v": "1000", "n": 100, "x": closed,
+                  "q": "1.0", "V": "500", "Q": "0.5", "B": "123456"}}
+
+
+def test_klines_in_progress_and_closed_take_their_own_paths():
+    p, out = BinanceProtocol(FEED), ParsedRows()
+    assert p.parse(combined("btcusdt@kline_1m", kline(False)), 1, out) is None
+    assert p.parse(combined("btcusdt@kline_1m", kline(True)), 2, out) is None
+    expected = Candle(1672515780000_000_000, "binance", "BTCUSDT", "1m", 1.0, 2.5, 0.5, 2.0, 1000.0, False, 1)
+    assert out.live_candles == [expected]
+    assert out.candles == [expected._replace(closed=True, received_ns=2)]
+
+
+@pytest.mark.parametrize("notice", [
+    {"event": {"e": "serverShutdown", "E": 1770123456789}},  # as the WebSocket API documents it
+    {"stream": "x", "data": {"e": "serverShutdown", "E": 1770123456789}},
+    {"e": "serverShutdown", "E": 1770123456789},
+])
+def test_server_shutdown_asks_for_a_reconnect(notice):
+    assert BinanceProtocol(FEED).parse(orjson.dumps(notice), 0, ParsedRows()) is Control.RECONNECT
+
+
+@pytest.mark.parametrize("reply", [{"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1},
+                                   {"code": 2, "msg": "Invalid request: invalid stream", "id": 1}])
+def test_an_error_reply_is_a_refused_subscription(reply):
+    with pytest.raises(SubscriptionRejected, match="invalid stream"):
+        BinanceProtocol(FEED).parse(orjson.dumps(reply), 0, ParsedRows())
+
+
+def test_connections_roll_over_before_the_24_hour_cut():
+    assert 0 < BinanceProtocol.max_connection_age_s < 24 * 3600

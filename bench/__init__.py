@@ -1,0 +1,1 @@
+"""The benchmark: marketfeed against this machine's own ceilings (`python -m bench`, README "Performance")."""

@@ -1,0 +1,41 @@
+"""The simulator in a process of its own, so its CPU never shares a GIL with the process measured.
+
+`python -m bench.simproc '<json>'` prints {"url", "rest"} and then answers one JSON line per command
+read from stdin: {"wait": n} (n connections subscribed), {"start": true}, {"emitted": true}.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import orjson
+
+from sim import Simulator
+
+
+def main(spec: dict) -> None:
+    with Simulator(["binance"], spec["symbols"], rate=spec.get("rate", 10.0), count=spec["count"], clock_paused=True,
+                   max_rate=spec.get("max_rate", False), stamp_send_time=spec.get("stamp_send_time", False)) as sim:
+        if sim.max_rate:
+            sim.prepare_max_rate("combined")  # before any client connects: no feed waits on it
+        reply({"url": sim.url("binance"), "rest": sim.rest_url("binance")})
+        for line in sys.stdin:
+            command = orjson.loads(line)
+            if "wait" in command:
+                sim.wait_until(lambda: sum(bool(c.session.symbols) for c in sim.connections("binance"))
+                               >= command["wait"], 60, "subscribed connections")
+                reply({"connections": len(sim.connections("binance"))})
+            elif "start" in command:
+                sim.start_clock()
+                reply({"started_ns": time.time_ns()})
+            elif "emitted" in command:
+                reply({"emitted": sim.emitted("binance")})
+
+
+def reply(value: dict) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(orjson.loads(sys.argv[1]))

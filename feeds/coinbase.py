@@ -1,0 +1,119 @@
+"""Coinbase Exchange WebSocket feed (`matches` + `heartbeat` channels) and its REST backfill.
+
+Wire format (docs.cdp.coinbase.com/exchange, WebSocket channels and REST "Get product trades"):
+- one endpoint, wss://ws-feed.exchange.coinbase.com; the client sends
+  {"type": "subscribe", "product_ids": [...], "channels": ["matches", "heartbeat"]} and gets
+  {"type": "subscriptions", "channels": [...]} back, or {"type": "error", "message", "reason"}.
+- the first message of the matches channel is a `last_match`: the product's latest trade, a real
+  one, so it is stored like any match and seeds the trade-id sequence (no false gap on connect;
+  after a reconnect, a `last_match` ahead of the last id seen reveals the outage).
+- `match`: trade_id, maker_order_id, taker_order_id, side, size, price (decimal strings),
+  product_id, sequence, time (RFC 3339, µs). `side` is the MAKER's side, so the taker side stored
+  is its opposite. `sequence` is shared with every other channel of the product and skips by
+  design in `matches`; gaps are found by trade_id, which is contiguous per product.
+- `heartbeat` (once a second per product: sequence, last_trade_id, time) is not data: it never
+  resets the stale-feed watchdog. Its last_trade_id can show that the newest matches were lost
+  in transit (the channel may drop messages). Such a trailing gap needs no extra machinery: the
+  next match reveals it, and if no match comes the stale watchdog reconnects within
+  stale_after_s, whose `last_match` reveals it. So heartbeats are only acknowledged here.
+REST backfill: GET /products/{id}/trades?after=<id>&limit<=1000 answers the trades with ids
+below the cursor, newest first (cursor pagination: `after` pages to older trades, `before` to
+newer; CB-AFTER / CB-BEFORE carry the oldest / newest id of the page, which for trades is the
+trade_id, so the page body is enough to continue). Public endpoints allow 10 requests/s per IP;
+the backfiller's request spacing stays below that.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlencode
+
+import orjson
+
+from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.rows import Trade
+
+BACKFILL_PAGE = 1000  # the trades endpoint's maximum limit
+CHANNELS = ("matches", "heartbeat")
+TAKER_SIDE = {"buy": "sell", "sell": "buy"}  # `side` names the maker's side
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def rfc3339_ns(text: str) -> int:
+    """'2014-11-07T08:19:27.028459Z' → ns since the epoch (exact: integer arithmetic)."""
+    return (datetime.fromisoformat(text) - _EPOCH) // _MICROSECOND * 1000
+
+
+class CoinbaseProtocol(FeedProtocol):
+    exchange = "coinbase"
+    contiguous_ids = True
+
+    def subscribe_messages(self) -> list[str]:
+        message = {"type": "subscribe", "product_ids": list(self.feed.symbols), "channels": list(CHANNELS)}
+        return [orjson.dumps(message).decode()]
+
+    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        try:
+            msg = orjson.loads(frame)
+            kind = msg["type"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise MalformedFrame(f"not a Coinbase feed message: {exc!r}", frame) from None
+        if kind == "match" or kind == "last_match":
+            try:
+                out.trades.append(
+                    Trade(
+                        rfc3339_ns(msg["time"]),
+                        "coinbase",
+                        msg["product_id"],
+                        msg["trade_id"],
+                        float(msg["price"]),
+                        float(msg["size"]),
+                        TAKER_SIDE[msg["side"]],
+                        received_ns,
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MalformedFrame(f"bad {kind} message: {exc!r}", frame) from None
+            return None
+        if kind == "heartbeat":
+            return Control.HEARTBEAT
+        if kind == "subscriptions":
+            return Control.SUBSCRIBED
+        if kind == "error":
+            raise SubscriptionRejected(f"{msg.get('message')}: {msg.get('reason')}")
+        raise MalformedFrame(f"unexpected message type {kind!r}", frame)
+
+    def backfill_request(self, gap: Gap) -> HttpRequest:
+        """Newest first: the page ending at the gap's last id (or the newest page if it is open)."""
+        query: dict[str, int] = {"limit": BACKFILL_PAGE}
+        if gap.last_id is not None:
+            query = {"after": gap.last_id + 1, "limit": min(BACKFILL_PAGE, gap.last_id - gap.first_id + 1)}
+        url = f"{self.feed.rest_url.rstrip('/')}/products/{gap.symbol}/trades?{urlencode(query)}"
+        return HttpRequest(url)
+
+    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+        try:
+            page = orjson.loads(body)
+            rows = [
+                Trade(
+                    rfc3339_ns(t["time"]),
+                    "coinbase",
+                    gap.symbol,
+                    t["trade_id"],
+                    float(t["price"]),
+                    float(t["size"]),
+                    TAKER_SIDE[t["side"]],
+                    received_ns,
+                )
+                for t in page
+                if t["trade_id"] >= gap.first_id and (gap.last_id is None or t["trade_id"] <= gap.last_id)
+            ]
+            oldest = min((t["trade_id"] for t in page), default=None)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad trades page: {exc!r}", body) from None
+        if oldest is None or oldest <= gap.first_id:
+            return rows, None
+        return rows, Gap(gap.symbol, gap.first_id, oldest - 1, stream=gap.stream)
+
+
+PROTOCOL = CoinbaseProtocol

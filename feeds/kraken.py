@@ -1,0 +1,248 @@
+"""Kraken spot WebSocket v2 (`trade` and `ohlc` channels) and its REST backfill (/0/public/Trades).
+
+Wire format (docs.kraken.com, WebSocket v2): wss://ws.kraken.com/v2, one request per channel
+{"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"], "snapshot": false},
+"req_id": 1}; `snapshot` is always sent (feed key `snapshot`) since Kraken's documented default
+has changed between versions. Every symbol is acknowledged on its own, {"method": "subscribe",
+"result": {…}, "success": true, …}, or refused, {"method": "subscribe", "success": false,
+"error": "Currency pair not supported XBT/USD", …}. Data frames:
+  trade {"channel": "trade", "type": "snapshot"|"update", "data": [{"symbol", "side" (taker),
+        "price", "qty" (JSON numbers), "ord_type", "trade_id" (a sequence per book), "timestamp"}]}
+  ohlc  {"channel": "ohlc", "type": …, "data": [{"symbol", "open", "high", "low", "close", "vwap",
+        "volume", "trades", "interval_begin", "interval" (minutes), …}]}
+Timestamps are RFC3339 (µs on trades, ns on interval_begin). Not data: {"channel": "status"} on
+connect, {"channel": "heartbeat"} about once a second when nothing else is sent, and the pong to
+our {"method": "ping"}, which is enforced.
+
+Feed channels: "trade", and "ohlc-<minutes>" for Kraken's intervals 1, 5, 15, 30, 60, 240, 1440,
+10080, 21600 (stored as 1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w, 15d).
+
+Candles: Kraken marks no candle closed. Its ohlc updates are generated on trade events, so a
+candle is known closed when an update or snapshot entry for a later interval_begin of the same
+symbol and interval arrives; until then its newest state is an in-progress candle (latest wins).
+A candle followed by a quiet market therefore stays in progress until the next trade. A snapshot
+after a reconnect brings the final state of candles closed while we were away.
+
+REST backfill pages by time, not by id: `since` is a nanosecond timestamp (exclusive) and the
+answer's `last` is the cursor of the next page. A gap's first page starts just before the last
+trade seen ahead of it (the parser notes its time when ids jump, and on every reconnect for the
+range since the last id); when that is unknown (a restarted actor), the first page is the most
+recent 1000 trades. REST names pairs with Kraken's
+own asset codes: the v2 symbol "BTC/USD" is pair "XBTUSD" (BTC → XBT, DOGE → XDG, every other
+code unchanged, slash dropped); answers are keyed by the internal pair name (e.g. XXBTZUSD), so the
+parser takes the one result key that is not "last". Kraken asks for at most one public call per
+second.
+"""
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import functools
+import time
+from urllib.parse import urlencode
+
+import orjson
+
+from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.rows import Candle, Trade
+
+OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
+OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval
+REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}  # v2 uses ISO codes, REST pair names Kraken's own
+BACKFILL_PAGE = 1000  # /0/public/Trades' maximum count
+MAX_NOTED_GAPS = 1000  # jumps whose start time waits for its backfill request
+_SIDES = {"buy": "buy", "sell": "sell"}
+_REST_SIDES = {"b": "buy", "s": "sell"}
+
+
+class KrakenProtocol(FeedProtocol):
+    exchange = "kraken"
+    contiguous_ids = True
+    ping_message = '{"method":"ping"}'
+    ping_interval_s = 10.0
+    pong_timeout_s = 10.0
+    backfill_min_interval_s = 1.0  # "calling the public endpoints at a frequency of 1 per second (or less)"
+
+    def __init__(self, feed):
+        super().__init__(feed)
+        self.trade_channel, self.ohlc_intervals = channels(feed.channels)
+        self._candles: dict[tuple[str, str], Candle] = {}  # (symbol, interval) → newest state, not yet closed
+        self._newest: dict[str, tuple[int, int]] = {}  # symbol → (trade id, ts) of the newest trade parsed
+        self._gap_since: dict[tuple[str, int], int] = {}  # (symbol, first missing id) → ts of the trade before
+
+    def url(self, base: str) -> str:
+        base = base.rstrip("/")
+        return base if base.endswith("/v2") else base + "/v2"
+
+    def subscribe_messages(self) -> list[str]:
+        for symbol, (trade_id, ts_ns) in list(self._newest.items()):
+            self._note_gap(symbol, trade_id + 1, ts_ns)  # a (re)connect: the actor backfills from the last id on
+        symbols, snapshot = list(self.feed.symbols), self.feed.snapshot
+        params = [{"channel": "trade", "symbol": symbols, "snapshot": snapshot}] if self.trade_channel else []
+        params += [{"channel": "ohlc", "symbol": symbols, "interval": interval, "snapshot": snapshot}
+                   for interval in self.ohlc_intervals]
+        return [orjson.dumps({"method": "subscribe", "params": p, "req_id": n}).decode()
+                for n, p in enumerate(params, 1)]
+
+    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        try:
+            msg = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedFrame(f"invalid JSON: {exc}", frame) from None
+        if not isinstance(msg, dict):
+            raise MalformedFrame("not a JSON object", frame)
+        channel = msg.get("channel")
+        if channel == "trade":
+            out.trades += self._trades(msg, frame, received_ns)
+            return None
+        if channel == "ohlc":
+            self._ohlc(msg, frame, received_ns, out)
+            return None
+        if channel == "heartbeat":
+            return Control.HEARTBEAT
+        if channel == "status":
+            return Control.INFO
+        method = msg.get("method")
+        if method == "pong":
+            return Control.PONG
+        if method == "subscribe" and msg.get("success") is True:
+            return Control.SUBSCRIBED
+        if method == "subscribe" and msg.get("success") is False:
+            raise SubscriptionRejected(f"Kraken refused a subscription: {msg.get('error')}")
+        if method is not None and msg.get("success") is False:
+            raise MalformedFrame(f"Kraken refused {method!r}: {msg.get('error')}", frame)
+        raise MalformedFrame(f"unexpected message (channel {channel!r}, method {method!r})", frame)
+
+    def _trades(self, msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
+        try:
+            rows = [
+                Trade(rfc3339_ns(t["timestamp"]), "kraken", t["symbol"], _integer(t["trade_id"]), _number(t["price"]),
+                      _number(t["qty"]), _SIDES[t["side"]], received_ns)
+                for t in msg["data"]
+            ]
+            for row in rows:
+                self._note_jump(row)  # TypeError: a symbol that is no string (a JSON list or object)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad trade message: {exc!r}", frame) from None
+        return rows
+
+    def _note_jump(self, row: Trade) -> None:
+        """Where ids jump, remember the time of the trade before: REST finds the gap by time."""
+        newest = self._newest.get(row.symbol)
+        if newest is not None and row.trade_id <= newest[0]:
+            return  # a replay (snapshot, duplicate): nothing new
+        if newest is not None and row.trade_id > newest[0] + 1:
+            self._note_gap(row.symbol, newest[0] + 1, newest[1])
+        self._newest[row.symbol] = (row.trade_id, row.ts_ns)
+
+    def _note_gap(self, symbol: str, first_id: int, before_ns: int) -> None:
+        if len(self._gap_since) >= MAX_NOTED_GAPS:
+            del self._gap_since[next(iter(self._gap_since))]
+        self._gap_since[(symbol, first_id)] = before_ns
+
+    def _ohlc(self, msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> None:
+        try:
+            candles = [
+                Candle(rfc3339_ns(c["interval_begin"]), "kraken", c["symbol"], OHLC_INTERVALS[c["interval"]],
+                       _number(c["open"]), _number(c["high"]), _number(c["low"]), _number(c["close"]),
+                       _number(c["volume"]), False, received_ns)
+                for c in msg["data"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad ohlc message: {exc!r}", frame) from None
+        live: dict[tuple[str, str], Candle] = {}
+        for candle in candles:
+            key = (candle.symbol, candle.interval)
+            newest = self._candles.get(key)
+            if newest is not None and candle.ts_ns < newest.ts_ns:
+                out.candles.append(candle._replace(closed=True))  # an earlier interval (a snapshot): over
+                continue
+            if newest is not None and candle.ts_ns > newest.ts_ns:
+                out.candles.append(newest._replace(closed=True))  # a later interval began: the newest is final
+            self._candles[key] = live[key] = candle
+        out.live_candles += live.values()
+
+    def backfill_request(self, gap: Gap) -> HttpRequest:
+        query = {"pair": rest_pair(gap.symbol), "count": BACKFILL_PAGE}
+        before = self._gap_since.get((gap.symbol, gap.first_id))  # kept: the same range may be asked for twice
+        if gap.since_ns:
+            query["since"] = gap.since_ns
+        elif before is not None:
+            query["since"] = before - 1  # exclusive: from the trade before on, whatever shares its time
+        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/0/public/Trades?{urlencode(query)}")
+
+    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+        try:
+            answer = orjson.loads(body)
+            if answer.get("error"):
+                raise MalformedFrame(f"Kraken error: {answer['error']}", body)
+            result = answer["result"]
+            (pair,) = [key for key in result if key != "last"]
+            page, cursor = result[pair], int(result["last"])
+            last_id = gap.last_id
+            rows = [
+                Trade(round(float(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, t[6], float(t[0]), float(t[1]),
+                      _REST_SIDES[t[3]], received_ns)
+                for t in page
+                if gap.first_id <= t[6] and (last_id is None or t[6] <= last_id)
+            ]
+            newest = page[-1][6] if page else None
+        except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad Trades page: {exc!r}", body) from None
+        if newest is None or len(page) < BACKFILL_PAGE or (last_id is not None and newest >= last_id):
+            return rows, None  # the gap is covered, or nothing newer exists yet
+        return rows, dataclasses.replace(gap, first_id=max(gap.first_id, newest + 1), since_ns=cursor)
+
+
+def channels(names: tuple[str, ...]) -> tuple[bool, tuple[int, ...]]:
+    """(trade channel wanted, ohlc intervals) from feed channels "trade" and "ohlc-<minutes>"."""
+    trade, intervals = False, []
+    for name in names:
+        minutes = name[len(OHLC_CHANNEL):] if name.startswith(OHLC_CHANNEL) else ""
+        if name == "trade":
+            trade = True
+        elif minutes.isdigit() and int(minutes) in OHLC_INTERVALS:
+            intervals.append(int(minutes))
+        else:
+            raise ValueError(f"Kraken channel {name!r}: use 'trade' or 'ohlc-<minutes>' with minutes one of "
+                             f"{', '.join(map(str, OHLC_INTERVALS))}")
+    return trade, tuple(dict.fromkeys(intervals))
+
+
+def rest_pair(symbol: str) -> str:
+    """The REST pair name of a WebSocket v2 symbol: 'BTC/USD' → 'XBTUSD'."""
+    base, _, quote = symbol.partition("/")
+    return REST_ASSET.get(base, base) + REST_ASSET.get(quote, quote)
+
+
+def rfc3339_ns(text: str) -> int:
+    """'2023-09-25T07:48:36.925533Z' (UTC, up to 9 fraction digits) → nanoseconds since the epoch, exactly."""
+    if not isinstance(text, str) or len(text) < 20 or text[-1] != "Z":
+        raise ValueError(f"not an RFC3339 UTC timestamp: {text!r}")
+    fraction = text[19:-1]
+    if fraction and not (fraction[0] == "." and 2 <= len(fraction) <= 10 and fraction[1:].isdigit()
+                         and fraction.isascii()):
+        raise ValueError(f"not an RFC3339 UTC timestamp: {text!r}")
+    return _epoch_seconds(text[:19]) * 1_000_000_000 + int(fraction[1:].ljust(9, "0") if fraction else 0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_seconds(prefix: str) -> int:
+    """'2023-09-25T07:48:36' → Unix seconds; cached, since a second's trades share it."""
+    return calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
+
+
+def _number(value: object) -> float:
+    """Kraken v2 sends prices and quantities as JSON numbers; anything else is malformed."""
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
+def _integer(value: object) -> int:
+    if type(value) is int:
+        return value
+    raise TypeError(f"not an integer: {value!r}")
+
+
+PROTOCOL = KrakenProtocol

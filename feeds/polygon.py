@@ -1,0 +1,230 @@
+"""Polygon.io stocks and options trades (WebSocket clusters /stocks and /options) and REST v3 backfill.
+
+Wire format, from Polygon's docs:
+- connect to wss://socket.polygon.io/stocks (or /options); the server says
+  [{"ev":"status","status":"connected","message":…}];
+- send {"action":"auth","params":"<key>"} → [{"ev":"status","status":"auth_success",…}] or "auth_failed";
+- send {"action":"subscribe","params":"T.AAPL,T.MSFT"} (options: T.O:SPY251219C00650000)
+  → one {"ev":"status","status":"success","message":"subscribed to: T.AAPL"} per channel;
+- every data frame is a JSON array of events. A stocks trade is {"ev":"T","sym","x" exchange id,
+  "i" trade id (string),"z" tape,"p" price,"s" size,"c" [conditions],"t" SIP ms,"q" sequence,
+  "trfi"/"trft" on off-exchange prints}; an options trade has no "i" (ev, sym, x, p, s, c, t, q).
+- REST GET /v3/trades/{ticker}?timestamp.gte=&timestamp.lte=&limit=&sort=timestamp&order=asc
+  &apiKey= answers {"results":[{sip_timestamp ns, exchange, id, price, size, conditions,
+  sequence_number, trf_id, …}], "next_url": absolute URL of the next page, without the key}.
+
+How that maps onto a Trade (choices, because Polygon's model differs from a crypto exchange's):
+- trade_id: Polygon's "i" is unique only per (ticker, exchange, TRF) and `q` has holes, so ids are
+  not contiguous and gaps cannot be seen in the stream (contiguous_ids = False: outages are
+  backfilled by time window, see outage_gaps). The stored id is a stable 63-bit hash
+  (blake2b) of (exchange id, TRF id, trade id): the same on WebSocket and REST, in every process,
+  and unique per symbol, so the dedup keys stay unique. Options trades carry no trade id at all;
+  their id hashes (exchange, SIP millisecond, price, size, conditions) — two identical prints on one
+  venue within one millisecond are indistinguishable there and are stored once.
+- ts: the SIP timestamp at millisecond precision (the stream's `t`; REST's nanosecond
+  sip_timestamp is cut to its millisecond), so a trade seen both live and over REST has one key.
+- side: Polygon does not say who the aggressor was: "unknown".
+- amount: the size in shares or contracts; the optional minimum trade value compares
+  price × size × multiplier (100 for O: tickers unless contract_multiplier says otherwise).
+The API key comes from the feed's api_key, else $POLYGON_API_KEY, else the file named by
+$POLYGON_API_KEY_FILE. It is sent in the auth message and the REST query only: no log line,
+status, metric or exception text built here contains it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit
+
+import orjson
+
+from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.rows import Trade
+
+EXCHANGE = "polygon"
+UNKNOWN_SIDE = "unknown"  # Polygon's trades do not name the aggressor
+OPTIONS_PREFIX = "O:"
+OPTIONS_MULTIPLIER = 100.0  # one US equity option contract = 100 shares
+BACKFILL_PAGE = 50_000  # v3 trades' maximum limit
+KEY_ENV, KEY_FILE_ENV = "POLYGON_API_KEY", "POLYGON_API_KEY_FILE"
+_MS = 1_000_000
+
+
+def resolve_api_key(configured: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """(key, problem): the configured key, else $POLYGON_API_KEY, else the file $POLYGON_API_KEY_FILE names."""
+    if configured:
+        return configured, ""
+    if env.get(KEY_ENV):
+        return env[KEY_ENV].strip(), ""
+    path = env.get(KEY_FILE_ENV)
+    if not path:
+        return "", f"no API key: set api_key, ${KEY_ENV} or ${KEY_FILE_ENV}"
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        return "", f"${KEY_FILE_ENV}: cannot read {path}: {exc.strerror}"
+    return (key, "") if key else ("", f"${KEY_FILE_ENV}: {path} is empty")
+
+
+def stock_trade_id(exchange_id: int, trf_id: int | None, trade_id: str) -> int:
+    """Polygon's trade id is unique per (ticker, exchange, TRF): hash all three into a LONG ≥ 0."""
+    return _hash63(f"{exchange_id}|{trf_id or 0}|{trade_id}")
+
+
+def option_trade_id(exchange_id: int, sip_ms: int, price: float, size: float, conditions) -> int:
+    """Options trades have no trade id: identify a print by venue, millisecond, price, size, conditions."""
+    return _hash63(f"{exchange_id}|{sip_ms}|{float(price)!r}|{float(size)!r}|{','.join(map(str, conditions or ()))}")
+
+
+def _hash63(text: str) -> int:
+    # Stable across processes and versions (unlike hash()); 63 bits keep QuestDB's LONG non-negative.
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def event_trade(event: dict, received_ns: int) -> Trade:
+    """One WebSocket trade event {"ev":"T",…} as a Trade (no value filter)."""
+    symbol, exchange_id, sip_ms = event["sym"], event["x"], event["t"]
+    price, size = float(event["p"]), float(event["s"])
+    if type(sip_ms) is not int or type(exchange_id) is not int or not isinstance(symbol, str):
+        raise TypeError("sym, x and t must be a string and integers")
+    trade_id = event.get("i")
+    if trade_id:
+        key = stock_trade_id(exchange_id, event.get("trfi"), str(trade_id))
+    else:
+        key = option_trade_id(exchange_id, sip_ms, price, size, event.get("c"))
+    return Trade(sip_ms * _MS, EXCHANGE, symbol, key, price, size, UNKNOWN_SIDE, received_ns)
+
+
+def rest_trade(symbol: str, result: dict, received_ns: int) -> Trade:
+    """One v3 trades result as a Trade: the same ts and id the live stream gives that trade."""
+    exchange_id, sip_ns = result["exchange"], result["sip_timestamp"]
+    price, size = float(result["price"]), float(result["size"])
+    if type(sip_ns) is not int or type(exchange_id) is not int:
+        raise TypeError("exchange and sip_timestamp must be integers")
+    sip_ms = sip_ns // _MS
+    trade_id = result.get("id")
+    if trade_id:
+        key = stock_trade_id(exchange_id, result.get("trf_id"), str(trade_id))
+    else:
+        key = option_trade_id(exchange_id, sip_ms, price, size, result.get("conditions"))
+    return Trade(sip_ms * _MS, EXCHANGE, symbol, key, price, size, UNKNOWN_SIDE, received_ns)
+
+
+class PolygonProtocol(FeedProtocol):
+    exchange = EXCHANGE
+    contiguous_ids = False  # ids are per venue and `q` has holes: outages are found by time
+
+    def __init__(self, feed, env: Mapping[str, str] | None = None):
+        super().__init__(feed)
+        self._key, self._key_problem = resolve_api_key(feed.api_key, os.environ if env is None else env)
+        self.min_value = feed.min_trade_value
+        self.page_limit = BACKFILL_PAGE
+        self._multipliers: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<PolygonProtocol feed={self.feed.name!r}>"  # never the key
+
+    def url(self, base: str) -> str:
+        """The configured cluster URL; a bare host gets /options when every symbol is an option, else /stocks."""
+        if urlsplit(base).path.strip("/"):
+            return base
+        cluster = "options" if all(s.startswith(OPTIONS_PREFIX) for s in self.feed.symbols) else "stocks"
+        return f"{base.rstrip('/')}/{cluster}"
+
+    def subscribe_messages(self) -> list[str]:
+        # The server handles messages in order: the subscription is read once the auth has succeeded.
+        channels = ",".join(f"T.{symbol}" for symbol in self.feed.symbols)
+        return [
+            orjson.dumps({"action": "auth", "params": self._key}).decode(),
+            orjson.dumps({"action": "subscribe", "params": channels}).decode(),
+        ]
+
+    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        try:
+            events = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedFrame(f"not JSON: {exc}", frame) from None
+        if not isinstance(events, list):
+            raise MalformedFrame("not a JSON array of events", frame)
+        control, trades, problem = Control.INFO, 0, ""
+        for event in events:
+            kind = event.get("ev") if isinstance(event, dict) else None
+            if kind == "T":
+                try:
+                    trade = event_trade(event, received_ns)
+                except (KeyError, TypeError, ValueError) as exc:
+                    problem = problem or f"bad trade event: {exc!r}"
+                    continue
+                trades += 1
+                if self._worth_keeping(trade):
+                    out.trades.append(trade)
+            elif kind == "status":
+                control = self._status(event)
+            else:
+                problem = problem or f"unexpected event {kind!r}"
+        if problem:
+            raise MalformedFrame(problem, frame)  # the frame's good trades are already in `out`
+        return None if trades else control
+
+    def _status(self, event: dict) -> Control:
+        status = event.get("status")
+        if status == "auth_failed":
+            message = str(event.get("message", ""))
+            if self._key:
+                message = message.replace(self._key, "***")
+            raise SubscriptionRejected(f"Polygon refused the API key ({message or status})"
+                                       + (f"; {self._key_problem}" if self._key_problem else ""))
+        if status == "success":
+            return Control.SUBSCRIBED
+        return Control.INFO  # connected, auth_success, and notices such as max_connections
+
+    def _worth_keeping(self, trade: Trade) -> bool:
+        if not self.min_value:
+            return True
+        multiplier = self._multipliers.get(trade.symbol)
+        if multiplier is None:
+            multiplier = self._multipliers[trade.symbol] = self.feed.contract_multiplier or (
+                OPTIONS_MULTIPLIER if trade.symbol.startswith(OPTIONS_PREFIX) else 1.0)
+        return trade.price * trade.amount * multiplier >= self.min_value
+
+    # --- outage backfill over REST
+    def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Every symbol's trades from the last one seen before the outage to the first one after it.
+
+        Both ends are inclusive and widened to whole milliseconds (the stream's precision); what
+        was already stored comes back as duplicates and is dropped by the dedup window and QuestDB.
+        """
+        since = since_ns // _MS * _MS
+        until = until_ns // _MS * _MS + _MS - 1 if until_ns else 0
+        return [Gap(symbol, since_ns=since, until_ns=until) for symbol in symbols]
+
+    def backfill_request(self, gap: Gap) -> HttpRequest:
+        if gap.page:
+            target = gap.page
+        else:
+            query = {"timestamp.gte": gap.since_ns, "limit": self.page_limit, "sort": "timestamp", "order": "asc"}
+            if gap.until_ns:
+                query["timestamp.lte"] = gap.until_ns
+            target = f"/v3/trades/{quote(gap.symbol, safe=':')}?{urlencode(query)}"
+        separator = "&" if "?" in target else "?"
+        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}{target}{separator}{urlencode({'apiKey': self._key})}")
+
+    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+        try:
+            page = orjson.loads(body)
+            rows = [rest_trade(gap.symbol, result, received_ns) for result in page.get("results") or ()]
+            next_url = page.get("next_url")
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad v3 trades page: {exc!r}", body) from None
+        rows = [row for row in rows if self._worth_keeping(row)]
+        if not next_url:
+            return rows, None
+        # Only the path and cursor are taken from next_url: the key goes nowhere but the configured host.
+        url = urlsplit(next_url)
+        return rows, replace(gap, page=f"{url.path}?{url.query}" if url.query else url.path)
+
+
+PROTOCOL = PolygonProtocol

@@ -1,0 +1,177 @@
+"""What no exchange can make us store, and how fast it may talk: pure policies of the feed actor.
+
+A frame that parses can still carry rows QuestDB must never see: a NaN or negative price, a zero
+size, a timestamp in 2077 or 1970, a symbol we never subscribed to, a megabyte of "symbol".
+RowValidator splits a batch into rows to store and (row, reason) pairs to reject; the actor counts
+the reasons and writes samples to the dead-letter file. No clock of its own, no I/O.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from feeds.rows import Candle, Trade
+
+MIN_TS_NS = 1_230_768_000 * 10**9  # 2009-01-01T00:00:00Z: no exchange we ingest traded before
+INT64_MAX = 2**63 - 1  # QuestDB LONG
+SIDES = frozenset(("buy", "sell", "unknown"))  # unknown: the exchange does not name the aggressor (Polygon)
+
+# Every reason a row can be rejected for: metric label values and health report keys.
+BAD_TYPE = "bad_type"  # a field of the wrong type (a parser let a JSON string or list through)
+BAD_PRICE = "bad_price"  # non-finite or non-positive
+BAD_SIZE = "bad_size"  # trades: non-finite or non-positive amount; candles: negative or non-finite volume
+FUTURE_TS = "future_timestamp"  # later than now + max_future_skew_s
+ANCIENT_TS = "timestamp_before_2009"
+UNKNOWN_SYMBOL = "unknown_symbol"  # not one of the feed's configured symbols
+OVERSIZED_STRING = "oversized_string"
+BAD_TRADE_ID = "bad_trade_id"  # negative or beyond a 64-bit integer
+BAD_SIDE = "bad_side"
+REASONS = (BAD_TYPE, BAD_PRICE, BAD_SIZE, FUTURE_TS, ANCIENT_TS, UNKNOWN_SYMBOL, OVERSIZED_STRING,
+           BAD_TRADE_ID, BAD_SIDE)
+
+
+class RowValidator:
+    """Checks rows against one feed's configured symbols, clock skew and string limit.
+
+    Symbols match as configured, upper- or lower-case (exchanges echo them in their own case).
+    """
+
+    def __init__(self, symbols: Iterable[str], max_future_skew_s: float, max_string_len: int):
+        self.symbols = frozenset(v for s in symbols for v in (s, s.upper(), s.lower()))
+        self.max_future_skew_ns = int(max_future_skew_s * 1e9)
+        self.max_string_len = max_string_len
+
+    def split(self, rows: list, now_ns: int) -> tuple[list, list[tuple[object, str]]]:
+        """(rows to store, [(row, reason)] rejected); the input list itself when every row is valid."""
+        latest = now_ns + self.max_future_skew_ns
+        if self._all_good_trades(rows, latest):
+            return rows, []
+        rejected = []
+        for row in rows:
+            reason = self.reason(row, latest)
+            if reason is not None:
+                rejected.append((row, reason))
+        if not rejected:
+            return rows, rejected
+        bad = {id(row) for row, _ in rejected}
+        return [row for row in rows if id(row) not in bad], rejected
+
+    def _all_good_trades(self, rows: list, latest_ns: int) -> bool:
+        """The hot path: a batch of good trades in one tight loop (a row that is no trade, or fails, says False)."""
+        symbols, inf = self.symbols, math.inf
+        try:
+            for ts, _, symbol, trade_id, price, amount, side, _ in rows:
+                if not (type(ts) is int and MIN_TS_NS <= ts <= latest_ns and symbol in symbols
+                        and 0.0 < price < inf and 0.0 < amount < inf
+                        and type(trade_id) is int and 0 <= trade_id <= INT64_MAX and side in SIDES):
+                    return False
+        except (TypeError, ValueError):  # a candle (11 fields), an unhashable symbol, a string price
+            return False
+        return True
+
+    def reason(self, row: Trade | Candle, latest_ns: int) -> str | None:
+        """Why `row` must not be stored (None: it may), given the latest acceptable event time."""
+        try:
+            ts = row.ts_ns
+            if type(ts) is not int:
+                return BAD_TYPE
+            if ts < MIN_TS_NS:
+                return ANCIENT_TS
+            if ts > latest_ns:
+                return FUTURE_TS
+            symbol = row.symbol
+            if type(symbol) is not str or type(row.exchange) is not str:
+                return BAD_TYPE
+            if len(symbol) > self.max_string_len or len(row.exchange) > self.max_string_len:
+                return OVERSIZED_STRING
+            if symbol not in self.symbols:
+                return UNKNOWN_SYMBOL
+            if type(row) is Trade:
+                return self._trade_reason(row)
+            return self._candle_reason(row)
+        except (AttributeError, TypeError):  # not a row at all, or a field that cannot be compared
+            return BAD_TYPE
+
+    @staticmethod
+    def _trade_reason(row: Trade) -> str | None:
+        if not 0.0 < row.price < math.inf:  # NaN fails every comparison
+            return BAD_PRICE
+        if not 0.0 < row.amount < math.inf:
+            return BAD_SIZE
+        trade_id = row.trade_id
+        if type(trade_id) is not int:
+            return BAD_TYPE
+        if not 0 <= trade_id <= INT64_MAX:
+            return BAD_TRADE_ID
+        if row.side not in SIDES:
+            return BAD_SIDE
+        return None
+
+    def _candle_reason(self, row: Candle) -> str | None:
+        if not all(0.0 < p < math.inf for p in (row.open, row.high, row.low, row.close)):
+            return BAD_PRICE
+        if not 0.0 <= row.volume < math.inf:
+            return BAD_SIZE
+        if type(row.interval) is not str:
+            return BAD_TYPE
+        if len(row.interval) > self.max_string_len:
+            return OVERSIZED_STRING
+        return None
+
+
+class SampleGate:
+    """At most one dead-letter sample per reason per interval: a flood of bad rows cannot flood the disk."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.last: dict[str, float] = {}
+
+    def due(self, reason: str, now: float) -> bool:
+        last = self.last.get(reason)
+        if last is not None and now - last < self.interval_s:
+            return False
+        self.last[reason] = now
+        return True
+
+
+class RateCeiling:
+    """Messages per second on one connection against a ceiling: flagged while the last interval was above it.
+
+    The actor observes its running message count once per tick; a new connection starts afresh.
+    """
+
+    def __init__(self, max_per_s: float):
+        self.max_per_s = max_per_s  # 0: no ceiling
+        self.flagged = False
+        self.rate = 0.0
+        self._count = 0
+        self._at: float | None = None
+
+    def restart(self, count: int, now: float) -> None:
+        self.flagged, self.rate, self._count, self._at = False, 0.0, count, now
+
+    def observe(self, count: int, now: float) -> bool:
+        """Take the running count at `now`; True when the flag changed."""
+        if self._at is None:
+            self.restart(count, now)
+            return False
+        elapsed = now - self._at
+        if elapsed <= 0:
+            return False
+        self.rate = (count - self._count) / elapsed
+        self._count, self._at = count, now
+        flagged = bool(self.max_per_s) and self.rate > self.max_per_s
+        changed, self.flagged = flagged != self.flagged, flagged
+        return changed
+
+
+def sample_row(row):
+    """A rejected row made fit for the dead-letter file: long strings cut, values JSON cannot hold shown as text."""
+    def fit(value):
+        if isinstance(value, str):
+            return value[:200]
+        if isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value <= INT64_MAX):
+            return value
+        return repr(value)[:200]
+
+    return type(row)._make(fit(v) for v in row)

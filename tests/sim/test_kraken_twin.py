@@ -1,0 +1,172 @@
+"""The Kraken v2 twin: status, acks and errors, snapshots, ping, heartbeats, trades, ohlc and REST Trades."""
+import urllib.request
+from decimal import Decimal
+
+import orjson
+import pytest
+import websocket
+
+from feeds.kraken import rfc3339_ns
+from sim import Simulator
+
+SYMBOLS = ["BTC/USD", "ETH/USD"]
+MINUTE_MS = 60_000
+BOUNDARY_MS = 1_704_067_200_000 + 5 * MINUTE_MS  # a minute boundary
+COUNT = 400  # at 200/s: two seconds of market time, half on each side of BOUNDARY_MS
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with Simulator(["kraken"], {"kraken": SYMBOLS}, rate=200, count=COUNT, seed=5,
+                   start_ms=BOUNDARY_MS - COUNT // 2 * 5, clock_paused=True) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def connect(sim):
+    sockets = []
+
+    def open_socket() -> websocket.WebSocket:
+        ws = websocket.create_connection(sim.url("kraken") + "/v2", timeout=5)
+        sockets.append(ws)
+        assert orjson.loads(ws.recv())["channel"] == "status"  # every connection opens with a status update
+        return ws
+
+    yield open_socket
+    for ws in sockets:
+        ws.close()
+
+
+def request(ws, method: str, req_id: int | None = None, **params) -> None:
+    message = {"method": method, **({"params": params} if params else {})}
+    if req_id is not None:
+        message["req_id"] = req_id
+    ws.send(orjson.dumps(message))
+
+
+def receive(ws, where=lambda m: True, n: int = 1) -> list[dict]:
+    """The next n messages matching `where`, skipping heartbeats and anything else."""
+    found = []
+    while len(found) < n:
+        message = orjson.loads(ws.recv())
+        if where(message):
+            found.append(message)
+    return found
+
+
+def channel(name: str, kind: str | None = None):
+    return lambda m: m.get("channel") == name and (kind is None or m.get("type") == kind)
+
+
+def test_subscribe_is_acknowledged_per_symbol_and_unknown_pairs_are_refused(sim, connect):
+    ws = connect()
+    request(ws, "subscribe", 7, channel="trade", symbol=["BTC/USD", "XBT/USD"], snapshot=False)
+    ok, refused = receive(ws, lambda m: m.get("method") == "subscribe", 2)
+    assert ok["success"] is True and ok["req_id"] == 7
+    assert ok["result"] == {"channel": "trade", "symbol": "BTC/USD", "snapshot": False}
+    assert {"time_in", "time_out"} <= set(ok)
+    assert refused["success"] is False and refused["error"] == "Currency pair not supported XBT/USD"
+    assert refused["symbol"] == "XBT/USD" and "result" not in refused
+    request(ws, "subscribe", 8, channel="book", symbol=["BTC/USD"])
+    assert receive(ws, lambda m: m.get("req_id") == 8)[0]["success"] is False
+    request(ws, "subscribe", 9, channel="ohlc", symbol=["BTC/USD"], interval=7)
+    assert receive(ws, lambda m: m.get("req_id") == 9)[0]["success"] is False
+
+
+def test_ping_is_answered_with_pong(connect):
+    ws = connect()
+    request(ws, "ping", 101)
+    pong = receive(ws, lambda m: m.get("method") == "pong")[0]
+    assert pong["req_id"] == 101 and rfc3339_ns(pong["time_in"]) <= rfc3339_ns(pong["time_out"])
+
+
+def test_heartbeats_come_once_a_second_on_a_quiet_subscribed_connection(sim, connect):
+    ws = connect()
+    ws.settimeout(1.6)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        ws.recv()  # not subscribed yet: silence
+    ws.settimeout(5)
+    request(ws, "subscribe", channel="trade", symbol=["ETH/USD"], snapshot=False)
+    receive(ws, lambda m: m.get("method") == "subscribe")
+    assert receive(ws)[0] == {"channel": "heartbeat"}  # the clock is paused: nothing else to send
+
+
+def test_trades_snapshot_ohlc_and_rest_all_tell_the_same_ground_truth(sim, connect):
+    early = connect()
+    request(early, "subscribe", 1, channel="trade", symbol=SYMBOLS, snapshot=True)
+    request(early, "subscribe", 2, channel="ohlc", symbol=["BTC/USD"], interval=1, snapshot=True)
+    replies = receive(early, lambda m: m.get("channel") != "heartbeat", 6)
+    assert [(m.get("method"), m.get("channel"), m.get("type")) for m in replies] == [
+        ("subscribe", None, None), ("subscribe", None, None), (None, "trade", "snapshot"), (None, "trade", "snapshot"),
+        ("subscribe", None, None), (None, "ohlc", "snapshot")]  # each request's acks, then its snapshots
+    assert replies[4]["result"]["interval"] == 1
+    assert all(m["data"] == [] for m in replies if "type" in m)  # nothing has happened yet
+    sim.start_clock()
+    sim.wait_emitted(COUNT)
+
+    updates = receive(early, lambda m: m.get("type") == "update" and m["channel"] in ("trade", "ohlc"), 3 * COUNT)
+    trades = [m["data"][0] for m in updates if m["channel"] == "trade"]
+    for symbol in SYMBOLS:
+        truth = sim.trades("kraken", symbol)
+        events = [t for t in trades if t["symbol"] == symbol]
+        assert [t["trade_id"] for t in events] == [t.trade_id for t in truth]
+        for event, trade in zip(events, truth):
+            assert event["price"] == float(trade.price) and event["qty"] == float(trade.qty)
+            assert rfc3339_ns(event["timestamp"]) == trade.time_ms * 1_000_000
+            assert event["side"] == ("sell" if trade.buyer_is_maker else "buy")
+            assert event["ord_type"] in ("limit", "market")
+
+    candles = [m["data"][0] for m in updates if m["channel"] == "ohlc"]
+    truth = sim.trades("kraken", "BTC/USD")
+    assert len(candles) == len(truth)  # one update per trade event
+    for k, candle in enumerate(candles):  # each update is the candle through that trade
+        begin = truth[k].time_ms - truth[k].time_ms % MINUTE_MS
+        so_far = [t for t in truth[: k + 1] if t.time_ms >= begin]
+        assert rfc3339_ns(candle["interval_begin"]) == begin * 1_000_000
+        assert (candle["open"], candle["high"], candle["low"], candle["close"], candle["trades"], candle["volume"]) == \
+            expected_candle(so_far)
+    assert {c["interval_begin"][:19] for c in candles} == {"2024-01-01T00:04:00", "2024-01-01T00:05:00"}
+
+    late = connect()  # joins after the fact: the snapshots carry the history
+    request(late, "subscribe", 3, channel="trade", symbol=["ETH/USD"], snapshot=True)
+    request(late, "subscribe", 4, channel="ohlc", symbol=["BTC/USD"], interval=1, snapshot=True)
+    trade_snapshot, ohlc_snapshot = receive(late, lambda m: m.get("type") == "snapshot", 2)
+    eth = sim.trades("kraken", "ETH/USD")
+    assert [t["trade_id"] for t in trade_snapshot["data"]] == [t.trade_id for t in eth[-50:]]
+    closed, in_progress = ohlc_snapshot["data"]
+    assert closed == candles[COUNT // 2 - 1] and in_progress == candles[-1]
+
+    status, body = get(sim, "/0/public/Trades?pair=XBTUSD&count=1000")
+    assert status == 200 and body["error"] == [] and list(body["result"]) == ["XXBTZUSD", "last"]
+    page = body["result"]["XXBTZUSD"]
+    assert [row[6] for row in page] == [t.trade_id for t in truth]
+    for row, event in zip(page, [t for t in trades if t["symbol"] == "BTC/USD"]):
+        assert float(row[0]) == event["price"] and float(row[1]) == event["qty"]
+        assert round(row[2] * 1_000_000) * 1000 == rfc3339_ns(event["timestamp"])
+        assert (row[3], row[4]) == (event["side"][0], event["ord_type"][0])
+    assert body["result"]["last"] == str(truth[-1].time_ms * 1_000_000)
+
+
+def test_rest_pages_by_time_after_since_and_refuses_unknown_pairs(sim):
+    sim.start_clock()
+    sim.wait_emitted(COUNT)
+    truth = sim.trades("kraken", "ETH/USD")
+    since = truth[99].time_ms * 1_000_000
+    status, body = get(sim, f"/0/public/Trades?pair=ETHUSD&since={since}&count=10")
+    assert status == 200 and [row[6] for row in body["result"]["XETHZUSD"]] == [t.trade_id for t in truth[100:110]]
+    assert body["result"]["last"] == str(truth[109].time_ms * 1_000_000)  # the next page's since
+    _, tail = get(sim, f"/0/public/Trades?pair=XETHZUSD&since={truth[-1].time_ms * 1_000_000}")
+    assert tail["result"]["XETHZUSD"] == []  # nothing newer yet
+    assert get(sim, "/0/public/Trades?pair=DOGEUSD")[1] == {"error": ["EQuery:Unknown asset pair"]}
+    assert get(sim, "/0/public/Trades?pair=XBTUSD&since=yesterday")[1] == {"error": ["EGeneral:Invalid arguments"]}
+
+
+def expected_candle(trades) -> tuple:
+    prices = [Decimal(t.price) for t in trades]
+    volume = sum(Decimal(t.qty) for t in trades)
+    return (float(prices[0]), float(max(prices)), float(min(prices)), float(prices[-1]), len(trades), float(volume))
+
+
+def get(sim, path: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(sim.rest_url("kraken") + path, timeout=5) as response:
+        return response.status, orjson.loads(response.read())

@@ -1,0 +1,98 @@
+"""Config hardening: world-writable files refused, secrets from files, TLS verification without an off switch."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from config.loader import ConfigError, load, to_toml
+from telemetry.http import OpsServer
+
+FEED = {"name": "b", "exchange": "binance", "url": "wss://stream.example:9443", "symbols": ["BTCUSDT"]}
+
+
+def write(tmp_path, raw: dict, name="marketfeed.toml", mode=0o600):
+    path = tmp_path / name
+    path.write_text(to_toml(raw))
+    path.chmod(mode)
+    return path
+
+
+def problems(path, env=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(path, env=env or {})
+    return info.value.problems
+
+
+def test_a_world_writable_config_is_refused_naming_the_file(tmp_path):
+    path = write(tmp_path, {"feeds": [FEED]}, mode=0o666)
+    assert problems(path) == [f"{path}: is world-writable (mode 666); refusing it — run chmod o-w on it"]
+    path.chmod(0o644)
+    assert load(path, env={}).feeds[0].name == "b"
+
+
+def test_questdb_credentials_come_from_a_file_named_by_a_FILE_variable(tmp_path):
+    secret = tmp_path / "conf"
+    secret.write_text("https::addr=db:9000;username=u;password=p4ssw0rd;\n")  # trailing newline: as editors save
+    config = load(write(tmp_path, {"feeds": [FEED]}), env={"MARKETFEED_QUESTDB__CONF_FILE": str(secret),
+                                                          "MARKETFEED_QUESTDB__CONF": "http::addr=ignored:1;"})
+    assert config.questdb.conf == "https::addr=db:9000;username=u;password=p4ssw0rd;"
+    assert "p4ssw0rd" not in repr(config)
+
+
+def test_unreadable_or_world_writable_secret_files_are_problems_naming_the_variable(tmp_path):
+    open_secret = tmp_path / "open"
+    open_secret.write_text("x")
+    open_secret.chmod(0o666)
+    found = problems(write(tmp_path, {}), env={"MARKETFEED_QUESTDB__CONF_FILE": str(tmp_path / "missing"),
+                                              "MARKETFEED_QUESTDB__PG_DSN_FILE": str(open_secret)})
+    assert found == [f"$MARKETFEED_QUESTDB__CONF_FILE: file {str(tmp_path / 'missing')!r} not found",
+                     f"$MARKETFEED_QUESTDB__PG_DSN_FILE: file {str(open_secret)!r} is world-writable (mode 666); "
+                     "refusing it — run chmod o-w on it"]
+
+
+def test_a_feed_api_key_comes_from_api_key_file(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("k-123456\n")
+    config = load(write(tmp_path, {"feeds": [{**FEED, "api_key_file": str(key)}]}), env={})
+    assert config.feeds[0].api_key == "k-123456" and "k-123456" not in repr(config)
+    path = write(tmp_path, {"feeds": [{**FEED, "api_key_file": str(key), "api_key": "inline"},
+                                      {**FEED, "name": "c", "api_key_file": str(tmp_path / "nope")}]})
+    assert problems(path) == [f"{path}: feeds[0] (b).api_key_file: set api_key or api_key_file, not both",
+                              f"{path}: feeds[1] (c).api_key_file: file {str(tmp_path / 'nope')!r} not found"]
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path):
+    path = write(tmp_path, {"questdb": {"pg_dsn": ["password=hunter22"]}, "feeds": [{**FEED, "api_key": 123456789}]})
+    found = problems(path)
+    hidden = "(not shown: it is a secret)"
+    assert found == [f"{path}: questdb.pg_dsn: expected a string, got a value of type list {hidden}",
+                     f"{path}: feeds[0] (b).api_key: expected a string, got a value of type int {hidden}"]
+
+
+def test_certificate_verification_cannot_be_switched_off(tmp_path):
+    path = write(tmp_path, {"questdb": {"conf": "https::addr=db:9000;tls_verify=unsafe_off;"},
+                            "service": {"ca_file": str(tmp_path / "no-ca.pem")}, "feeds": [FEED]})
+    assert problems(path) == [
+        f"{path}: service.ca_file: file {str(tmp_path / 'no-ca.pem')!r} not found",
+        f"{path}: questdb.conf: tls_verify=unsafe_off is refused: certificates are always verified "
+        "(a private CA goes in tls_roots=/path/ca.pem)",
+    ]
+
+
+def test_the_service_ca_file_is_every_feeds_default(tmp_path):
+    ca, own = tmp_path / "ca.pem", tmp_path / "own.pem"
+    ca.write_text("x")
+    own.write_text("x")
+    config = load(write(tmp_path, {"service": {"ca_file": str(ca)},
+                                   "feeds": [FEED, {**FEED, "name": "c", "ca_file": str(own)}]}), env={})
+    assert [f.ca_file for f in config.feeds] == [str(ca), str(own)]
+
+
+@pytest.mark.parametrize("listen, warned", [("127.0.0.1:0", False), ("0.0.0.0:0", True)])
+def test_binding_the_http_endpoints_beyond_loopback_logs_a_warning(listen, warned, caplog):
+    server = OpsServer(listen, lambda: None, 10.0)
+    with caplog.at_level(logging.WARNING, logger="marketfeed.http"):
+        server.start()
+    server.stop()
+    assert ("http_not_loopback" in caplog.messages) == warned

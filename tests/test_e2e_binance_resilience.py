@@ -1,0 +1,160 @@
+"""End to end, Binance: faults injected by the simulator, a real `marketfeed run`, a real QuestDB."""
+import socket
+
+import pytest
+
+from sim import Simulator
+from sim.binance import agg_id
+from tests.support.service import ServiceProcess, service_config
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+
+
+def feed(sim, **extra) -> dict:
+    urls = {"url": sim.url("binance"), "rest_url": sim.rest_url("binance")} if sim is not None else {}
+    return {"name": "binance-spot", "exchange": "binance", **urls, "symbols": SYMBOLS, "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5, **extra}
+
+
+@pytest.fixture
+def service(tmp_path, questdb, table_prefix):
+    started = []
+
+    def start(feeds: list[dict], **sections) -> ServiceProcess:
+        process = ServiceProcess.start(tmp_path, service_config(tmp_path, questdb, table_prefix, feeds, **sections))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def stored_ids(questdb, table, exchange, symbol) -> list[int]:
+    if not questdb.query("SELECT table_name FROM tables() WHERE table_name = %s", (table,)):
+        return []
+    rows = questdb.query(f"SELECT trade_id FROM {table} WHERE exchange = %s AND symbol = %s ORDER BY trade_id",
+                         (exchange, symbol))
+    return [r[0] for r in rows]
+
+
+def assert_stored_equal(questdb, table, exchange, expected: dict[str, list[int]], timeout=60.0):
+    def complete():
+        if not questdb.wal_applied(table):
+            return None
+        stored = {s: stored_ids(questdb, table, exchange, s) for s in expected}
+        return stored if all(len(stored[s]) >= len(expected[s]) for s in expected) else None
+
+    try:
+        stored = questdb.wait_for(complete, timeout, f"{exchange} rows in {table}")
+    except AssertionError:
+        stored = {s: stored_ids(questdb, table, exchange, s) for s in expected}
+    for symbol, ids in expected.items():
+        got = stored[symbol]
+        missing, doubled = sorted(set(ids) - set(got)), len(got) - len(set(got))
+        assert got == ids, f"{exchange} {symbol}: {len(got)} stored vs {len(ids)}; missing {missing[:10]}, doubled {doubled}"
+
+
+def test_trades_and_agg_trades_equal_the_truth_through_every_fault(service, questdb, table_prefix):
+    with Simulator(["binance"], SYMBOLS, rate=200, count=1400, seed=3, clock_paused=True) as sim:
+        proc = service([feed(sim, channels=["trade", "aggTrade"], stale_after_s=1.0)])
+        first = sim.wait_connections("binance", 1, timeout=30)[0]
+        sim.start_clock()
+        sim.wait_emitted(100)
+        first.duplicate_next(30)
+        first.skip_next(15, "BTCUSDT")  # lost in transit, present over REST
+        first.send_garbage(3)
+        sim.wait_emitted(350)
+        first.drop()
+        second = sim.wait_until(lambda: [c for c in sim.connections("binance") if c is not first], 30, "reconnect")
+        second = next(c for c in sim.connections("binance") if c is not first)
+        sim.wait_emitted(600)
+        second.stall()  # socket open, nothing sent: the stale watchdog must reconnect
+        sim.wait_until(lambda: any(c not in (first, second) for c in sim.connections("binance")), 30, "stale reconnect")
+        sim.wait_emitted(1400, timeout=30)
+        table = f"{table_prefix}trades"
+        assert_stored_equal(questdb, table, "binance", {s: sim.truth("binance", s) for s in SYMBOLS})
+        assert_stored_equal(questdb, table, "binance-agg",
+                            {s: [agg_id(t) for t in sim.trades("binance", s)] for s in SYMBOLS})
+        assert proc.events("malformed_frame") and proc.events("feed_stale")
+        assert not proc.events("child_restarted")  # faults are handled inside the feed actor
+        assert proc.stop() == 0
+
+
+def test_server_shutdown_and_the_connection_age_cut_lose_nothing(service, questdb, table_prefix):
+    with Simulator(["binance"], SYMBOLS, rate=200, count=1000, seed=4, clock_paused=True,
+                   max_connection_age=1.5) as sim:
+        proc = service([feed(sim, channels=["trade", "aggTrade"])])
+        first = sim.wait_connections("binance", 1, timeout=30)[0]
+        sim.start_clock()
+        sim.wait_emitted(100)
+        first.announce_shutdown(close_after_s=2.0)
+        proc.wait_event("feed_shutdown_announced")
+        sim.wait_emitted(1000, timeout=30)  # 5 s: several age cuts on top
+        table = f"{table_prefix}trades"
+        assert_stored_equal(questdb, table, "binance", {s: sim.truth("binance", s) for s in SYMBOLS})
+        assert_stored_equal(questdb, table, "binance-agg",
+                            {s: [agg_id(t) for t in sim.trades("binance", s)] for s in SYMBOLS})
+        assert len(proc.events("feed_connected")) >= 3
+        assert proc.stop() == 0
+
+
+def test_closed_candles_are_stored_once_and_the_live_candle_ends_as_its_last_state(service, questdb, table_prefix):
+    with Simulator(["binance"], ["BTCUSDT"], rate=200, count=700, seed=5, clock_paused=True) as sim:
+        proc = service([feed(sim, symbols=["BTCUSDT"], channels=["kline_1s"])])
+        sim.wait_connections("binance", 1, timeout=30)
+        sim.start_clock()
+        sim.wait_emitted(700, timeout=30)
+        trades = sim.trades("binance", "BTCUSDT")
+        periods = sorted({t.time_ms - t.time_ms % 1000 for t in trades})  # 700 trades at 5 ms: 4 periods
+        table = f"{table_prefix}candles"
+        last = trades[-1]
+        expected_last = (periods[-1] * 1000, float(last.price), False)
+
+        def settled():
+            if not questdb.wal_applied(table):
+                return None
+            rows = questdb.query(f"SELECT ts, close, closed FROM {table} WHERE symbol = 'BTCUSDT' ORDER BY ts")
+            return rows if len(rows) == len(periods) and rows[-1][1:] == expected_last[1:] else None
+
+        rows = questdb.wait_for(settled, 30, "candles settled")
+        assert [r[2] for r in rows] == [True] * (len(periods) - 1) + [False]
+        for period, (_, close, _) in zip(periods[:-1], rows[:-1]):
+            in_period = [t for t in trades if t.time_ms - t.time_ms % 1000 == period]
+            assert close == float(in_period[-1].price)
+        assert proc.stop() == 0
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: connects are refused
+
+
+def test_breaker_opens_on_a_dead_endpoint_and_closes_when_it_returns(service, questdb, table_prefix):
+    port = dead_port()
+    sim = Simulator(["binance"], SYMBOLS, rate=200, count=400, seed=6, clock_paused=True, port=port)
+    proc = service([feed(None, url=f"ws://127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{port}",
+                         breaker_failures=3, breaker_reset_s=1.0)])
+    failed = proc.wait_event("feed_disconnected", where=lambda e: e["state"] == "failed")
+    assert failed["failures"] == 3
+    with sim:
+        sim.wait_connections("binance", 1, timeout=30)  # the half-open trial succeeds
+        proc.wait_event("feed_connected")
+        sim.start_clock()
+        sim.wait_emitted(400, timeout=30)
+        assert_stored_equal(questdb, f"{table_prefix}trades", "binance", {s: sim.truth("binance", s) for s in SYMBOLS})
+    assert proc.stop() == 0
+
+
+def test_a_dead_primary_url_fails_over_to_the_alternative(service, questdb, table_prefix):
+    with Simulator(["binance"], SYMBOLS, rate=200, count=400, seed=8, clock_paused=True) as sim:
+        proc = service([feed(sim, url=f"ws://127.0.0.1:{dead_port()}", alt_urls=[sim.url("binance")])])
+        sim.wait_connections("binance", 1, timeout=30)
+        connected = proc.wait_event("feed_connected")
+        assert connected["url"].startswith(sim.url("binance"))
+        sim.start_clock()
+        sim.wait_emitted(400, timeout=30)
+        assert_stored_equal(questdb, f"{table_prefix}trades", "binance", {s: sim.truth("binance", s) for s in SYMBOLS})
+        assert not proc.events("child_restarted")
+        assert proc.stop() == 0

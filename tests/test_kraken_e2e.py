@@ -1,0 +1,126 @@
+"""End to end, Kraken v2: the twin with faults injected, a real `marketfeed run`, a real QuestDB."""
+from datetime import timezone
+from decimal import Decimal
+
+import pytest
+
+from sim import Simulator
+from tests.support.service import ServiceProcess, service_config
+
+SYMBOLS = ["BTC/USD", "ETH/USD"]
+MINUTE_MS = 60_000
+BOUNDARY_MS = 1_704_067_200_000 + 10 * MINUTE_MS  # 2024-01-01T00:10:00Z
+COUNT = 1200  # at 200/s, 5 ms apart: six seconds of market time
+
+
+def simulator(seed: int, count: int = COUNT) -> Simulator:
+    """Trades straddle a minute boundary: half in one 1-minute candle, half in the next."""
+    return Simulator(["kraken"], {"kraken": SYMBOLS}, rate=200, count=count, seed=seed,
+                     start_ms=BOUNDARY_MS - count // 2 * 5, clock_paused=True)
+
+
+def feed(sim: Simulator, **extra) -> dict:
+    return {"name": "kraken", "exchange": "kraken", "url": sim.url("kraken"), "rest_url": sim.rest_url("kraken"),
+            "symbols": SYMBOLS, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, **extra}
+
+
+@pytest.fixture
+def service(tmp_path, questdb, table_prefix):
+    started = []
+
+    def start(feeds: list[dict]) -> ServiceProcess:
+        process = ServiceProcess.start(tmp_path, service_config(tmp_path, questdb, table_prefix, feeds))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def assert_trades_equal_truth(questdb, sim: Simulator, table: str) -> None:
+    for symbol in SYMBOLS:
+        truth = sim.truth("kraken", symbol)
+        stored = questdb.wait_trade_ids(table, truth, symbol, timeout=8)
+        missing = sorted(set(truth) - set(stored))
+        assert stored == truth, f"{symbol}: {len(stored)} stored of {len(truth)}; missing {missing[:10]}, " \
+                                f"doubled {len(stored) - len(set(stored))}"
+
+
+def new_connection(sim: Simulator, *old) -> object:
+    sim.wait_until(lambda: any(c not in old for c in sim.connections("kraken")), 30, "a new connection")
+    return next(c for c in sim.connections("kraken") if c not in old)
+
+
+def test_stored_trade_ids_equal_the_truth_through_drops_stalls_duplicates_and_skips(service, questdb, table_prefix):
+    with simulator(seed=21) as sim:
+        proc = service([feed(sim, stale_after_s=1.5, backfill=False)])
+        first = sim.wait_connections("kraken", 1, timeout=30)[0]
+        sim.start_clock()
+        sim.wait_emitted(150)
+        first.duplicate_next(20)
+        first.skip_next(9, "ETH/USD")  # lost in transit, present over REST
+        sim.wait_emitted(400)
+        first.drop()  # cut mid-stream, no close frame
+        second = new_connection(sim, first)
+        sim.wait_emitted(700)
+        second.skip_next(60)  # more than the 50-trade snapshot a reconnect brings
+        second.stall()  # socket open, nothing sent, not even heartbeats: the stale watchdog reconnects
+        new_connection(sim, first, second)
+        sim.wait_emitted(COUNT, timeout=30)
+        assert_trades_equal_truth(questdb, sim, f"{table_prefix}trades")
+        assert proc.events("feed_stale") and proc.events("gap_detected")
+        assert not proc.events("child_restarted")  # every fault is handled inside the feed actor
+        assert proc.stop() == 0
+
+
+def test_heartbeats_do_not_count_as_data_for_the_stale_watchdog(service, table_prefix):
+    with simulator(seed=22) as sim:  # the clock stays paused: heartbeats are all the feed gets
+        proc = service([feed(sim, stale_after_s=1.5)])
+        first = sim.wait_connections("kraken", 1, timeout=30)[0]
+        stale = proc.wait_event("feed_stale", timeout=15)
+        assert stale["silent_s"] >= 1.5
+        heartbeats_sent = first.counters.frames_sent - 1 - 4  # less the status, two acks and two snapshots
+        assert heartbeats_sent >= 1
+        new_connection(sim, first)
+        assert proc.stop() == 0
+
+
+def test_candles_and_a_malformed_frame_that_restarts_nothing(service, questdb, table_prefix):
+    with simulator(seed=23) as sim:
+        proc = service([feed(sim, channels=["trade", "ohlc-1"])])
+        connection = sim.wait_connections("kraken", 1, timeout=30)[0]
+        sim.start_clock()
+        sim.wait_emitted(300)
+        connection.send_garbage(3)  # invalid JSON, truncated JSON, JSON of the wrong shape
+        sim.wait_emitted(COUNT, timeout=30)
+        assert_trades_equal_truth(questdb, sim, f"{table_prefix}trades")
+
+        table = f"{table_prefix}candles"
+        for symbol in SYMBOLS:
+            trades = sim.trades("kraken", symbol)
+            closed = [t for t in trades if t.time_ms < BOUNDARY_MS]
+            expected = [candle(closed, True), candle([t for t in trades if t.time_ms >= BOUNDARY_MS], False)]
+
+            def settled(symbol=symbol, expected=expected):
+                if not questdb.wal_applied(table):
+                    return None
+                rows = questdb.query(f"SELECT ts, interval, open, high, low, close, volume, closed FROM {table} "
+                                     "WHERE symbol = %s ORDER BY ts", (symbol,))
+                return rows if [r[1:] for r in rows] == [e[1:] for e in expected] else None
+
+            rows = questdb.wait_for(settled, 30, f"{symbol} candles settled")
+            assert [r[0].replace(tzinfo=timezone.utc).timestamp() for r in rows] == [e[0] for e in expected]  # one closed, one in progress
+
+        assert sum(e["count"] for e in proc.events("malformed_frame")) == 3
+        assert sim.connections("kraken") == [connection] and not connection.closed  # the connection lived on
+        assert not proc.events("feed_disconnected") and not proc.events("child_restarted")
+        assert proc.stop() == 0
+
+
+def candle(trades, closed: bool) -> tuple:
+    """(begin s, interval, open, high, low, close, volume, closed) of one 1-minute candle, from the truth."""
+    prices = [Decimal(t.price) for t in trades]
+    begin_ms = trades[0].time_ms - trades[0].time_ms % MINUTE_MS
+    return (begin_ms / 1000, "1m", float(prices[0]), float(max(prices)), float(min(prices)), float(prices[-1]),
+            float(sum(Decimal(t.qty) for t in trades)), closed)

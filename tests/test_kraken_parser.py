@@ -1,0 +1,257 @@
+"""Kraken WebSocket v2 parser and REST backfill, from the example messages of docs.kraken.com."""
+import orjson
+import pytest
+
+from config.schema import FeedConfig
+from feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.kraken import KrakenProtocol, channels, rest_pair, rfc3339_ns
+from feeds.rows import Candle, Trade
+
+
+def feed(**extra) -> FeedConfig:
+    values = {"name": "k", "exchange": "kraken", "url": "wss://ws.kraken.com", "rest_url": "https://api.kraken.com",
+              "symbols": ("BTC/USD", "MATIC/USD"), "channels": ("trade", "ohlc-5")}
+    return FeedConfig(**{**values, **extra})
+
+
+def parse(protocol: KrakenProtocol, message) -> tuple[Control | None, ParsedRows]:
+    out = ParsedRows()
+    frame = message if isinstance(message, (bytes, str)) else orjson.dumps(message)
+    return protocol.parse(frame, 42, out), out
+
+
+# The trade channel's documented snapshot example (docs.kraken.com, WebSocket v2, trade).
+TRADE_SNAPSHOT = {
+    "channel": "trade",
+    "type": "snapshot",
+    "data": [
+        {"symbol": "MATIC/USD", "side": "buy", "price": 0.5147, "qty": 6423.46326, "ord_type": "limit",
+         "trade_id": 4665846, "timestamp": "2023-09-25T07:48:36.925533Z"},
+        {"symbol": "MATIC/USD", "side": "buy", "price": 0.5147, "qty": 1136.19677815, "ord_type": "limit",
+         "trade_id": 4665847, "timestamp": "2023-09-25T07:49:36.925603Z"},
+    ],
+}
+
+# The ohlc channel's documented snapshot example (interval 5).
+OHLC_SNAPSHOT = {
+    "channel": "ohlc",
+    "type": "snapshot",
+    "timestamp": "2023-10-04T16:26:01.806315597Z",
+    "data": [
+        {"symbol": "ALGO/USD", "open": 0.09875, "high": 0.09875, "low": 0.09875, "close": 0.09875, "trades": 1,
+         "volume": 201.86015, "vwap": 0.09875, "interval_begin": "2023-10-04T15:25:00.000000000Z", "interval": 5,
+         "timestamp": "2023-10-04T15:30:00.000000Z"},
+        {"symbol": "ALGO/USD", "open": 0.09875, "high": 0.0988, "low": 0.09875, "close": 0.09875, "trades": 13,
+         "volume": 16255.46368, "vwap": 0.09879, "interval_begin": "2023-10-04T15:30:00.000000000Z", "interval": 5,
+         "timestamp": "2023-10-04T15:35:00.000000Z"},
+    ],
+}
+
+T_15_25 = 1696433100 * 10**9  # 2023-10-04T15:25:00Z
+T_15_30 = T_15_25 + 300 * 10**9
+
+
+def ohlc(begin: str, close: float, volume: float, kind: str = "update", interval: int = 5) -> dict:
+    return {"channel": "ohlc", "type": kind, "timestamp": begin, "data": [
+        {"symbol": "ALGO/USD", "open": 0.09875, "high": max(close, 0.09875), "low": min(close, 0.09875),
+         "close": close, "trades": 3, "volume": volume, "vwap": close, "interval_begin": begin, "interval": interval,
+         "timestamp": begin}]}
+
+
+def test_documented_trade_snapshot_becomes_trades():
+    control, out = parse(KrakenProtocol(feed()), TRADE_SNAPSHOT)
+    assert control is None  # data: it resets the stale watchdog
+    assert out.trades == [
+        Trade(1695628116_925533000, "kraken", "MATIC/USD", 4665846, 0.5147, 6423.46326, "buy", 42),
+        Trade(1695628176_925603000, "kraken", "MATIC/USD", 4665847, 0.5147, 1136.19677815, "buy", 42),
+    ]
+
+
+def test_heartbeat_status_pong_and_acks_are_control_not_data():
+    protocol = KrakenProtocol(feed())
+    assert parse(protocol, {"channel": "heartbeat"})[0] is Control.HEARTBEAT
+    status = {"channel": "status", "data": [{"api_version": "v2", "connection_id": 13834774380200032777,
+                                             "system": "online", "version": "2.0.0"}], "type": "update"}
+    assert parse(protocol, status)[0] is Control.INFO
+    pong = {"method": "pong", "req_id": 101, "time_in": "2023-09-24T14:10:23.799685Z",
+            "time_out": "2023-09-24T14:10:23.799703Z"}
+    assert parse(protocol, pong)[0] is Control.PONG
+    ack = (b'{"method":"subscribe","result":{"channel":"ohlc","interval":1,"snapshot":true,"symbol":"BTC/USD",'
+           b'"warnings":["timestamp is deprecated, use interval_begin"]},"success":true,'
+           b'"time_in":"2026-10-06T18:06:01.981684Z","time_out":"2026-10-06T18:06:01.981723Z"}')
+    control, out = parse(protocol, ack)
+    assert control is Control.SUBSCRIBED and len(out) == 0
+
+
+def test_refused_subscription_raises_with_kraken_reason():
+    refusal = (b'{"error":"Currency pair not supported XBT/USD","method":"subscribe","success":false,'
+               b'"symbol":"XBT/USD","time_in":"2026-10-06T17:39:49.588049Z","time_out":"2026-10-06T17:39:49.588083Z"}')
+    with pytest.raises(SubscriptionRejected, match="Currency pair not supported XBT/USD"):
+        parse(KrakenProtocol(feed()), refusal)
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x7fnot json at all {",
+    b'{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","pri',
+    b'{"unexpected":["valid","json"],"of":"the wrong shape"}',
+    b"[1, 2]",
+    b'{"channel":"ticker","type":"update","data":[]}',
+    b'{"method":"ping","success":false,"error":"EGeneral:Invalid arguments"}',
+])
+def test_garbage_is_malformed(bad):
+    with pytest.raises(MalformedFrame):
+        parse(KrakenProtocol(feed()), bad)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("price", "0.5147"),  # v2 sends numbers: a string is not Kraken v2
+    ("trade_id", "4665846"),
+    ("side", "b"),
+    ("timestamp", "2023-09-25 07:48:36"),
+    ("qty", None),
+])
+def test_a_bad_trade_field_drops_the_whole_message(field, value):
+    message = orjson.loads(orjson.dumps(TRADE_SNAPSHOT))
+    message["data"][1][field] = value
+    out = ParsedRows()
+    with pytest.raises(MalformedFrame):
+        KrakenProtocol(feed()).parse(orjson.dumps(message), 0, out)
+    assert out.trades == []  # nothing half-parsed
+
+
+def test_documented_ohlc_snapshot_closes_all_but_the_newest_candle():
+    control, out = parse(KrakenProtocol(feed()), OHLC_SNAPSHOT)
+    assert control is None
+    assert out.candles == [Candle(T_15_25, "kraken", "ALGO/USD", "5m", 0.09875, 0.09875, 0.09875, 0.09875,
+                                  201.86015, True, 42)]
+    assert out.live_candles == [Candle(T_15_30, "kraken", "ALGO/USD", "5m", 0.09875, 0.0988, 0.09875, 0.09875,
+                                       16255.46368, False, 42)]
+
+
+def test_a_candle_closes_once_when_the_next_interval_begins():
+    protocol = KrakenProtocol(feed())
+    first = [parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", c, v))[1] for c, v in ((0.1, 1.0), (0.2, 3.0))]
+    assert all(out.candles == [] for out in first)
+    assert [out.live_candles[0].close for out in first] == [0.1, 0.2]  # latest state wins downstream
+    _, rollover = parse(protocol, ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5))
+    assert [(c.ts_ns, c.close, c.volume, c.closed) for c in rollover.candles] == [(T_15_25, 0.2, 3.0, True)]
+    assert [(c.ts_ns, c.closed) for c in rollover.live_candles] == [(T_15_30, False)]
+    _, later = parse(protocol, ohlc("2023-10-04T15:30:00.000000000Z", 0.4, 0.7))
+    assert later.candles == [] and later.live_candles[0].close == 0.4
+
+
+def test_snapshot_after_reconnect_closes_the_candle_left_in_progress():
+    protocol = KrakenProtocol(feed())
+    parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0))
+    snapshot = ohlc("2023-10-04T15:25:00.000000000Z", 0.15, 2.0, "snapshot")
+    snapshot["data"] += ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5)["data"]
+    _, out = parse(protocol, snapshot)
+    assert [(c.ts_ns, c.close, c.closed) for c in out.candles] == [(T_15_25, 0.15, True)]  # its final state
+    assert [(c.ts_ns, c.closed) for c in out.live_candles] == [(T_15_30, False)]
+    _, stale = parse(protocol, ohlc("2023-10-04T15:20:00.000000000Z", 0.05, 1.0, "snapshot"))
+    assert [(c.closed, c.close) for c in stale.candles] == [(True, 0.05)] and stale.live_candles == []
+
+
+def test_intervals_and_symbols_keep_their_own_candles():
+    protocol = KrakenProtocol(feed(channels=("ohlc-1", "ohlc-5")))
+    parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0, interval=5))
+    _, out = parse(protocol, ohlc("2023-10-04T15:29:00.000000000Z", 0.2, 1.0, interval=1))
+    assert out.candles == [] and out.live_candles[0].interval == "1m"
+
+
+def test_subscribe_messages_set_snapshot_explicitly():
+    messages = [orjson.loads(m) for m in KrakenProtocol(feed(snapshot=False)).subscribe_messages()]
+    assert messages == [
+        {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD", "MATIC/USD"], "snapshot": False},
+         "req_id": 1},
+        {"method": "subscribe", "params": {"channel": "ohlc", "symbol": ["BTC/USD", "MATIC/USD"], "interval": 5,
+                                           "snapshot": False}, "req_id": 2},
+    ]
+    assert all(orjson.loads(m)["params"]["snapshot"] is True for m in KrakenProtocol(feed()).subscribe_messages())
+
+
+def test_url_and_keepalive():
+    protocol = KrakenProtocol(feed())
+    assert protocol.url("wss://ws.kraken.com/") == "wss://ws.kraken.com/v2"
+    assert protocol.url("ws://127.0.0.1:9/v2") == "ws://127.0.0.1:9/v2"
+    assert orjson.loads(protocol.ping_message) == {"method": "ping"}
+    assert protocol.pong_timeout_s > 0 and protocol.contiguous_ids
+
+
+@pytest.mark.parametrize("names", [("ohlc-2",), ("ohlc",), ("book",), ("kline_1m",)])
+def test_unknown_channels_are_refused_by_name(names):
+    with pytest.raises(ValueError, match=repr(names[0])):
+        channels(names)
+
+
+def test_rfc3339_keeps_every_digit():
+    assert rfc3339_ns("2023-10-04T15:25:00.000000001Z") == T_15_25 + 1
+    assert rfc3339_ns("2023-10-04T15:25:00Z") == T_15_25
+    assert rfc3339_ns("2023-10-04T15:25:00.5Z") == T_15_25 + 500_000_000
+    for bad in ("2023-10-04T15:25:00", "2023-10-04T15:25:00.Z", "2023-10-04T15:25:00.0000000001Z",
+                "2023-13-04T15:25:00Z", "2023-10-04T15:25:00+00:00", "2023-10-04T15:25:00.１Z"):
+        with pytest.raises(ValueError):
+            rfc3339_ns(bad)
+
+
+def test_rest_pair_names_use_krakens_asset_codes():
+    assert [rest_pair(s) for s in ("BTC/USD", "ETH/USD", "DOGE/USD", "SOL/EUR", "ETH/BTC")] == [
+        "XBTUSD", "ETHUSD", "XDGUSD", "SOLEUR", "ETHXBT"]
+
+
+# The REST endpoint's documented example answer (docs.kraken.com, Get Recent Trades).
+REST_PAGE = {"error": [], "result": {"XXBTZUSD": [
+    ["30243.40000", "0.34507674", 1688669597.8277369, "b", "m", "", 61044952],
+    ["30243.30000", "0.00376960", 1688669598.2804112, "s", "l", "", 61044953],
+    ["30243.30000", "0.01235716", 1688669602.698379, "s", "m", "", 61044956],
+], "last": "1688671969993150842"}}
+
+
+def test_documented_trades_page_becomes_trades_with_microsecond_times():
+    rows, rest = KrakenProtocol(feed()).parse_backfill(Gap("BTC/USD", 61044953, 61044956), orjson.dumps(REST_PAGE), 7)
+    assert rows == [
+        Trade(1688669598_280411000, "kraken", "BTC/USD", 61044953, 30243.3, 0.0037696, "sell", 7),
+        Trade(1688669602_698379000, "kraken", "BTC/USD", 61044956, 30243.3, 0.01235716, "sell", 7),
+    ]
+    assert rest is None  # short page: nothing newer exists
+
+
+def test_backfill_starts_at_the_trade_before_the_jump_and_pages_by_cursor():
+    protocol = KrakenProtocol(feed())
+    before = dict(TRADE_SNAPSHOT, data=TRADE_SNAPSHOT["data"][:1])
+    after = dict(TRADE_SNAPSHOT, type="update", data=[dict(TRADE_SNAPSHOT["data"][1], trade_id=4665850)])
+    parse(protocol, before)
+    parse(protocol, after)  # ids jump 4665846 → 4665850
+    gap = Gap("MATIC/USD", 4665847, 4665849)
+    request = protocol.backfill_request(gap)
+    assert request.url == ("https://api.kraken.com/0/public/Trades?pair=MATICUSD&count=1000"
+                           "&since=1695628116925532999")
+    full = {"error": [], "result": {"MATICUSD": [["0.5", "1", 1695628116.925533 + i, "b", "l", "", 4665846 + i]
+                                                 for i in range(1000)], "last": "1695629115925533000"}}
+    rows, rest = protocol.parse_backfill(gap, orjson.dumps(full), 0)
+    assert [r.trade_id for r in rows] == [4665847, 4665848, 4665849] and rest is None
+    open_gap = Gap("MATIC/USD", 4665847)  # up to the live stream: keep paging from the cursor
+    rows, rest = protocol.parse_backfill(open_gap, orjson.dumps(full), 0)
+    assert len(rows) == 999 and rest == Gap("MATIC/USD", 4665846 + 1000, since_ns=1695629115925533000)
+    assert protocol.backfill_request(rest).url.endswith("&since=1695629115925533000")
+
+
+def test_after_a_reconnect_backfill_starts_at_the_last_trade_seen():
+    protocol = KrakenProtocol(feed())
+    parse(protocol, TRADE_SNAPSHOT)
+    protocol.subscribe_messages()  # the connection was replaced
+    parse(protocol, dict(TRADE_SNAPSHOT, data=[dict(TRADE_SNAPSHOT["data"][1], trade_id=4665860)]))
+    for gap in (Gap("MATIC/USD", 4665848), Gap("MATIC/USD", 4665848, 4665859)):  # since the last id; the jump
+        assert protocol.backfill_request(gap).url.endswith("pair=MATICUSD&count=1000&since=1695628176925602999")
+
+
+def test_backfill_without_a_known_start_asks_for_the_latest_trades():
+    request = KrakenProtocol(feed()).backfill_request(Gap("BTC/USD", 10, 20))
+    assert request.url == "https://api.kraken.com/0/public/Trades?pair=XBTUSD&count=1000"
+
+
+@pytest.mark.parametrize("body", [b'{"error":["EQuery:Unknown asset pair"]}', b"<html>", b'{"result":{"last":"1"}}',
+                                  b'{"error":[],"result":{"X":[["1","1",1.0,"x","l","",5]],"last":"1"}}'])
+def test_bad_trades_pages_are_malformed(body):
+    with pytest.raises(MalformedFrame):
+        KrakenProtocol(feed()).parse_backfill(Gap("BTC/USD", 1, 9), body, 0)
