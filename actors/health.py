@@ -23,7 +23,7 @@ from supervision.scheduler import scheduler
 from supervision.supervisor import ChildContext, GetChildren, GetStatus, Supervised, leaked_thread_count
 from telemetry import metrics
 from telemetry.health_rules import OK, SEVERITY, AlertRules, summary
-from telemetry.logs import event
+from telemetry.logs import event, scrub
 from telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.health")
@@ -222,7 +222,8 @@ class HealthActor(Supervised):
             event(log, "health_status_changed", logging.INFO if status == OK else logging.WARNING,
                   status=status, previous=self.last_status, alerts=alerts)
             self.last_status = status
-        write_atomically(self.config.service.status_file, orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        status_json = scrub(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())  # errors may quote a secret
+        write_atomically(self.config.service.status_file, status_json.encode())
         export_gauges(report)
         self.notifier.status(f"{status}: {report['summary']}")
         if not any(a["cause"] == "actor_unresponsive" for a in alerts):

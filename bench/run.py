@@ -236,7 +236,7 @@ class Bench:
         run_s = plan.outage_warmup_s + plan.outage_s + plan.outage_warmup_s
         per_symbol = int(rate / len(symbols) * run_s)
         prefix = self.table_prefix()
-        sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols))
+        sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols), stamp_send_time=True)
         proc, run_dir = self.start_service(prefix, sim, 1)
         marks: dict[str, float] = {}
 

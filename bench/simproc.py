@@ -14,8 +14,12 @@ from sim import Simulator
 
 
 def main(spec: dict) -> None:
+    # At max rate event times are 1 ms apart (sim.market.MAX_MS_RATE): start them far enough back that
+    # none lies in the future, which the feed would reject.
+    start_ms = time.time_ns() // 1_000_000 - spec["count"] - 1000 if spec.get("max_rate") else None
     with Simulator(["binance"], spec["symbols"], rate=spec.get("rate", 10.0), count=spec["count"], clock_paused=True,
-                   max_rate=spec.get("max_rate", False), stamp_send_time=spec.get("stamp_send_time", False)) as sim:
+                   start_ms=start_ms, max_rate=spec.get("max_rate", False),
+                   stamp_send_time=spec.get("stamp_send_time", False)) as sim:
         if sim.max_rate:
             sim.prepare_max_rate("combined")  # before any client connects: no feed waits on it
         reply({"url": sim.url("binance"), "rest": sim.rest_url("binance")})

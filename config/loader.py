@@ -211,9 +211,14 @@ def _check_feed(feed: FeedConfig, source: str, problems: list[str]) -> None:
 
     where = f"{source}: feeds ({feed.name})"
     try:
-        protocol_class(feed.exchange)
+        protocol = protocol_class(feed.exchange)
     except ValueError:
         problems.append(f"{where}.exchange: unknown exchange {feed.exchange!r}")
+    else:
+        try:
+            protocol(feed)  # the exchange module checks its own settings (channels, intervals)
+        except ValueError as exc:
+            problems.append(f"{where}.channels: {exc}")
     if not feed.symbols:
         problems.append(f"{where}.symbols: at least one symbol is needed")
     for key in ("url", *(() if not feed.rest_url else ("rest_url",))):

@@ -7,7 +7,10 @@ registered with the log formatter (telemetry.logs.hide) so no log line, report o
 """
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -67,11 +70,21 @@ def dsn_password(dsn: str) -> str:
     return value[1:-1] if value.startswith("'") else value
 
 
-def secret_values(config: Config) -> set[str]:
+def secret_values(config: Config, env: Mapping[str, str] | None = None) -> set[str]:
     """Every secret string a config holds, for the log formatter to hide. Values shorter than 6 are
     skipped: hiding QuestDB's public default password 'quest' would mangle every 'questdb' in the log,
-    and so short a secret protects nothing anyway."""
+    and so short a secret protects nothing anyway. Keys an exchange module reads from its own
+    environment variables (`*_API_KEY`, `*_API_KEY_FILE`) are hidden too."""
+    env = os.environ if env is None else env
     values = {v for k, v in conf_items(config.questdb.conf) if k in CONF_SECRET_KEYS - {"username"}}
     values.add(dsn_password(config.questdb.pg_dsn))
     values.update(f.api_key for f in config.feeds)
+    for name, value in env.items():
+        if name.endswith("_API_KEY"):
+            values.add(value.strip())
+        elif name.endswith("_API_KEY_FILE"):
+            try:
+                values.add(Path(value).read_text().strip())
+            except OSError:
+                pass  # the feed reports an unreadable key file itself
     return {v for v in values if len(v) >= 6}

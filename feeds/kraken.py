@@ -66,6 +66,7 @@ class KrakenProtocol(FeedProtocol):
     def __init__(self, feed):
         super().__init__(feed)
         self.trade_channel, self.ohlc_intervals = channels(feed.channels)
+        self._symbols = frozenset(feed.symbols)
         self._candles: dict[tuple[str, str], Candle] = {}  # (symbol, interval) → newest state, not yet closed
         self._newest: dict[str, tuple[int, int]] = {}  # symbol → (trade id, ts) of the newest trade parsed
         self._gap_since: dict[tuple[str, int], int] = {}  # (symbol, first missing id) → ts of the trade before
@@ -116,18 +117,20 @@ class KrakenProtocol(FeedProtocol):
     def _trades(self, msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
         try:
             rows = [
-                Trade(rfc3339_ns(t["timestamp"]), "kraken", t["symbol"], _integer(t["trade_id"]), _number(t["price"]),
-                      _number(t["qty"]), _SIDES[t["side"]], received_ns)
+                Trade(rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
+                      _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns)
                 for t in msg["data"]
             ]
-            for row in rows:
-                self._note_jump(row)  # TypeError: a symbol that is no string (a JSON list or object)
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad trade message: {exc!r}", frame) from None
+        for row in rows:
+            self._note_jump(row)
         return rows
 
     def _note_jump(self, row: Trade) -> None:
         """Where ids jump, remember the time of the trade before: REST finds the gap by time."""
+        if row.symbol not in self._symbols:
+            return  # not ours: the row validator rejects it; no state grows for it
         newest = self._newest.get(row.symbol)
         if newest is not None and row.trade_id <= newest[0]:
             return  # a replay (snapshot, duplicate): nothing new
@@ -143,7 +146,7 @@ class KrakenProtocol(FeedProtocol):
     def _ohlc(self, msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> None:
         try:
             candles = [
-                Candle(rfc3339_ns(c["interval_begin"]), "kraken", c["symbol"], OHLC_INTERVALS[c["interval"]],
+                Candle(rfc3339_ns(c["interval_begin"]), "kraken", _text(c["symbol"]), OHLC_INTERVALS[c["interval"]],
                        _number(c["open"]), _number(c["high"]), _number(c["low"]), _number(c["close"]),
                        _number(c["volume"]), False, received_ns)
                 for c in msg["data"]
@@ -153,6 +156,9 @@ class KrakenProtocol(FeedProtocol):
         live: dict[tuple[str, str], Candle] = {}
         for candle in candles:
             key = (candle.symbol, candle.interval)
+            if candle.symbol not in self._symbols:
+                live[key] = candle  # not ours: the row validator rejects it; no state grows for it
+                continue
             newest = self._candles.get(key)
             if newest is not None and candle.ts_ns < newest.ts_ns:
                 out.candles.append(candle._replace(closed=True))  # an earlier interval (a snapshot): over
@@ -237,6 +243,12 @@ def _number(value: object) -> float:
     if type(value) is float or type(value) is int:
         return float(value)
     raise TypeError(f"not a number: {value!r}")
+
+
+def _text(value: object) -> str:
+    if type(value) is str:
+        return value
+    raise TypeError(f"not a string: {value!r}")
 
 
 def _integer(value: object) -> int:

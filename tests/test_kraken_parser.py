@@ -10,7 +10,7 @@ from feeds.rows import Candle, Trade
 
 def feed(**extra) -> FeedConfig:
     values = {"name": "k", "exchange": "kraken", "url": "wss://ws.kraken.com", "rest_url": "https://api.kraken.com",
-              "symbols": ("BTC/USD", "MATIC/USD"), "channels": ("trade", "ohlc-5")}
+              "symbols": ("BTC/USD", "MATIC/USD", "ALGO/USD"), "channels": ("trade", "ohlc-5")}
     return FeedConfig(**{**values, **extra})
 
 
@@ -109,6 +109,7 @@ def test_garbage_is_malformed(bad):
     ("side", "b"),
     ("timestamp", "2023-09-25 07:48:36"),
     ("qty", None),
+    ("symbol", ["MATIC/USD"]),
 ])
 def test_a_bad_trade_field_drops_the_whole_message(field, value):
     message = orjson.loads(orjson.dumps(TRADE_SNAPSHOT))
@@ -152,6 +153,16 @@ def test_snapshot_after_reconnect_closes_the_candle_left_in_progress():
     assert [(c.closed, c.close) for c in stale.candles] == [(True, 0.05)] and stale.live_candles == []
 
 
+def test_unsubscribed_symbols_pass_through_to_validation_without_keeping_state():
+    protocol = KrakenProtocol(feed(symbols=("BTC/USD",)))
+    for n in range(3):
+        _, out = parse(protocol, ohlc(f"2023-10-04T15:{25 + 5 * n}:00.000000000Z", 0.1, 1.0))
+        assert [c.symbol for c in out.live_candles] == ["ALGO/USD"] and out.candles == []
+    _, out = parse(protocol, TRADE_SNAPSHOT)
+    assert len(out.trades) == 2
+    assert protocol._candles == {} and protocol._newest == {}
+
+
 def test_intervals_and_symbols_keep_their_own_candles():
     protocol = KrakenProtocol(feed(channels=("ohlc-1", "ohlc-5")))
     parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0, interval=5))
@@ -160,11 +171,12 @@ def test_intervals_and_symbols_keep_their_own_candles():
 
 
 def test_subscribe_messages_set_snapshot_explicitly():
+    symbols = ["BTC/USD", "MATIC/USD", "ALGO/USD"]
     messages = [orjson.loads(m) for m in KrakenProtocol(feed(snapshot=False)).subscribe_messages()]
     assert messages == [
-        {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD", "MATIC/USD"], "snapshot": False},
+        {"method": "subscribe", "params": {"channel": "trade", "symbol": symbols, "snapshot": False},
          "req_id": 1},
-        {"method": "subscribe", "params": {"channel": "ohlc", "symbol": ["BTC/USD", "MATIC/USD"], "interval": 5,
+        {"method": "subscribe", "params": {"channel": "ohlc", "symbol": symbols, "interval": 5,
                                            "snapshot": False}, "req_id": 2},
     ]
     assert all(orjson.loads(m)["params"]["snapshot"] is True for m in KrakenProtocol(feed()).subscribe_messages())
