@@ -11,14 +11,17 @@ import time
 import orjson
 
 from sim import Simulator
+from sim.market import MAX_MS_RATE
 
 
 def main(spec: dict) -> None:
     # At max rate event times are 1 ms apart (sim.market.MAX_MS_RATE): start them far enough back that
     # none lies in the future, which the feed would reject.
-    start_ms = time.time_ns() // 1_000_000 - spec["count"] - 1000 if spec.get("max_rate") else None
-    with Simulator(["binance"], spec["symbols"], rate=spec.get("rate", 10.0), count=spec["count"], clock_paused=True,
-                   start_ms=start_ms, max_rate=spec.get("max_rate", False),
+    max_rate = spec.get("max_rate", False)
+    start_ms = time.time_ns() // 1_000_000 - spec["count"] - 1000 if max_rate else None
+    rate = MAX_MS_RATE if max_rate else spec["rate"]  # max rate: `rate` only spaces event times
+    with Simulator(["binance"], spec["symbols"], rate=rate, count=spec["count"], clock_paused=True,
+                   start_ms=start_ms, max_rate=max_rate,
                    stamp_send_time=spec.get("stamp_send_time", False)) as sim:
         if sim.max_rate:
             sim.prepare_max_rate("combined")  # before any client connects: no feed waits on it

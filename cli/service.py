@@ -8,8 +8,10 @@ import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import psycopg2
@@ -185,9 +187,19 @@ class Service:
 
 
 def _stacks_to_log() -> None:
-    """Every thread's stack goes to the log on a fatal signal (systemd's watchdog aborts) and on SIGUSR2."""
+    """On a fatal signal (systemd's watchdog aborts) faulthandler writes every thread's stack to the log."""
     faulthandler.enable(file=logs.stdout_stream(), all_threads=True)
-    faulthandler.register(signal.SIGUSR2, file=logs.stdout_stream(), all_threads=True)
+
+
+def dump_thread_stacks() -> None:
+    """SIGUSR2: one `thread_stack` log line per thread. Taken on the main thread with the GIL held —
+    faulthandler's own all-thread dump reads running threads' frames unlocked and can crash the process."""
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident)
+        if frame is not None:
+            event(log, "thread_stack", thread=thread.name, daemon=thread.daemon,
+                  stack="".join(traceback.format_stack(frame)))
 
 
 def run(config: Config, duration_s: float | None = None) -> int:
@@ -203,12 +215,17 @@ def run(config: Config, duration_s: float | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: service.stop_requested.set())
     signal.signal(signal.SIGUSR1, lambda *_: service.request_health("signal"))
     signal.signal(signal.SIGHUP, lambda *_: service.reload_requested.set())
+    stacks_requested = threading.Event()
+    signal.signal(signal.SIGUSR2, lambda *_: stacks_requested.set())
     try:
         service.start()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not service.stop_requested.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))):
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if stacks_requested.is_set():
+                stacks_requested.clear()
+                dump_thread_stacks()
             if service.reload_requested.is_set():
                 service.reload_requested.clear()
                 service.reload()

@@ -41,7 +41,9 @@ def test_sigterm_mid_stream_exits_0_with_every_received_row_in_questdb(tmp_path,
         sim.wait_until(lambda: connection.counters.trades_sent >= 300, 30, "trades streaming")
 
         proc.signal(signal.SIGUSR2)  # every thread's stack into the log; the process carries on
-        sim.wait_until(lambda: any("most recent call first" in line for line in proc.raw), 10, "stack dump")
+        stacks = proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"] == "MainThread")
+        assert "dump_thread_stacks" in stacks["stack"]
+        proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"].startswith("reader-"))
         assert proc.proc.poll() is None
 
         proc.signal(signal.SIGTERM)
