@@ -13,29 +13,38 @@ from config.loader import from_dict, to_toml
 from sim import Simulator
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+# Every simulated exchange, with the symbols it names its markets by and feed settings of its own.
+DEMO_FEEDS = {
+    "binance": (["BTCUSDT", "ETHUSDT"], {}),
+    "kraken": (["BTC/USD", "ETH/USD"], {"channels": ["trade", "ohlc-1"]}),
+    "coinbase": (["BTC-USD", "ETH-USD"], {}),
+    "polygon": (["AAPL", "MSFT"], {"api_key": "demo-key-not-secret", "stale_after_s": 120.0}),
+}
 
 
-def demo(duration_s: float | None, rate: float) -> int:
+def demo(duration_s: float | None, rate: float, http_listen: str, state_dir: str) -> int:
     http_port = int(os.environ.get("QDB_HTTP_PORT", "9000"))
     pg_port = int(os.environ.get("QDB_PG_PORT", "8812"))
     subprocess.run([str(REPO / "bin/questdb"), "start"], check=True)
-    var = REPO / "var"
-    var.mkdir(exist_ok=True)
-    sim = Simulator(["binance"], DEMO_SYMBOLS, rate=rate).start()
+    var = Path(state_dir).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    sim = Simulator(list(DEMO_FEEDS), {ex: symbols for ex, (symbols, _) in DEMO_FEEDS.items()}, rate=rate).start()
     pg_dsn = f"host=127.0.0.1 port={pg_port} user=admin password=quest dbname=qdb"
     raw = {
         "service": {"status_file": str(var / "demo-status.json"), "pid_file": str(var / "demo.pid"),
-                    "log_file": str(var / "demo.log"), "health_interval_s": 30.0},
+                    "log_file": str(var / "demo.log"), "health_interval_s": 30.0, "http_listen": http_listen},
+        "sink": {"dead_letter_dir": str(var / "deadletter")},
+        "spool": {"dir": str(var / "spool")},
         "questdb": {"conf": f"http::addr=127.0.0.1:{http_port};", "pg_dsn": pg_dsn, "table_prefix": "demo_"},
-        "feeds": [{"name": "binance-sim", "exchange": "binance", "url": sim.url("binance"),
-                   "rest_url": sim.rest_url("binance"), "symbols": DEMO_SYMBOLS}],
+        "feeds": [{"name": f"{ex}-sim", "exchange": ex, "url": sim.url(ex), "rest_url": sim.rest_url(ex),
+                   "symbols": symbols, **extra} for ex, (symbols, extra) in DEMO_FEEDS.items()],
     }
     config = from_dict(raw, source="demo")
     _write_config(var / "demo.toml", raw)
     print(f"""
-marketfeed demo: simulated Binance ({', '.join(DEMO_SYMBOLS)}, {rate:g} trades/s each) → QuestDB
+marketfeed demo: simulated {', '.join(DEMO_FEEDS)} ({rate:g} trades/s per symbol) → QuestDB
   QuestDB console   http://127.0.0.1:{http_port}   try: SELECT * FROM demo_trades ORDER BY ts DESC LIMIT 20;
+  metrics, health   http://{config.service.http_listen}/metrics  /health  /ready
   log (JSON lines)  tail -f {var / 'demo.log'}
   health report     bin/marketfeed health -c {var / 'demo.toml'}   (or: kill -USR1 $(cat {var / 'demo.pid'}))
   status file       {var / 'demo-status.json'}
@@ -52,16 +61,16 @@ marketfeed demo: simulated Binance ({', '.join(DEMO_SYMBOLS)}, {rate:g} trades/s
 def _summary(pg_dsn: str) -> None:
     try:
         with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
-            cur.execute("SELECT symbol, count(*), count_distinct(trade_id), min(trade_id), max(trade_id) "
-                        "FROM demo_trades GROUP BY symbol ORDER BY symbol")
+            cur.execute("SELECT exchange, symbol, count(*), count_distinct(trade_id) "
+                        "FROM demo_trades GROUP BY exchange, symbol ORDER BY exchange, symbol")
             rows = cur.fetchall()
         conn.close()
     except psycopg2.Error as exc:
         print(f"could not read demo_trades: {exc}", file=sys.stderr)
         return
     print("stored in QuestDB (demo_trades):")
-    for symbol, count, distinct, lo, hi in rows:
-        print(f"  {symbol}: {count} rows, {distinct} distinct trade ids ({lo}..{hi})")
+    for exchange, symbol, count, distinct in rows:
+        print(f"  {exchange:9} {symbol:8} {count:7} rows, {distinct:7} distinct trade ids")
     print("QuestDB keeps running for you to explore; stop it with: bin/questdb stop")
 
 

@@ -67,7 +67,7 @@ def cmd_verify(args) -> int:
 def cmd_demo(args) -> int:
     from cli.demo import demo
 
-    return demo(args.duration, args.rate)
+    return demo(args.duration, args.rate, args.http_listen, args.state_dir)
 
 
 def cmd_sim(args) -> int:
@@ -99,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="local QuestDB + exchange simulator + the service")
     demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=50.0, help="simulated trades per second per symbol")
+    demo.add_argument("--http-listen", default="127.0.0.1:8766", help="metrics/health endpoint (default: %(default)s)")
+    demo.add_argument("--state-dir", default="var", help="log, status, pid and config files (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
     sim = sub.add_parser("sim", help="run the exchange simulator standalone", add_help=False)
     sim.add_argument("sim_args", nargs=argparse.REMAINDER)
