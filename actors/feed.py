@@ -184,7 +184,8 @@ class FeedActor(Supervised):
     # --- lifecycle
     def started(self) -> None:
         if self.feed.backfill:
-            self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref, self.may_backfill)
+            self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref, self.may_backfill,
+                                         min_interval_s=self.protocol.backfill_min_interval_s)
             self.backfiller.start()
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
         self._connect()

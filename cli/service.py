@@ -23,6 +23,8 @@ from cli.reload import applied, plan
 from config.loader import ConfigError, load
 from config.secrets import secret_values
 from config.schema import Config, FeedConfig
+from feeds.base import protocol_class
+from feeds.rows import Trade
 from storage.recovery import last_trade_ids
 from storage.schema import TABLES
 from supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
@@ -112,8 +114,13 @@ class Service:
             event(log, "last_ids_unavailable", logging.WARNING, error=str(exc).strip()[:300])
             return
         for f in self.config.feeds:
-            self.memories[f.name].last_ids.update(
-                {s: stored[(f.exchange, s)] for s in f.symbols if (f.exchange, s) in stored})
+            protocol = protocol_class(f.exchange)(f)
+            if not protocol.contiguous_ids:
+                continue
+            self.memories[f.name].last_ids.update({
+                protocol.stream_key(Trade(0, label, symbol, stored[(label, symbol)], 0.0, 0.0, "", 0)):
+                    stored[(label, symbol)]
+                for label in protocol.trade_labels() for symbol in f.symbols if (label, symbol) in stored})
         event(log, "last_ids_recovered", feeds={name: m.last_ids for name, m in self.memories.items()})
 
     def _start_http(self) -> None:

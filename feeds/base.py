@@ -105,6 +105,10 @@ class FeedProtocol:
         """
         raise NotImplementedError
 
+    def trade_labels(self) -> tuple[str, ...]:
+        """The `exchange` values this feed's trade rows carry (recovery reads the last stored ids of each)."""
+        return (self.exchange,)
+
     def stream_key(self, row: Trade) -> str:
         """The id sequence a trade belongs to: ids are contiguous within one stream (default: per symbol)."""
         return row.symbol

@@ -36,6 +36,10 @@ class BinanceProtocol(FeedProtocol):
         streams = "/".join(f"{s.lower()}@{ch}" for s in self.feed.symbols for ch in self.feed.channels)
         return f"{base.rstrip('/')}/stream?streams={streams}"
 
+    def trade_labels(self) -> tuple[str, ...]:
+        return (("binance",) if "trade" in self.feed.channels else ()) + (
+            (AGG_EXCHANGE,) if "aggTrade" in self.feed.channels else ())
+
     def stream_key(self, row: Trade) -> str:
         return row.symbol + AGG_STREAM if row.exchange == AGG_EXCHANGE else row.symbol
 

@@ -56,9 +56,11 @@ class AlertRules:
             if state in ("unresponsive", "dead"):
                 alert(CRITICAL, "actor_unresponsive", feed=name, state=state)
                 continue
+            if state == "failed":  # the breaker is open: no point waiting out the disconnect threshold
+                alert(DEGRADED, "feed_failed", feed=name, breaker=feed.get("breaker"), error=feed.get("last_error", ""))
             if state != "connected":
                 since = self.disconnected_since.setdefault(name, now)
-                if now - since > t.feed_disconnected_s:
+                if state != "failed" and now - since > t.feed_disconnected_s:
                     alert(DEGRADED, "feed_disconnected", feed=name, state=state, for_s=round(now - since, 1),
                           threshold_s=t.feed_disconnected_s, error=feed.get("last_error", ""))
             age = feed.get("last_message_age_s")

@@ -57,6 +57,16 @@ def test_a_feed_disconnected_longer_than_the_threshold_is_degraded_and_named():
     assert rules.evaluate(down, 1200.0) == (OK, [])
 
 
+def test_a_feed_whose_breaker_is_open_is_degraded_at_once():
+    rules = AlertRules(AlertConfig(feed_disconnected_s=120))
+    failed = report(feeds={"feed-a": feed("failed", last_error="refused", breaker="open")})
+    status, alerts = rules.evaluate(failed, 1000.0)
+    assert status == DEGRADED
+    assert alerts == [{"level": DEGRADED, "cause": "feed_failed", "feed": "feed-a", "breaker": "open",
+                       "error": "refused"}]
+    assert causes(rules.evaluate(failed, 2000.0)[1]) == ["feed_failed"]  # not reported twice
+
+
 @pytest.mark.parametrize("data, cause, level", [
     (report(feeds={"f": feed(last_message_age_s=301.0)}), "no_data", DEGRADED),
     (report(feeds={"f": feed(held_rows=1001)}), "rows_waiting", DEGRADED),
