@@ -18,7 +18,14 @@ Adding an exchange = one file sim/<exchange>.py defining TWIN, a subclass of sim
   trade_frame(trade, style) -> bytes       one trade's frame, encoded once per style, broadcast as is
   batches_trades, batch_frame(frames)      optional: a clock tick's trades go out as one frame (Polygon's arrays)
   greeting(session) -> [bytes]             optional: frames sent as soon as a connection opens (status messages)
+  connection_frames(trade, session, frame) optional: per-connection extra frames for a trade (Kraken ohlc, klines)
+  subscribed(session, symbols, emitted)    optional: frames after a subscribe adds symbols (Coinbase last_match)
+  snapshots(session, emitted)              optional: frames after every reply (Kraken snapshots)
+  heartbeat(session, emitted), heartbeat_interval   optional: periodic frames on quiet connections
+  shutdown_frames(session)                 optional: what Connection.announce_shutdown() sends (Binance serverShutdown)
   rest(path, query, emitted) -> RestResponse  plain GETs on the same port; trades < emitted have happened
+Simulator options worth knowing: clock_paused (tests subscribe before trade 0, then start_clock()),
+max_connection_age (the exchange's connection lifetime cut, e.g. Binance's 24 h), ssl_context (wss/https).
 Session(style, streams, symbols): `symbols` routes trades to the connection; `style` picks the rendering.
 The server provides the clock, history, connection tracking and every fault, for every twin.
 """
