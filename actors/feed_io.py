@@ -138,20 +138,27 @@ class FeedReader(threading.Thread):
         out = ParsedRows()
         frames = data_frames = pongs = 0
         malformed: list[MalformedFrame] = []
-        first_at = 0.0
+        first_ns = 0
+        linger_ns, batch_frames = int(self.batch_linger_s * 1e9), self.batch_rows
         max_json_bytes = self.protocol.feed.max_json_bytes
 
         def hand_on() -> None:
-            nonlocal out, frames, data_frames, pongs, malformed, first_at
+            nonlocal out, frames, data_frames, pongs, malformed
             self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed), pongs))
-            out, frames, data_frames, pongs, malformed, first_at = ParsedRows(), 0, 0, 0, [], 0.0
+            out, frames, data_frames, pongs, malformed = ParsedRows(), 0, 0, 0, []
 
+        # Non-blocking reads: one recv syscall per read while data flows. When the socket runs dry, the
+        # burst is handed on before waiting, so no row is held in a blocking recv (and no select per frame).
+        # websocket-client keeps a half-read frame's state across the BlockingIOError and resumes it.
+        sock.setblocking(False)
         while not self.closing:
-            # Nothing more to read right now: hand on what we have instead of holding it in a blocking recv.
-            if frames and not select.select([sock], [], [], 0)[0]:
-                hand_on()
             try:
                 opcode, data = ws.recv_data()
+            except (BlockingIOError, ssl.SSLWantReadError):
+                if frames:
+                    hand_on()
+                select.select([sock], [], [])  # close() shuts the socket down: that makes it readable
+                continue
             except MessageTooBig:
                 hand_on()  # what arrived before it still counts
                 raise
@@ -160,7 +167,7 @@ class FeedReader(threading.Thread):
                 return "server closed the connection"
             received_ns = time.time_ns()
             if not frames:
-                first_at = time.monotonic()
+                first_ns = received_ns
             frames += 1
             try:
                 if len(data) > max_json_bytes:  # never handed to the JSON parser
@@ -181,7 +188,9 @@ class FeedReader(threading.Thread):
                 # Keep reading: the actor opens a successor and closes this connection once it is up.
                 hand_on()
                 self.actor_ref.tell(ShutdownAnnounced(self.generation))
-            if frames and (len(out) >= self.batch_rows or time.monotonic() - first_at >= self.batch_linger_s):
+                continue
+            # A frame carries at most a few rows (Polygon's arrays more): frames bound the batch cheaply.
+            if frames >= batch_frames or received_ns - first_ns >= linger_ns:
                 hand_on()
         hand_on()
         return "closed by us"

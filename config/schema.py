@@ -35,7 +35,7 @@ class QuestDBConfig:
 @dataclass(frozen=True)
 class SinkConfig:
     max_rows: int = bounded(10_000, min=1, max=1_000_000)  # flush when this many rows wait
-    flush_interval_s: float = bounded(0.25, min=0.001, max=60.0)  # …or when the oldest waited this long
+    flush_interval_s: float = bounded(0.1, min=0.001, max=60.0)  # …or when the oldest waited this long
     retry_min_s: float = bounded(0.2, min=0.01)
     retry_max_s: float = bounded(10.0, min=0.01)
     candles_max_rows: int = bounded(0, min=0, max=1_000_000)  # 0: as max_rows (per-table override)
