@@ -66,6 +66,7 @@ class FrameBatch:
     data_frames: int
     malformed: tuple[MalformedFrame, ...]
     pongs: int = 0  # Control.PONG replies to our application-level pings
+    credit: threading.Semaphore | None = None  # released once handled: bounds the batches in flight
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,11 @@ class FeedActor(Supervised):
     def handle(self, message: object) -> object:
         match message:
             case FrameBatch():
-                self._on_frames(message)  # rows of a connection already replaced still count
+                try:
+                    self._on_frames(message)  # rows of a connection already replaced still count
+                finally:
+                    if message.credit is not None:
+                        message.credit.release()
             case BackfillRows(rows):
                 rows = self._valid("trades", rows)
                 self.sequence.fill(rows)

@@ -24,6 +24,7 @@ from telemetry.logs import event
 
 log = logging.getLogger("marketfeed.feed")
 STATUS_MESSAGE_TOO_BIG = 1009
+BATCHES_IN_FLIGHT = 4  # FrameBatches told to the feed actor and not yet handled, per connection
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
@@ -163,9 +164,16 @@ class FeedReader(threading.Thread):
         linger_ns, batch_frames = int(self.batch_linger_s * 1e9), self.batch_rows
         max_json_bytes = self.protocol.feed.max_json_bytes
 
+        credit = threading.Semaphore(BATCHES_IN_FLIGHT)
+
         def hand_on() -> None:
             nonlocal out, frames, data_frames, pongs, malformed
-            self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed), pongs))
+            # The actor's inbox is unbounded: past a few unhandled batches, stop reading (TCP pushes back)
+            # rather than let memory grow. close() ends the wait.
+            while not credit.acquire(timeout=0.5):
+                if self.closing:
+                    return
+            self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed), pongs, credit))
             out, frames, data_frames, pongs, malformed = ParsedRows(), 0, 0, 0, []
 
         # Non-blocking reads: one recv syscall per read while data flows. When the socket runs dry, the
