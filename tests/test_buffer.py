@@ -7,6 +7,7 @@ from actors.buffer import BufferActor, RowBatch, SinkDirectory
 from config.schema import Config, QuestDBConfig, SinkConfig
 from feeds.rows import Trade
 from supervision.supervisor import GetStatus
+from tests.support.polling import poll
 
 
 def trades(first: int, n: int, symbol: str = "BTCUSDT") -> list[Trade]:
@@ -34,13 +35,6 @@ def status(ref) -> dict:
     return ref.ask(GetStatus(), timeout=5)
 
 
-def poll(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def test_flush_by_time_when_fewer_than_max_rows_arrive(start_buffer, questdb, table_prefix):

@@ -25,6 +25,7 @@ from feeds.base import Gap, protocol_class
 from sim import Simulator
 from storage.deadletter import read as read_dead_letters
 from supervision.supervisor import GetStatus
+from tests.support.polling import poll as wait_for
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
@@ -41,12 +42,6 @@ class Recorder(pykka.ThreadingActor):
             self.rows.extend(message.rows)
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.02)
-    return value
 
 
 def feed_config(sim: Simulator, **extra) -> FeedConfig:

@@ -21,6 +21,7 @@ from config.loader import to_toml
 from sim import Simulator
 from tests.support.questdb import REPO, free_port
 from tests.support.service import ServiceProcess, service_config
+from tests.support.polling import poll
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 QUICK = {"status_interval_s": 0.3, "http_listen": "127.0.0.1:0"}
@@ -31,13 +32,6 @@ def binance_feed(sim: Simulator, name: str, **extra) -> dict:
             "symbols": SYMBOLS, **extra}
 
 
-def poll(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def marketfeed(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:

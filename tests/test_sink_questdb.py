@@ -9,6 +9,7 @@ from feeds.rows import Trade
 from storage import deadletter
 from storage.schema import create_tables
 from supervision.supervisor import GetStatus
+from tests.support.polling import poll
 
 
 def trades(first: int, n: int, base: int | None = None) -> list[Trade]:
@@ -16,13 +17,6 @@ def trades(first: int, n: int, base: int | None = None) -> list[Trade]:
     return [Trade(base + i * 1000, "binance", "BTCUSDT", first + i, 100.0 + i, 0.5, "buy", base) for i in range(n)]
 
 
-def poll(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from supervision.supervisor import (
     leaked_thread_count,
     start_child,
 )
+from tests.support.polling import poll
 
 
 # --- messages a test worker receives
@@ -112,13 +113,6 @@ def worker(journal: list, fails=lambda attempt: False):
     return lambda ctx: Worker.start(ctx, journal, fails(next(attempts)))
 
 
-def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 class Tree:
