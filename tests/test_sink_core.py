@@ -105,7 +105,7 @@ def test_dead_letters_are_json_lines_with_the_error(tmp_path):
 def test_flush_policy_per_table_and_new_config_keys_load():
     config = from_dict({"sink": {"max_rows": 5000, "candles_flush_interval_s": 2.0, "breaker_failures": 3},
                         "spool": {"dir": "/data/spool", "max_bytes": 1 << 20, "on_full": "pause_feeds"}})
-    assert config.sink.policy("trades") == (5000, 0.25)
+    assert config.sink.policy("trades") == (5000, 0.1)
     assert config.sink.policy("candles") == (5000, 2.0)
     assert config.spool.on_full == "pause_feeds" and config.sink.breaker_failures == 3
     assert SinkConfig().policy("candles") == SinkConfig().policy("trades")
