@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+import orjson
+
 from feeds.rows import Candle, Trade
 
 if TYPE_CHECKING:
@@ -124,6 +126,17 @@ class FeedProtocol:
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
         """Rows from one REST page, and the gap still left to fetch (None when done)."""
         raise NotImplementedError
+
+
+def load_json(frame: bytes | str, shape: type) -> dict | list:
+    """The frame as a JSON value of the given shape (dict or list), else MalformedFrame."""
+    try:
+        value = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedFrame(f"invalid JSON: {exc}", frame) from None
+    if not isinstance(value, shape):
+        raise MalformedFrame(f"not a JSON {'object' if shape is dict else 'array'}", frame)
+    return value
 
 
 def protocol_class(exchange: str) -> type[FeedProtocol]:

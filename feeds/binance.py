@@ -19,7 +19,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
+                        load_json)
 from feeds.rows import Candle, Trade
 
 BACKFILL_PAGE = 1000  # historicalTrades' and aggTrades' maximum limit
@@ -44,12 +45,7 @@ class BinanceProtocol(FeedProtocol):
         return row.symbol + AGG_STREAM if row.exchange == AGG_EXCHANGE else row.symbol
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedFrame(f"invalid JSON: {exc}", frame) from None
-        if not isinstance(msg, dict):
-            raise MalformedFrame("not a JSON object", frame)
+        msg = load_json(frame, dict)
         data = msg.get("data", msg.get("event", msg))  # combined stream, connection event, raw stream
         event = data.get("e") if isinstance(data, dict) else None
         try:

@@ -43,7 +43,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
+                        load_json)
 from feeds.rows import Candle, Trade
 
 OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
@@ -86,12 +87,7 @@ class KrakenProtocol(FeedProtocol):
                 for n, p in enumerate(params, 1)]
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
-        try:
-            msg = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedFrame(f"invalid JSON: {exc}", frame) from None
-        if not isinstance(msg, dict):
-            raise MalformedFrame("not a JSON object", frame)
+        msg = load_json(frame, dict)
         channel = msg.get("channel")
         if channel == "trade":
             out.trades += self._trades(msg, frame, received_ns)

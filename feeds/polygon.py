@@ -41,7 +41,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
-from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
+                        load_json)
 from feeds.rows import Trade
 
 EXCHANGE = "polygon"
@@ -143,12 +144,7 @@ class PolygonProtocol(FeedProtocol):
         ]
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
-        try:
-            events = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedFrame(f"not JSON: {exc}", frame) from None
-        if not isinstance(events, list):
-            raise MalformedFrame("not a JSON array of events", frame)
+        events = load_json(frame, list)
         control, trades, problem = Control.INFO, 0, ""
         for event in events:
             kind = event.get("ev") if isinstance(event, dict) else None

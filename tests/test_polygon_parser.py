@@ -76,7 +76,7 @@ def test_a_missing_key_is_named_in_the_refusal():
 
 
 @pytest.mark.parametrize("frame, reason", [
-    (b"\x7fnot json", "not JSON"),
+    (b"\x7fnot json", "invalid JSON"),
     (b'{"ev":"T","sym":"MSFT"}', "not a JSON array"),
 ])
 def test_garbage_is_malformed(frame, reason):

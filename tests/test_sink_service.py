@@ -2,7 +2,6 @@
 tests stop and start: an outage longer than the client's retry window and a SIGKILL lose nothing and
 double nothing, and memory stays bounded while the outage lasts.
 """
-import os
 import signal
 import subprocess
 import sys

@@ -4,7 +4,7 @@ import sys
 from datetime import datetime, timezone
 
 import orjson
-from questdb import Sender, TimestampNanos
+from questdb import Sender
 
 from storage.schema import APPEND, create_tables
 from storage.verify import parse_since, verify
