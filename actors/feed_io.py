@@ -16,76 +16,21 @@ import urllib.error
 import urllib.request
 
 import websocket
-from websocket._abnf import continuous_frame, frame_buffer  # the classes a WebSocket reads frames with
 
 from feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from feeds.wsframes import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig, ProtocolViolation
 from supervision.backoff import Backoff
 from telemetry.logs import event
 
 log = logging.getLogger("marketfeed.feed")
-STATUS_MESSAGE_TOO_BIG = 1009
+STATUS_PROTOCOL_ERROR, STATUS_MESSAGE_TOO_BIG = 1002, 1009
+READ_CHUNK = 256 * 1024  # bytes per recv: one syscall serves hundreds of frames
 BATCHES_IN_FLIGHT = 4  # FrameBatches told to the feed actor and not yet handled, per connection
 
 
 def tls_context(ca_file: str) -> ssl.SSLContext:
     """Certificates and host names are always verified; ca_file only chooses whom to trust (empty: the system)."""
     return ssl.create_default_context(cafile=ca_file or None)
-
-
-class MessageTooBig(Exception):
-    """A WebSocket message above the feed's max_frame_bytes: the connection is closed before its payload is read."""
-
-
-class _BoundedFrameBuffer(frame_buffer):
-    """websocket-client's frame reader, with two changes on the hot path:
-
-    - a frame whose header names more than max_bytes is refused before its payload is read
-      (websocket-client reads any declared length);
-    - bytes are read from the socket in large chunks and frames cut from memory, where the stock
-      reader asks the socket for exactly the next 2, 2 or 8, then n bytes: several syscalls a frame.
-    The unread tail survives a BlockingIOError, so a half-received frame resumes on the next read.
-    """
-
-    READ_CHUNK = 256 * 1024
-
-    def __init__(self, recv, skip_utf8_validation: bool, max_bytes: int):
-        super().__init__(recv, skip_utf8_validation)
-        self.max_bytes = max_bytes
-        self._buf, self._pos = b"", 0
-
-    def recv_length(self) -> None:
-        super().recv_length()
-        if self.length > self.max_bytes:
-            raise MessageTooBig(f"frame of {self.length} bytes is above max_frame_bytes ({self.max_bytes})")
-
-    def recv_strict(self, bufsize: int) -> bytes:
-        end = self._pos + bufsize
-        if end > len(self._buf):
-            self._buf, self._pos = self._buf[self._pos:], 0
-            while len(self._buf) < bufsize:
-                self._buf += self.recv(max(self.READ_CHUNK, bufsize - len(self._buf)))
-            end = bufsize
-        data = self._buf[self._pos:end]
-        self._pos = end
-        return data
-
-
-class _BoundedMessage(continuous_frame):
-    """…and a message fragmented into many small frames is refused once their sum is too big."""
-
-    def __init__(self, fire_cont_frame: bool, skip_utf8_validation: bool, max_bytes: int):
-        super().__init__(fire_cont_frame, skip_utf8_validation)
-        self.max_bytes = max_bytes
-
-    def add(self, frame) -> None:
-        super().add(frame)
-        if self.cont_data is not None and len(self.cont_data[1]) > self.max_bytes:
-            raise MessageTooBig(f"fragmented message above max_frame_bytes ({self.max_bytes})")
-
-
-def limit_message_size(ws: websocket.WebSocket, max_bytes: int) -> None:
-    ws.frame_buffer = _BoundedFrameBuffer(ws._recv, ws.frame_buffer.skip_utf8_validation, max_bytes)
-    ws.cont_frame = _BoundedMessage(ws.cont_frame.fire_cont_frame, ws.cont_frame.skip_utf8_validation, max_bytes)
 
 
 class FeedReader(threading.Thread):
@@ -119,12 +64,11 @@ class FeedReader(threading.Thread):
     def run(self) -> None:
         from actors.feed import Connected, Disconnected, SubscriptionRefused
 
-        error = "closed"
+        error, bad_stream = "closed", False
         try:
             feed = self.protocol.feed
             ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True,
                                      sslopt={"context": tls_context(feed.ca_file)})
-            limit_message_size(ws, feed.max_frame_bytes)
             self.ws = ws
             ws.connect(self.url, timeout=self.connect_timeout_s)
             ws.settimeout(None)  # block in recv; the actor's watchdog closes a stale socket
@@ -135,10 +79,11 @@ class FeedReader(threading.Thread):
         except SubscriptionRejected as exc:
             self.closing = True
             self.actor_ref.tell(SubscriptionRefused(self.generation, str(exc)))
-        except MessageTooBig as exc:
-            error = f"MessageTooBig: {exc}"
-            try:  # say why, then drop the socket: a close handshake would read the oversized payload
-                self.ws.send_close(STATUS_MESSAGE_TOO_BIG, b"message too big")
+        except (MessageTooBig, ProtocolViolation) as exc:
+            error, bad_stream = f"{type(exc).__name__}: {exc}", True
+            status = STATUS_MESSAGE_TOO_BIG if isinstance(exc, MessageTooBig) else STATUS_PROTOCOL_ERROR
+            try:  # say why, then drop the socket: a close handshake would read the rest of the bad stream
+                self.ws.send_close(status, str(exc)[:100].encode())
             except Exception:  # noqa: BLE001 - the socket may be gone already
                 pass
         except Exception as exc:  # noqa: BLE001 - every way a connection ends is reported the same way
@@ -146,7 +91,7 @@ class FeedReader(threading.Thread):
         finally:
             ws = self.ws
             if ws is not None:
-                ws.close(timeout=0.5) if ws.connected and not self.closing else ws.shutdown()
+                ws.close(timeout=0.5) if ws.connected and not self.closing and not bad_stream else ws.shutdown()
             try:
                 self.actor_ref.tell(Disconnected(self.generation, "closed by us" if self.closing else error))
             except Exception:  # noqa: BLE001 - the actor is gone: nobody to tell
@@ -155,8 +100,10 @@ class FeedReader(threading.Thread):
     def _receive(self, ws: websocket.WebSocket) -> str:
         from actors.feed import FrameBatch, ShutdownAnnounced
 
-        parse, protocol_close = self.protocol.parse, websocket.ABNF.OPCODE_CLOSE
+        parse = self.protocol.parse
         sock = ws.sock
+        recv = sock.recv
+        decoder = FrameDecoder(self.protocol.feed.max_frame_bytes)
         out = ParsedRows()
         frames = data_frames = pongs = 0
         malformed: list[MalformedFrame] = []
@@ -176,50 +123,58 @@ class FeedReader(threading.Thread):
             self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed), pongs, credit))
             out, frames, data_frames, pongs, malformed = ParsedRows(), 0, 0, 0, []
 
-        # Non-blocking reads: one recv syscall per read while data flows. When the socket runs dry, the
-        # burst is handed on before waiting, so no row is held in a blocking recv (and no select per frame).
-        # websocket-client keeps a half-read frame's state across the BlockingIOError and resumes it.
+        # Non-blocking reads of large chunks: one recv syscall serves every frame that has arrived. When
+        # the socket runs dry, the burst is handed on before waiting, so no row is held in a blocking wait.
         sock.setblocking(False)
         while not self.closing:
             try:
-                opcode, data = ws.recv_data()
+                chunk = recv(READ_CHUNK)
             except (BlockingIOError, ssl.SSLWantReadError):
                 if frames:
                     hand_on()
                 select.select([sock], [], [])  # close() shuts the socket down: that makes it readable
                 continue
-            except MessageTooBig:
+            if not chunk:
+                hand_on()
+                return "the server dropped the connection without a close frame"
+            try:
+                messages = decoder.feed(chunk)
+            except (MessageTooBig, ProtocolViolation):
                 hand_on()  # what arrived before it still counts
                 raise
-            if opcode == protocol_close:
-                hand_on()
-                return "server closed the connection"
-            received_ns = time.time_ns()
+            received_ns = time.time_ns()  # the whole chunk arrived at once
             if not frames:
                 first_ns = received_ns
-            frames += 1
-            try:
-                if len(data) > max_json_bytes:  # never handed to the JSON parser
-                    raise MalformedFrame(f"message of {len(data)} bytes is above max_json_bytes ({max_json_bytes})",
-                                         data)
-                control = parse(data, received_ns, out)
-            except MalformedFrame as exc:
-                malformed.append(exc)
-                control = Control.INFO
-            except SubscriptionRejected:
-                hand_on()  # what arrived before the refusal still counts
-                raise
-            if control is None:
-                data_frames += 1
-            elif control is Control.PONG:
-                pongs += 1
-            elif control is Control.RECONNECT:
-                # Keep reading: the actor opens a successor and closes this connection once it is up.
-                hand_on()
-                self.actor_ref.tell(ShutdownAnnounced(self.generation))
-                continue
+            for opcode, data in messages:
+                if opcode not in (OP_TEXT, OP_BINARY):
+                    if opcode == OP_PING:
+                        ws.pong(data)
+                    elif opcode == OP_CLOSE:
+                        hand_on()
+                        return "server closed the connection"
+                    continue  # an unsolicited pong
+                frames += 1
+                try:
+                    if len(data) > max_json_bytes:  # never handed to the JSON parser
+                        raise MalformedFrame(
+                            f"message of {len(data)} bytes is above max_json_bytes ({max_json_bytes})", data)
+                    control = parse(data, received_ns, out)
+                except MalformedFrame as exc:
+                    malformed.append(exc)
+                    control = Control.INFO
+                except SubscriptionRejected:
+                    hand_on()  # what arrived before the refusal still counts
+                    raise
+                if control is None:
+                    data_frames += 1
+                elif control is Control.PONG:
+                    pongs += 1
+                elif control is Control.RECONNECT:
+                    # Keep reading: the actor opens a successor and closes this connection once it is up.
+                    hand_on()
+                    self.actor_ref.tell(ShutdownAnnounced(self.generation))
             # A frame carries at most a few rows (Polygon's arrays more): frames bound the batch cheaply.
-            if frames >= batch_frames or received_ns - first_ns >= linger_ns:
+            if frames >= batch_frames or (frames and received_ns - first_ns >= linger_ns):
                 hand_on()
         hand_on()
         return "closed by us"

@@ -4,11 +4,27 @@ Field metadata may carry `min`/`max` bounds and `choices`; the loader enforces t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
 def bounded(default, *, min=None, max=None, choices=None):  # noqa: A002 - reads like the TOML docs
     return field(default=default, metadata={"min": min, "max": max, "choices": choices})
+
+
+class RefreshChoices:
+    """Choices by pattern: "immediate" or a QuestDB refresh interval <n>m, <n>h, <n>d (it refuses seconds)."""
+
+    pattern = re.compile(r"immediate|[1-9][0-9]{0,3}[mhd]")
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+
+    def __iter__(self):  # how the loader names the choices in a problem
+        return iter(("immediate", "<n>m", "<n>h", "<n>d"))
+
+
+REFRESH_CHOICES = RefreshChoices()
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,8 @@ class QuestDBConfig:
     conf: str = field(default="http::addr=127.0.0.1:9000;", repr=False)  # questdb client configuration string
     pg_dsn: str = field(default="host=127.0.0.1 port=8812 user=admin password=quest dbname=qdb", repr=False)
     table_prefix: str = ""
+    # OHLCV views: refreshed on a timer; "immediate" refreshes them after every commit (costly CPU, README).
+    ohlcv_refresh: str = bounded("1m", choices=REFRESH_CHOICES)
 
 
 @dataclass(frozen=True)

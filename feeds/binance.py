@@ -21,7 +21,7 @@ import orjson
 
 from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
-from feeds.rows import Candle, Trade
+from feeds.rows import Candle, Trade, new_trade
 
 BACKFILL_PAGE = 1000  # historicalTrades' and aggTrades' maximum limit
 AGG_EXCHANGE = "binance-agg"  # exchange label of aggregate trades in the trades table
@@ -50,12 +50,14 @@ class BinanceProtocol(FeedProtocol):
         event = data.get("e") if isinstance(data, dict) else None
         try:
             if event == "trade":
-                out.trades.append(Trade(int(data["T"]) * 1_000_000, "binance", data["s"], data["t"], float(data["p"]),
-                                        float(data["q"]), "sell" if data["m"] else "buy", received_ns))
+                out.trades.append(new_trade((int(data["T"]) * 1_000_000, "binance", data["s"], data["t"],
+                                             float(data["p"]), float(data["q"]), "sell" if data["m"] else "buy",
+                                             received_ns)))
                 return None
             if event == "aggTrade":
-                out.trades.append(Trade(int(data["T"]) * 1_000_000, AGG_EXCHANGE, data["s"], data["a"], float(data["p"]),
-                                        float(data["q"]), "sell" if data["m"] else "buy", received_ns))
+                out.trades.append(new_trade((int(data["T"]) * 1_000_000, AGG_EXCHANGE, data["s"], data["a"],
+                                             float(data["p"]), float(data["q"]), "sell" if data["m"] else "buy",
+                                             received_ns)))
                 return None
             if event == "kline":
                 k = data["k"]

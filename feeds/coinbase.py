@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 import orjson
 
 from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.rows import Trade
+from feeds.rows import Trade, new_trade
 
 BACKFILL_PAGE = 1000  # the trades endpoint's maximum limit
 CHANNELS = ("matches", "heartbeat")
@@ -60,18 +60,16 @@ class CoinbaseProtocol(FeedProtocol):
             raise MalformedFrame(f"not a Coinbase feed message: {exc!r}", frame) from None
         if kind == "match" or kind == "last_match":
             try:
-                out.trades.append(
-                    Trade(
-                        rfc3339_ns(msg["time"]),
-                        "coinbase",
-                        msg["product_id"],
-                        msg["trade_id"],
-                        float(msg["price"]),
-                        float(msg["size"]),
-                        TAKER_SIDE[msg["side"]],
-                        received_ns,
-                    )
-                )
+                out.trades.append(new_trade((
+                    rfc3339_ns(msg["time"]),
+                    "coinbase",
+                    msg["product_id"],
+                    msg["trade_id"],
+                    float(msg["price"]),
+                    float(msg["size"]),
+                    TAKER_SIDE[msg["side"]],
+                    received_ns,
+                )))
             except (KeyError, TypeError, ValueError) as exc:
                 raise MalformedFrame(f"bad {kind} message: {exc!r}", frame) from None
             return None

@@ -1,38 +1,48 @@
 """Sliding-window duplicate filter keyed by (exchange, symbol, trade id)."""
 from __future__ import annotations
 
-from collections import OrderedDict
-
 
 class DedupWindow:
-    """Remembers keys seen within the last `window_s` seconds, at most `max_entries` of them."""
+    """Remembers the keys seen in the last `window_s` seconds (up to twice that), at most `max_entries` of them.
+
+    Two generations of keys: new keys go to the current one, which becomes the previous one once it
+    is window_s old or holds half of max_entries; the previous one is then forgotten whole. A lookup
+    is two set probes and expiry costs nothing per key, where a per-key timestamp queue cost more than
+    the rest of a trade's handling.
+    """
 
     def __init__(self, window_s: float, max_entries: int):
         self.window_s, self.max_entries = window_s, max_entries
-        self._seen: OrderedDict[tuple, float] = OrderedDict()
+        self._capacity = max(1, max_entries // 2)
+        self._current: set[tuple] = set()
+        self._previous: set[tuple] = set()
+        self._started = 0.0  # when the current generation began
         self.dropped = 0
 
     def fresh(self, rows: list, now: float) -> list:
         """The rows not seen before (in order); remembers them."""
         if self.max_entries == 0:
             return rows
-        self._expire(now)
-        seen = self._seen
+        if now - self._started >= self.window_s:
+            self._rotate(now)
+        current, previous, capacity = self._current, self._previous, self._capacity
         kept = []
         for row in rows:
             key = (row[1], row[2], row[3])  # Trade: exchange, symbol, trade_id
-            if key in seen:
+            if key in current or key in previous:
                 self.dropped += 1
                 continue
-            seen[key] = now
+            if len(current) >= capacity:
+                self._rotate(now)
+                current, previous = self._current, self._previous
+            current.add(key)
             kept.append(row)
-        self._expire(now)
         return kept
 
-    def _expire(self, now: float) -> None:
-        seen, horizon = self._seen, now - self.window_s
-        while seen and (len(seen) > self.max_entries or next(iter(seen.values())) < horizon):
-            seen.popitem(last=False)
+    def _rotate(self, now: float) -> None:
+        # Keys older than two windows are forgotten with both generations.
+        self._previous = self._current if now - self._started < 2 * self.window_s else set()
+        self._current, self._started = set(), now
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._current) + len(self._previous)

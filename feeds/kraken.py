@@ -45,7 +45,7 @@ import orjson
 
 from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
-from feeds.rows import Candle, Trade
+from feeds.rows import Candle, Trade, new_trade
 
 OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
 OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval
@@ -113,8 +113,8 @@ class KrakenProtocol(FeedProtocol):
     def _trades(self, msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
         try:
             rows = [
-                Trade(rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
-                      _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns)
+                new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
+                           _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns))
                 for t in msg["data"]
             ]
         except (KeyError, TypeError, ValueError) as exc:

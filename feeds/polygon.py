@@ -43,7 +43,7 @@ import orjson
 
 from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
-from feeds.rows import Trade
+from feeds.rows import Trade, new_trade
 
 EXCHANGE = "polygon"
 UNKNOWN_SIDE = "unknown"  # Polygon's trades do not name the aggressor
@@ -96,7 +96,7 @@ def event_trade(event: dict, received_ns: int) -> Trade:
         key = stock_trade_id(exchange_id, event.get("trfi"), str(trade_id))
     else:
         key = option_trade_id(exchange_id, sip_ms, price, size, event.get("c"))
-    return Trade(sip_ms * _MS, EXCHANGE, symbol, key, price, size, UNKNOWN_SIDE, received_ns)
+    return new_trade((sip_ms * _MS, EXCHANGE, symbol, key, price, size, UNKNOWN_SIDE, received_ns))
 
 
 def rest_trade(symbol: str, result: dict, received_ns: int) -> Trade:

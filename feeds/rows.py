@@ -1,6 +1,7 @@
 """Normalized rows: what every exchange parser produces and every buffer actor writes."""
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 
@@ -28,5 +29,9 @@ class Candle(NamedTuple):
     closed: bool
     received_ns: int
 
+
+# The streaming parsers' hot path: new_trade((ts_ns, exchange, …)) is the same Trade without the Python-level
+# __new__ a NamedTuple call runs, at a third of the cost per row.
+new_trade = partial(tuple.__new__, Trade)
 
 TABLE_OF = {Trade: "trades", Candle: "candles"}

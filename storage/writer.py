@@ -35,6 +35,7 @@ from telemetry.logs import event
 log = logging.getLogger("marketfeed.sink")
 
 ROW_TYPE = {"trades": Trade, "candles": Candle}
+GROUP_COMMIT_FACTOR = 4  # a request carries at most this many max_rows batches that queued up
 QWP_ACK_TIMEOUT_MS = 10_000  # QWP without store-and-forward: a batch counts once the server acked it
 
 
@@ -129,6 +130,7 @@ class FlushWorker(threading.Thread):
         super().__init__(name=f"flush-{q.table_prefix}{table}", daemon=True)
         self.table, self.name_in_db = table, table_name(q.table_prefix, table)
         self.conf, self.pg_dsn, self.prefix = sender_conf(q.conf), q.pg_dsn, q.table_prefix
+        self.ohlcv_refresh = q.ohlcv_refresh
         self.qwp, self.client_sf = is_qwp(q.conf), client_store_and_forward(q.conf)
         self.report = report
         self.backoff = Backoff(sink.retry_min_s, sink.retry_max_s)
@@ -139,6 +141,8 @@ class FlushWorker(threading.Thread):
         self.drop_oldest = spool.on_full == "drop_oldest"
         self.spool_full = False
         self.batches: queue.Queue[tuple[list, bool] | None] = queue.Queue()
+        self.held: list[tuple[list, bool] | None] = []  # taken from the queue while coalescing: next in line
+        self.max_request_rows = GROUP_COMMIT_FACTOR * sink.max_rows
         self.stopping = threading.Event()
         self.give_up_at: float | None = None  # set on shutdown: in-place retries end at this time
         self.next_trial = 0.0  # monotonic time of the next spool replay attempt
@@ -162,16 +166,39 @@ class FlushWorker(threading.Thread):
             while True:
                 wait = self._replay_wait()
                 try:  # new batches first: they join the spool's tail, so memory stays bounded during a replay
-                    item = self.batches.get_nowait() if wait == 0.0 else self.batches.get(timeout=wait)
+                    item = self._next_batch(wait)
                 except queue.Empty:
                     if wait == 0.0:
                         self._replay_oldest()
                     continue
                 if item is None:
                     break
-                self._accept(*item)
+                self._accept(*self._coalesce(*item))
         finally:
             self._close_sender()
+
+    def _next_batch(self, wait: float | None) -> tuple[list, bool] | None:
+        if self.held:
+            return self.held.pop()
+        return self.batches.get_nowait() if wait == 0.0 else self.batches.get(timeout=wait)
+
+    def _coalesce(self, rows: list, overflow: bool) -> tuple[list, bool]:
+        """Group commit: batches that queued behind this one while the last request ran join it.
+
+        QuestDB's cost is mostly per transaction, not per row: when the writer falls behind, fewer and
+        larger requests let it catch up instead of spiralling into the spool. Idle, nothing queues."""
+        if overflow:
+            return rows, overflow
+        while len(rows) < self.max_request_rows:
+            try:
+                item = self.batches.get_nowait()
+            except queue.Empty:
+                break
+            if item is None or item[1]:  # the stop, or a batch for the spool: next in line, on its own
+                self.held.append(item)
+                break
+            rows.extend(item[0])  # the actor gave up its lists
+        return rows, overflow
 
     def _replay_wait(self) -> float | None:
         """0: replay now; seconds until the next replay trial; None: nothing to replay."""
@@ -280,7 +307,7 @@ class FlushWorker(threading.Thread):
 
     def _ensure_ready(self) -> None:
         if not self.tables_ready:
-            create_tables(self.pg_dsn, self.prefix, (self.table,))
+            create_tables(self.pg_dsn, self.prefix, (self.table,), self.ohlcv_refresh)
             self.tables_ready = True
         if self.sender is None:
             sender = Sender.from_conf(self.conf)

@@ -70,7 +70,7 @@ def test_dedup_drops_repeats_within_the_window_only():
 def test_dedup_is_bounded_by_entries():
     d = DedupWindow(window_s=1e9, max_entries=3)
     d.fresh([trade("A", i) for i in range(10)], now=0.0)
-    assert len(d) == 3
+    assert len(d) <= 3
     assert d.fresh([trade("A", 9)], now=0.0) == []
     assert d.fresh([trade("A", 0)], now=0.0) == [trade("A", 0)]
 
@@ -97,3 +97,12 @@ def test_batcher_flushes_on_size_or_age():
     assert b.full() and b.due(10.6)
     assert b.take(2) == [1, 2] and b.rows == [3]
     assert b.take() == [3] and b.deadline() is None
+
+
+def test_dedup_remembers_every_key_for_at_least_the_window_across_generations():
+    d = DedupWindow(window_s=10.0, max_entries=1000)
+    d.fresh([trade("A", 1)], now=0.0)
+    d.fresh([trade("A", 2)], now=9.9)
+    d.fresh([trade("A", 3)], now=10.0)  # a new generation begins
+    assert d.fresh([trade("A", 2), trade("A", 3)], now=19.8) == []
+    assert d.fresh([trade("A", 1), trade("A", 3)], now=30.0) == [trade("A", 1), trade("A", 3)]  # two windows on
