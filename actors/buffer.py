@@ -6,6 +6,7 @@ actor keeps the counts, the flush timer and the high-water mark of rows in memor
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -44,11 +45,16 @@ class SinkDirectory:
 
     `paused(table)`: the table's spool is full under on_full = "pause_feeds"; feeds should stop
     reading until it clears (the gap is then backfilled).
+    `behind`: a writer holds more rows than it should (QuestDB is up but slower than the feeds): feed
+    readers stop reading, connections open, until it catches up. TCP pushes back on the exchange and
+    memory stays bounded without spooling rows that QuestDB is about to take.
     """
 
     def __init__(self) -> None:
         self._refs: dict = {}
         self._paused: set[str] = set()
+        self._behind: set[str] = set()
+        self._caught_up = threading.Condition()
 
     def register(self, table: str, ref) -> None:
         self._refs[table] = ref
@@ -62,6 +68,22 @@ class SinkDirectory:
     def paused(self, table: str) -> bool:
         return table in self._paused
 
+    def set_behind(self, table: str, behind: bool) -> None:
+        with self._caught_up:
+            (self._behind.add if behind else self._behind.discard)(table)
+            if not self._behind:
+                self._caught_up.notify_all()
+
+    def behind(self) -> bool:
+        return bool(self._behind)
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Called by feed readers between batches; False: still behind after `timeout` seconds."""
+        if not self._behind:
+            return True
+        with self._caught_up:
+            return self._caught_up.wait_for(lambda: not self._behind, timeout)
+
 
 class BufferActor(Supervised):
     kind = "buffer"
@@ -71,6 +93,7 @@ class BufferActor(Supervised):
         self.table, self.config, self.directory = table, config, directory
         self.batcher = Batcher(*config.sink.policy(table))
         self.high_water = config.spool.high_water_rows
+        self.behind = False  # rows waiting here and in the writer above half the high-water mark
         self.pause_on_full = config.spool.on_full == "pause_feeds"
         self.generation = 0
         self.in_flight = 0  # rows handed to the writer and not yet reported on
@@ -113,7 +136,11 @@ class BufferActor(Supervised):
                 self._reported(report)
             case _:
                 return super().handle(message)
-        self.gauge.set(len(self.batcher) + self.in_flight)
+        waiting = len(self.batcher) + self.in_flight
+        self.gauge.set(waiting)
+        if (waiting > self.high_water // 2) != self.behind:
+            self.behind = not self.behind
+            self.directory.set_behind(self.table, self.behind)
         return None
 
     def _flush(self, everything: bool) -> None:
@@ -172,10 +199,12 @@ class BufferActor(Supervised):
             "rows_spooled": self.rows_spooled,
             "rows_dead_lettered": self.rows_dead_lettered,
             "rows_dropped": self.rows_dropped,
+            "behind": self.behind,
         }
 
     def stopping(self) -> None:
         """Orderly stop: every waiting row is written or spooled before the actor ends (within the deadline)."""
+        self.directory.set_behind(self.table, False)  # no reader waits for an actor that is gone
         deadline = time.monotonic() + max(1.0, self.config.service.shutdown_timeout_s - 2.0)
         while self.batcher:
             rows = self.batcher.take(self.batcher.max_rows)
@@ -187,5 +216,6 @@ class BufferActor(Supervised):
               rows_spooled=self.rows_spooled, spool_rows=self.worker.spool.rows if self.worker.spool else 0)
 
     def stopping_after_crash(self) -> None:
+        self.directory.set_behind(self.table, False)
         if self.worker is not None:
             self.worker.stop(time.monotonic() + 1.0)

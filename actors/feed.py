@@ -374,7 +374,7 @@ class FeedActor(Supervised):
         self.generation += 1
         self.state = CONNECTING
         url = self.protocol.url(self.reconnect.url)
-        self.reader = FeedReader(self.feed.name, self.protocol, url, self.generation, self.actor_ref,
+        self.reader = FeedReader(self.feed.name, self.protocol, url, self.generation, self.actor_ref, self.sinks,
                                  self.feed.batch_rows, self.feed.batch_linger_s)
         self.reader.start()
 
@@ -481,6 +481,11 @@ class FeedActor(Supervised):
             self._pause(pressure)
             return
         if self.state != CONNECTED or self.reader is None:
+            return
+        if self.sinks.behind():  # the reader waits for a writer to catch up: the silence is ours
+            self.last_data_at = now
+            if self.pong_due_at is not None:
+                self.pong_due_at = now + self.protocol.pong_timeout_s
             return
         if self.last_data_at is not None and now - self.last_data_at > self.feed.stale_after_s:
             event(log, "feed_stale", logging.WARNING, feed=self.feed.name,

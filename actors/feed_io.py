@@ -36,11 +36,11 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
 class FeedReader(threading.Thread):
     """Owns one WebSocket connection: connect, subscribe, receive, parse, hand on rows in batches."""
 
-    def __init__(self, feed_name: str, protocol: FeedProtocol, url: str, generation: int, actor_ref,
+    def __init__(self, feed_name: str, protocol: FeedProtocol, url: str, generation: int, actor_ref, sinks,
                  batch_rows: int, batch_linger_s: float, connect_timeout_s: float = 10.0):
         super().__init__(name=f"reader-{feed_name}-{generation}", daemon=True)
         self.feed_name, self.protocol, self.url, self.generation = feed_name, protocol, url, generation
-        self.actor_ref = actor_ref
+        self.actor_ref, self.sinks = actor_ref, sinks
         self.batch_rows, self.batch_linger_s = batch_rows, batch_linger_s
         self.connect_timeout_s = connect_timeout_s
         self.ws: websocket.WebSocket | None = None
@@ -122,6 +122,10 @@ class FeedReader(threading.Thread):
                     return
             self.actor_ref.tell(FrameBatch(self.generation, out, frames, data_frames, tuple(malformed), pongs, credit))
             out, frames, data_frames, pongs, malformed = ParsedRows(), 0, 0, 0, []
+            # A writer behind QuestDB: stop reading, the connection stays open (see SinkDirectory).
+            while not self.sinks.wait_caught_up(0.5):
+                if self.closing:
+                    return
 
         # Non-blocking reads of large chunks: one recv syscall serves every frame that has arrived. When
         # the socket runs dry, the burst is handed on before waiting, so no row is held in a blocking wait.

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from actors.buffer import BufferActor, RowBatch, SinkDirectory
-from config.schema import Config, QuestDBConfig, SinkConfig
+from config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
 from feeds.rows import Trade
 from supervision.supervisor import GetStatus
 from tests.support.polling import poll
@@ -35,6 +35,26 @@ def status(ref) -> dict:
     return ref.ask(GetStatus(), timeout=5)
 
 
+
+
+def test_readers_are_held_while_rows_wait_above_half_the_high_water_mark(questdb, table_prefix, tmp_path):
+    config = Config(questdb=QuestDBConfig(conf=questdb.conf, pg_dsn=questdb.pg_dsn, table_prefix=table_prefix),
+                    sink=SinkConfig(max_rows=100, flush_interval_s=3600),
+                    spool=SpoolConfig(dir=str(tmp_path / "spool"), high_water_rows=100))
+    directory = SinkDirectory()
+    ref = BufferActor.start(None, "trades", config, directory)
+    try:
+        ref.tell(RowBatch(trades(1, 80)))  # 80 waiting > 50: behind
+        poll(lambda: status(ref)["behind"])
+        assert directory.behind() and not directory.wait_caught_up(0.05)
+        ref.tell(RowBatch(trades(81, 20)))  # max_rows: flushed, written, caught up
+        poll(lambda: status(ref)["rows_written"] == 100)
+        assert directory.wait_caught_up(5) and not status(ref)["behind"]
+        ref.tell(RowBatch(trades(101, 60)))
+        poll(lambda: directory.behind())
+    finally:
+        ref.stop()
+    assert not directory.behind()  # a stopped buffer holds no reader
 
 
 def test_flush_by_time_when_fewer_than_max_rows_arrive(start_buffer, questdb, table_prefix):
