@@ -18,6 +18,13 @@ def _n(value: float | None, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _runs(values: list[float]) -> str:
+    """ (median of 3: a, b, c) — empty for a single run."""
+    if len(values) < 2:
+        return ""
+    return f" (median of {len(values)}: {', '.join(_n(v) for v in sorted(values))})"
+
+
 def markdown(r: dict) -> str:
     m, c = r["machine"], r["ceilings"]
     one, four = r["max_rate"]
@@ -28,7 +35,8 @@ def markdown(r: dict) -> str:
         "",
         "| measurement | value | target |",
         "| --- | --- | --- |",
-        f"| ceiling: raw websocket-client receive (no parsing) | {_n(c['raw_receive_msgs_s'])} msgs/s | |",
+        f"| ceiling: raw websocket-client receive (no parsing) | {_n(c['raw_receive_msgs_s'])} msgs/s"
+        f"{_runs(c.get('raw_receive_runs_msgs_s', []))} | |",
         f"| ceiling: orjson parse of the same frames | {_n(c['orjson_parse_msgs_s'])} msgs/s | |",
         f"| ceiling: Binance parser (orjson + row) | {_n(c['binance_parser_msgs_s'])} msgs/s | |",
         f"| ceiling: questdb row building | {_n(c['row_building_rows_s'])} rows/s | |",
@@ -38,7 +46,8 @@ def markdown(r: dict) -> str:
         ok = "" if run["ids_complete"] else " (ids NOT complete)"
         target = f"≥ {TARGETS['ratio_to_raw_receive']:.0%} of raw receive" if run is one else ""
         lines.append(f"| marketfeed end to end, {run['feeds']} feed(s), max rate | {_n(run['rows_s'])} rows/s = "
-                     f"{run['ratio_to_raw_receive']:.0%} of raw receive{ok} | {target} |")
+                     f"{run['ratio_to_raw_receive']:.0%} of raw receive{ok}{_runs(run.get('rows_s_runs', []))} | "
+                     f"{target} |")
     for run in (one, four):
         lines.append(f"| RSS at max rate, {run['feeds']} feed(s): steady / peak | {_n(run['rss_steady_mb'])} / "
                      f"{_n(run['rss_peak_mb'])} MB | steady ≤ {TARGETS['rss_steady_mb']:.0f} MB |")
