@@ -1,8 +1,9 @@
-"""`marketfeed run` with one addition: every acknowledged row's send→ack latency is recorded.
+"""`marketfeed run` with one addition: when each row was acknowledged by QuestDB is recorded.
 
-`python -m bench.probe CONFIG LAGFILE`: the buffer actors' writer is swapped for a subclass that,
-after each successful flush, notes ack time − event time (the simulator stamps send time as event
-time), and the microsecond lags are written to LAGFILE as int64 when the service exits.
+`python -m bench.probe CONFIG ACKFILE`: the buffer actors' writer is swapped for a subclass that,
+after each successful flush, notes (trade id, ack time in ns) per row; the pairs are written to
+ACKFILE as int64 when the service exits. The bench knows when the paced simulator sent each trade
+id, so it derives the send→ack latency of every row.
 """
 from __future__ import annotations
 
@@ -15,22 +16,24 @@ from cli.service import run
 from config.loader import load
 from storage.writer import FlushWorker
 
-LAGS_US = array("q")
+ACKS = array("q")  # trade id, ack ns, trade id, ack ns, …
 
 
-class LagRecordingWorker(FlushWorker):
+class AckRecordingWorker(FlushWorker):
     def _write(self, rows: list) -> dict:
         outcome = super()._write(rows)
         acked_ns = time.time_ns()
-        LAGS_US.extend((acked_ns - row.ts_ns) // 1000 for row in rows)
+        for row in rows:
+            ACKS.append(row.trade_id)
+            ACKS.append(acked_ns)
         return outcome
 
 
-def main(config_path: str, lag_path: str) -> int:
-    actors.buffer.FlushWorker = LagRecordingWorker
+def main(config_path: str, ack_path: str) -> int:
+    actors.buffer.FlushWorker = AckRecordingWorker
     code = run(load(config_path))
-    with open(lag_path, "wb") as f:
-        LAGS_US.tofile(f)
+    with open(ack_path, "wb") as f:
+        ACKS.tofile(f)
     return code
 
 

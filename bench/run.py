@@ -27,6 +27,7 @@ from config.loader import to_toml
 from config.schema import FeedConfig, SinkConfig
 from feeds.binance import BinanceProtocol
 from storage.schema import create_tables
+from sim.market import ID_BLOCK  # symbol k's trade i has id (k + 1) * ID_BLOCK + i
 from tests.support.questdb import REPO, QuestDB
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT"]
@@ -111,7 +112,7 @@ class Bench:
             return -1
 
     def ids_complete(self, table: str, symbols: list[str], count: int) -> bool:
-        first = {s: (k + 1) * 1_000_000 for k, s in enumerate(symbols)}  # the sim's id blocks
+        first = {s: (k + 1) * ID_BLOCK for k, s in enumerate(symbols)}  # the sim's id blocks
         got = {r[0]: r[1:] for r in self.questdb.query(
             f"SELECT symbol, count(), count_distinct(trade_id), min(trade_id), max(trade_id) FROM {table}")}
         return all(got.get(s) == (count, count, first[s], first[s] + count - 1) for s in symbols)
@@ -132,16 +133,16 @@ class Bench:
         (run_dir / "marketfeed.toml").write_text(to_toml(config))
         create_tables(self.questdb.pg_dsn, prefix, ("trades",))  # not part of the measured window
         proc = subprocess.Popen([sys.executable, "-m", "bench.probe", str(run_dir / "marketfeed.toml"),
-                                 str(run_dir / "lags.bin")], cwd=REPO)
+                                 str(run_dir / "acks.bin")], cwd=REPO)
         return proc, run_dir
 
-    def stop_service(self, proc: subprocess.Popen, run_dir: Path) -> list[int]:
+    def stop_service(self, proc: subprocess.Popen, run_dir: Path) -> list[tuple[int, int]]:
+        """Stop the probe process; (trade id, QuestDB ack ns) of every row it wrote."""
         proc.terminate()
         proc.wait(60)
-        lags = (run_dir / "lags.bin").read_bytes()
         values = array("q")
-        values.frombytes(lags)
-        return values.tolist()
+        values.frombytes((run_dir / "acks.bin").read_bytes())
+        return list(zip(values[::2], values[1::2]))
 
     def watch(self, proc, table: str, total: int, timeout: float, on_tick=None) -> tuple[Samples, float | None]:
         """Sample until `total` rows are visible; returns the samples and when that happened (None: timeout)."""
@@ -179,7 +180,7 @@ class Bench:
         """One run of the receive ceiling: {"rate": frames/s, "frames": the first keep_frames frames}."""
         plan = self.plan
         per_symbol = plan.receive_frames // SYMBOLS_PER_FEED
-        sim = SimProcess(symbols=SYMBOLS[:SYMBOLS_PER_FEED], count=per_symbol, max_rate=True)
+        sim = SimProcess(symbols=SYMBOLS[:SYMBOLS_PER_FEED], count=per_symbol)
         try:
             url = protocol.url(sim.urls["url"])
             result: dict = {}
@@ -203,7 +204,7 @@ class Bench:
         per_symbol = max(1000, int(expected_rate * self.plan.max_rate_s / len(symbols)))
         total = per_symbol * len(symbols)
         prefix = self.table_prefix()
-        sim = SimProcess(symbols=symbols, count=per_symbol, max_rate=True)
+        sim = SimProcess(symbols=symbols, count=per_symbol)
         proc, run_dir = self.start_service(prefix, sim, feeds)
         try:
             sim.ask(wait=feeds)
@@ -227,18 +228,22 @@ class Bench:
         symbols = SYMBOLS[:SYMBOLS_PER_FEED]
         per_symbol = int(rate / len(symbols) * self.plan.latency_s)
         prefix = self.table_prefix()
-        sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols), stamp_send_time=True)
+        per_symbol_rate = rate / len(symbols)
+        sim = SimProcess(symbols=symbols, count=per_symbol, rate=per_symbol_rate)  # paced, pre-rendered
         proc, run_dir = self.start_service(prefix, sim, 1)
         try:
             sim.ask(wait=1)
             time.sleep(1.0)
             began = time.monotonic()
-            sim.ask(start=True)
+            started_ns = sim.ask(start=True)["started_ns"]
             samples, visible_at = self.watch(proc, f"{prefix}trades", per_symbol * len(symbols),
                                              self.plan.latency_s + 60)
         finally:
             sim.stop()
-        lags = sorted(self.stop_service(proc, run_dir))
+        # Trade i of every symbol (id block + i) was due at started_ns + i / rate and went out at most
+        # sim.server.PACED_CHUNK_S later: latency from the due time, so a late sender counts against us.
+        lags = sorted((acked_ns - started_ns - (trade_id % ID_BLOCK) * 1e9 / per_symbol_rate) / 1000
+                      for trade_id, acked_ns in self.stop_service(proc, run_dir))
         sent_s = (visible_at or samples.at[-1]) - began
         return {"rate": rate, "rows": len(lags), "achieved_rate": per_symbol * len(symbols) / sent_s,
                 "p50_ms": percentile(lags, 50) / 1000, "p99_ms": percentile(lags, 99) / 1000,
@@ -250,7 +255,7 @@ class Bench:
         run_s = plan.outage_warmup_s + plan.outage_s + plan.outage_warmup_s
         per_symbol = int(rate / len(symbols) * run_s)
         prefix = self.table_prefix()
-        sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols), stamp_send_time=True)
+        sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols))
         proc, run_dir = self.start_service(prefix, sim, 1)
         marks: dict[str, float] = {}
 

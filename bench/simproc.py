@@ -1,7 +1,9 @@
 """The simulator in a process of its own, so its CPU never shares a GIL with the process measured.
 
-`python -m bench.simproc '<json>'` prints {"url", "rest"} and then answers one JSON line per command
-read from stdin: {"wait": n} (n connections subscribed), {"start": true}, {"emitted": true}.
+`python -m bench.simproc '<json>'` ({"symbols", "count"[, "rate": trades/s per symbol, paced]}) prints
+{"url", "rest"} and then answers one JSON line per command read from stdin: {"wait": n} (n connections
+subscribed), {"start": true} (→ started_ns: trade i of every symbol goes out at started_ns + i / rate),
+{"emitted": true}.
 """
 from __future__ import annotations
 
@@ -15,16 +17,15 @@ from sim.market import MAX_MS_RATE
 
 
 def main(spec: dict) -> None:
-    # At max rate event times are 1 ms apart (sim.market.MAX_MS_RATE): start them far enough back that
-    # none lies in the future, which the feed would reject.
-    max_rate = spec.get("max_rate", False)
-    start_ms = time.time_ns() // 1_000_000 - spec["count"] - 1000 if max_rate else None
-    rate = MAX_MS_RATE if max_rate else spec["rate"]  # max rate: `rate` only spaces event times
+    # Frames are rendered up front; either as fast as read (no "rate") or on schedule at "rate" per
+    # symbol (paced). Event times are at most 1000/s (sim.market.MAX_MS_RATE), 1 ms apart: start them
+    # far enough back that none lies in the future, which the feed would reject.
+    paced = "rate" in spec
+    start_ms = time.time_ns() // 1_000_000 - spec["count"] - 1000
+    rate = spec["rate"] if paced else MAX_MS_RATE  # max rate: `rate` only spaces event times
     with Simulator(["binance"], spec["symbols"], rate=rate, count=spec["count"], clock_paused=True,
-                   start_ms=start_ms, max_rate=max_rate,
-                   stamp_send_time=spec.get("stamp_send_time", False)) as sim:
-        if sim.max_rate:
-            sim.prepare_max_rate("combined")  # before any client connects: no feed waits on it
+                   start_ms=start_ms, max_rate=True, paced=paced) as sim:
+        sim.prepare_max_rate("combined")  # before any client connects: no feed waits on it
         reply({"url": sim.url("binance"), "rest": sim.rest_url("binance")})
         for line in sys.stdin:
             command = orjson.loads(line)
@@ -34,7 +35,7 @@ def main(spec: dict) -> None:
                 reply({"connections": len(sim.connections("binance"))})
             elif "start" in command:
                 sim.start_clock()
-                reply({"started_ns": time.time_ns()})
+                reply({"started_ns": sim.clock_started_ns})
             elif "emitted" in command:
                 reply({"emitted": sim.emitted("binance")})
 

@@ -7,7 +7,6 @@ taken effect by the time the call returns.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import http
 import logging
 import ssl
@@ -37,6 +36,7 @@ POLL_S = 0.002  # how often wait_* re-checks its condition
 CALL_TIMEOUT_S = 5.0
 MAX_RATE_CHUNK = 1000  # max_rate: trades per symbol per transport write
 MAX_RATE_LOW_WATER = 1 << 20  # max_rate: the next chunk goes out once a send buffer is below this
+PACED_CHUNK_S = 0.002  # max_rate with paced: trades due within this long go out in one write
 
 
 @dataclass
@@ -280,7 +280,10 @@ class Simulator:
     max_rate: (benchmarks; needs count and clock_paused) ignore `rate`: start_clock() renders every
     trade's wire frame up front, then each connection gets them in large chunks as fast as it reads
     them, so the sender costs next to nothing. No faults apply in this mode.
-    stamp_send_time: (latency benchmarks) a trade's event time is the wall clock when it is sent.
+    paced: (with max_rate; latency benchmarks) the pre-rendered trades go out on schedule instead:
+    trade i of every symbol is written at clock start + i / rate (at most PACED_CHUNK_S late), and
+    clock_started_ns tells when that start was. Event times stay the market's (1 ms apart above
+    1000 trades/s), so a trade's send time is derived from its index, not read from the frame.
     twin_options: exchange → keyword arguments of its twin (e.g. {"polygon": {"api_key": "k"}}).
     ssl_context: serve wss:// and https:// with this server context (tests of certificate verification).
     """
@@ -302,7 +305,7 @@ class Simulator:
         clock_paused: bool = False,
         twin_options: Mapping[str, Mapping[str, Any]] | None = None,
         max_rate: bool = False,
-        stamp_send_time: bool = False,
+        paced: bool = False,
         max_connection_age: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ):
@@ -323,9 +326,13 @@ class Simulator:
         self.twin_options = {name: dict(options) for name, options in (twin_options or {}).items()}
         if max_rate and (count is None or not clock_paused):
             raise ValueError("max_rate needs count and clock_paused (frames are rendered before the clock starts)")
-        self.max_rate = max_rate
+        if paced and not max_rate:
+            raise ValueError("paced applies to max_rate (pre-rendered) mode")
+        self.max_rate, self.paced = max_rate, paced
+        self.clock_started_ns: int | None = None  # wall clock of the paced schedule's start
+        # trades per symbol per transport write
+        self._chunk_trades = max(1, int(rate * PACED_CHUNK_S)) if paced else MAX_RATE_CHUNK
         self.max_connection_age = max_connection_age
-        self.stamp_send_time = stamp_send_time
         self._rendered: dict[tuple[str, str, str], list[bytes]] = {}  # max_rate: wire frames, by subscription
         self.ssl_context = ssl_context
         self._exchanges: dict[str, _Exchange] = {}
@@ -489,8 +496,10 @@ class Simulator:
 
         def create() -> None:
             if self._clock is None:
-                clock = self._run_clock() if rendered is None else self._run_max_rate(rendered)
-                self._clock = asyncio.get_running_loop().create_task(clock)
+                loop = asyncio.get_running_loop()
+                self.clock_started_ns = time.time_ns()
+                clock = self._run_clock() if rendered is None else self._run_max_rate(rendered, loop.time())
+                self._clock = loop.create_task(clock)
 
         self._call(create)
 
@@ -513,20 +522,24 @@ class Simulator:
             market, twin = ex.market[symbol], ex.twin
             self._rendered[(ex.name, symbol, style)] = [
                 b"".join(_text_frame(twin.trade_frame(market.trade(i), style))
-                         for i in range(start, min(start + MAX_RATE_CHUNK, self.count)))
-                for start in range(0, self.count, MAX_RATE_CHUNK)
+                         for i in range(start, min(start + self._chunk_trades, self.count)))
+                for start in range(0, self.count, self._chunk_trades)
             ]
 
-    async def _run_max_rate(self, rendered: dict[tuple[str, str, str], list[bytes]]) -> None:
-        """Write chunk k to every live connection once all have drained below the low-water mark.
+    async def _run_max_rate(self, rendered: dict[tuple[str, str, str], list[bytes]], t0: float) -> None:
+        """Write chunk k to every live connection once all have drained below the low-water mark
+        (paced: and once its last trade is due).
 
         A connection opened later (a client's reconnect) gets the chunks from then on; what it missed
         has happened and is served over REST, as after any outage."""
-        for k, start in enumerate(range(0, self.count, MAX_RATE_CHUNK)):
+        loop = asyncio.get_running_loop()
+        for k, start in enumerate(range(0, self.count, self._chunk_trades)):
+            emitted = min(start + self._chunk_trades, self.count)
+            if self.paced and (due := t0 + emitted / self.rate - loop.time()) > 0:
+                await asyncio.sleep(due)
             live = [c for ex in self._exchanges.values() for c in tuple(ex.connections.values()) if c._writable()]
             while any(c._writable() and c._ws.transport.get_write_buffer_size() > MAX_RATE_LOW_WATER for c in live):
                 await asyncio.sleep(MIN_TICK_S / 2)
-            emitted = min(start + MAX_RATE_CHUNK, self.count)
             for ex in self._exchanges.values():
                 ex.emitted = emitted
             for connection in live:
@@ -569,10 +582,9 @@ class Simulator:
             due = int((loop.time() - t0) * self.rate) + 1
             if self.count is not None:
                 due = min(due, self.count)
-            sent_ms = int(time.time() * 1000) if self.stamp_send_time else None
             for i in range(emitted, due):
                 for ex in self._exchanges.values():
-                    self._emit(ex, i, sent_ms)
+                    self._emit(ex, i)
             for ex in self._exchanges.values():
                 for connection in tuple(ex.connections.values()):
                     connection.flush()
@@ -580,16 +592,12 @@ class Simulator:
             await asyncio.sleep(max(t0 + emitted / self.rate - loop.time(), MIN_TICK_S))
 
     @staticmethod
-    def _emit(ex: _Exchange, i: int, sent_ms: int | None = None) -> None:
-        """Trade i of every symbol happens: queue it to the subscribers, encoded once per frame style.
-
-        sent_ms: the event time to stamp instead of the market's (stamp_send_time)."""
+    def _emit(ex: _Exchange, i: int) -> None:
+        """Trade i of every symbol happens: queue it to the subscribers, encoded once per frame style."""
         ex.emitted = i + 1  # first: whatever a client has seen is already in the truth and on REST
         for symbol, subscribers in ex.subscribers.items():
             if subscribers:
                 trade = ex.market[symbol].trade(i)
-                if sent_ms is not None:
-                    trade = dataclasses.replace(trade, time_ms=sent_ms)
                 frames: dict[str, bytes] = {}
                 for connection in tuple(subscribers):
                     style = connection.session.style
