@@ -236,12 +236,13 @@ def test_top_renders_the_feeds_on_screen(sim, service, tmp_path):
     subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "140", "-y", "40",
                     f"{sys.executable} -m cli.main top -c {proc.config_path}"], cwd=REPO, env=env, check=True)
     try:
-        def screen():
-            out = subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-            return out if "feed-spot-a" in out and "feed-spot-b" in out and "buffer-trades" in out else None
+        expected = ("feed-spot-a", "feed-spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS")
 
-        text = poll(screen, 20, "the dashboard")
-        assert "MSGS/S" in text and "connected" in text and "ALERTS" in text
+        def screen():  # polled whole: a capture can catch a screen half redrawn
+            out = subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+            return out if all(text in out for text in expected) else None
+
+        poll(screen, 20, "the dashboard with both feeds, the buffer and the alerts")
         subprocess.run([tmux, "send-keys", "-t", session, "q"], check=True)
         poll(lambda: subprocess.run([tmux, "has-session", "-t", session], capture_output=True).returncode != 0,
              10, "top to quit on q")
