@@ -1,6 +1,7 @@
 """Secrets never leave the process: a marker secret in every secret slot, then every output scanned."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -94,6 +95,10 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                     pages.append(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode())
                 except urllib.error.HTTPError as exc:  # 503 while QuestDB is down: its body counts too
                     pages.append(exc.read().decode())
+            commands = {name: subprocess.run([sys.executable, "-m", "cli.main", name, "-c", str(proc.config_path)],
+                                             cwd=REPO, capture_output=True, text=True, env={**os.environ, **env},
+                                             timeout=60)
+                        for name in ("health", "verify")}  # verify: QuestDB unreachable, its error is shown
             text = proc.config_path.read_text()  # a secret of the wrong type: the problem must not echo it
             proc.config_path.write_text(re.sub(r'pg_dsn = (".*")', r"pg_dsn = [\1]", text))
             proc.signal(signal.SIGHUP)
@@ -103,7 +108,10 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
         check = subprocess.run([sys.executable, "-m", "cli.main", "check-config", "-c", str(proc.config_path)],
                                cwd=REPO, capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"})
     outputs = {"log": "".join(proc.raw), "status file": status_file.read_text(), "http": "\n".join(pages),
-               "check-config": check.stdout + check.stderr}
+               "check-config": check.stdout + check.stderr,
+               **{name: run.stdout + run.stderr for name, run in commands.items()}}
+    assert commands["health"].returncode in (1, 2) and "feed-marker" in commands["health"].stdout  # it ran
+    assert commands["verify"].returncode not in (0, 1) and commands["verify"].stderr  # it failed to reach QuestDB
     assert "questdb.pg_dsn: expected a string, got a value of type list" in outputs["check-config"]  # it really ran
     assert len(proc.events("flush_failed")) >= 1 and '"feeds"' in outputs["status file"]
     for name, text in outputs.items():
