@@ -27,6 +27,15 @@ def service(tmp_path, questdb, table_prefix):
         process.kill()
 
 
+def streaming(sim, emitted: int):
+    """The service's connection once it subscribed to every product and `emitted` trades each went out."""
+    conn = sim.wait_connections("coinbase", 1, timeout=30)[0]
+    sim.wait_until(lambda: conn.symbols == set(PRODUCTS), 30, "the matches subscription")
+    sim.start_clock()
+    sim.wait_emitted(emitted, timeout=30)
+    return conn
+
+
 def assert_ids_equal_truth(questdb, sim, table):
     for product in PRODUCTS:
         truth = sim.truth("coinbase", product)
@@ -37,10 +46,7 @@ def assert_ids_equal_truth(questdb, sim, table):
 def test_drops_stalls_duplicates_skips_and_garbage_leave_exactly_the_ground_truth(service, questdb, table_prefix):
     with Simulator(["coinbase"], {"coinbase": PRODUCTS}, rate=200, count=800, seed=11, clock_paused=True) as sim:
         proc = service(sim)
-        first = sim.wait_connections("coinbase", 1, timeout=30)[0]
-        sim.wait_until(lambda: first.symbols == set(PRODUCTS), 30, "the matches subscription")
-        sim.start_clock()
-        sim.wait_emitted(100, timeout=30)
+        first = streaming(sim, 100)
         first.duplicate_next(10)
         first.skip_next(7)  # lost in transit: the next match of the product reveals the hole by trade_id
         first.send_garbage(3)
@@ -67,10 +73,7 @@ def test_heartbeats_are_not_data_and_a_trailing_gap_is_closed_by_the_reconnect(s
     the feed 'alive'; the stale watchdog reconnects and the new last_match reveals the trailing gap."""
     with Simulator(["coinbase"], {"coinbase": PRODUCTS}, rate=100, count=300, seed=12, clock_paused=True) as sim:
         proc = service(sim)
-        conn = sim.wait_connections("coinbase", 1, timeout=30)[0]
-        sim.wait_until(lambda: conn.symbols == set(PRODUCTS), 30, "the matches subscription")
-        sim.start_clock()
-        sim.wait_emitted(200, timeout=30)
+        conn = streaming(sim, 200)
         for product in PRODUCTS:
             conn.skip_next(1000, product)  # every match from here to the end of the run
         frames_before_silence = conn.counters.frames_sent  # from here on every match is lost

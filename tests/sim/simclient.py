@@ -57,3 +57,14 @@ def by_symbol(events: list[dict]) -> dict[str, list[int]]:
     for event in events:
         ids.setdefault(event["s"], []).append(event["t"])
     return ids
+
+
+def backfill(protocol, gap) -> tuple[list, int]:
+    """The feed's own REST backfill loop against the twin: every row of the gap, and the pages it took."""
+    rows, pages = [], 0
+    while gap is not None:
+        with urllib.request.urlopen(protocol.backfill_request(gap).url, timeout=5) as response:
+            page, gap = protocol.parse_backfill(gap, response.read(), 0)
+        rows += page
+        pages += 1
+    return rows, pages

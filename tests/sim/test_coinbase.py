@@ -8,6 +8,7 @@ import urllib.request
 import orjson
 import pytest
 import websocket
+from simclient import backfill
 
 from config.schema import FeedConfig
 from feeds.base import Gap
@@ -156,13 +157,7 @@ def test_protocol_backfills_a_long_gap_over_several_pages():
         feed = FeedConfig("cb", "coinbase", sim.url("coinbase"), tuple(PRODUCTS), rest_url=sim.rest_url("coinbase"))
         protocol = PROTOCOL(feed)
         first = sim.market("coinbase")["ETH-USD"].first_id
-        gap: Gap | None = Gap("ETH-USD", first + 200, first + 2699)
-        fetched, pages = [], 0
-        while gap is not None:
-            with urllib.request.urlopen(protocol.backfill_request(gap).url, timeout=5) as response:
-                rows, gap = protocol.parse_backfill(gap, response.read(), 0)
-            fetched += rows
-            pages += 1
+        fetched, pages = backfill(protocol, Gap("ETH-USD", first + 200, first + 2699))
         assert sorted(t.trade_id for t in fetched) == list(range(first + 200, first + 2700))
         assert pages == 3
         truth = {t.trade_id: t for t in sim.trades("coinbase", "ETH-USD")}

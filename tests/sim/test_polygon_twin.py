@@ -1,12 +1,11 @@
 """The Polygon twin over real sockets: status/auth/subscribe, batched trade arrays, REST v3 paging."""
 from __future__ import annotations
 
-import urllib.request
 
 import orjson
 import pytest
 import websocket
-from simclient import get
+from simclient import backfill, get
 
 from config.schema import FeedConfig
 from feeds.polygon import PolygonProtocol, event_trade
@@ -148,11 +147,6 @@ def test_the_feeds_backfill_loop_fetches_exactly_an_outage_window(sim):
     truth = {s: sim.trades("polygon", s) for s in SYMBOLS}
     since, until = truth["AAPL"][20].time_ms * 1_000_000, truth["AAPL"][80].time_ms * 1_000_000
     for gap in protocol.outage_gaps(tuple(SYMBOLS), since, until):
-        rows, pages = [], 0
-        while gap is not None:
-            with urllib.request.urlopen(protocol.backfill_request(gap).url, timeout=5) as response:
-                page, gap = protocol.parse_backfill(gap, response.read(), 0)
-            rows += page
-            pages += 1
+        rows, pages = backfill(protocol, gap)
         assert rows == [event_trade(trade_event(t), 0) for t in truth[rows[0].symbol][20:81]]
         assert pages == 7  # 61 trades, 9 a page
