@@ -1,5 +1,7 @@
 """The functional core: backoff, restart intensity, breaker, dedup window, sequence tracker, batcher."""
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feeds.base import Gap
 from feeds.dedup import DedupWindow
@@ -106,3 +108,18 @@ def test_dedup_remembers_every_key_for_at_least_the_window_across_generations():
     d.fresh([trade("A", 3)], now=10.0)  # a new generation begins
     assert d.fresh([trade("A", 2), trade("A", 3)], now=19.8) == []
     assert d.fresh([trade("A", 1), trade("A", 3)], now=30.0) == [trade("A", 1), trade("A", 3)]  # two windows on
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 12)), max_size=8),
+                          st.floats(0.0, 4.0)), max_size=12),
+       st.integers(1, 12))
+def test_dedup_batches_match_one_row_at_a_time(batches, max_entries):
+    """Whole batches (the set fast path included) decide exactly as the same rows offered one by one."""
+    by_batch, by_row, now = DedupWindow(5.0, max_entries), DedupWindow(5.0, max_entries), 0.0
+    for keys, step in batches:
+        now += step
+        rows = [trade(symbol, trade_id) for symbol, trade_id in keys]
+        by_row.fresh([], now)  # a call moves the window on even with no rows: both see the same calls' times
+        assert by_batch.fresh(rows, now) == [kept for row in rows for kept in by_row.fresh([row], now)]
+    assert by_batch.dropped == by_row.dropped and len(by_batch) == len(by_row)
