@@ -71,7 +71,7 @@ class FrameBatch:
 
 @dataclass(frozen=True)
 class BackfillRows:
-    rows: list
+    rows: list  # one REST page: trades, or closed candles; never empty
 
 
 @dataclass(frozen=True)
@@ -226,6 +226,12 @@ class FeedActor(Supervised):
                 finally:
                     if message.credit is not None:
                         message.credit.release()
+            case BackfillRows(rows) if type(rows[0]) is Candle:  # closed while the connection was down
+                candles = self._valid("candles", rows)
+                self.live_candles.close(candles)
+                self.backfilled += len(candles)
+                self.m_backfilled.inc(len(candles))
+                self._send("candles", candles)
             case BackfillRows(rows):
                 rows = self._valid("trades", rows)
                 self.sequence.fill(rows)

@@ -23,9 +23,14 @@ from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame,
                         load_json)
 from feeds.rows import Candle, Trade, new_trade
 
-BACKFILL_PAGE = 1000  # historicalTrades' and aggTrades' maximum limit
+BACKFILL_PAGE = 1000  # historicalTrades', aggTrades' and klines' maximum limit
 AGG_EXCHANGE = "binance-agg"  # exchange label of aggregate trades in the trades table
 AGG_STREAM = "@aggTrade"  # stream_key suffix of aggregate-trade ids
+KLINE = "kline_"  # channel kline_<interval>; its candle gaps' stream is <SYMBOL>@kline_<interval>
+INTERVAL_MS = {"1s": 1000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+               "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
+               "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000}
+_MS = 1_000_000
 
 
 class BinanceProtocol(FeedProtocol):
@@ -77,12 +82,34 @@ class BinanceProtocol(FeedProtocol):
                                        else str(error))
         raise MalformedFrame(f"unexpected event type {event!r}", frame)
 
+    def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Candles that closed while the connection was down: the kline stream never repeats them.
+
+        Trade ids reveal their own gaps; candles only have time. The window starts one interval
+        before the candle open at the outage, in case its closing event was lost with the connection.
+        """
+        gaps = []
+        for channel in self.feed.channels:
+            step_ms = INTERVAL_MS.get(channel[len(KLINE):]) if channel.startswith(KLINE) else None
+            if step_ms is not None:
+                open_ms = since_ns // _MS - since_ns // _MS % step_ms
+                gaps += [Gap(symbol, since_ns=(open_ms - step_ms) * _MS, until_ns=until_ns,
+                             stream=f"{symbol}@{channel}") for symbol in symbols]
+        return gaps
+
     def backfill_request(self, gap: Gap) -> HttpRequest:
+        if KLINE in gap.stream:
+            query = urlencode({"symbol": gap.symbol, "interval": gap.stream.rsplit(KLINE, 1)[1],
+                               "startTime": gap.since_ns // _MS, "endTime": gap.until_ns // _MS,
+                               "limit": BACKFILL_PAGE})
+            return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/klines?{query}")
         endpoint = "aggTrades" if gap.stream.endswith(AGG_STREAM) else "historicalTrades"
         query = urlencode({"symbol": gap.symbol, "fromId": gap.first_id, "limit": BACKFILL_PAGE})
         return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/{endpoint}?{query}")
 
-    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list, Gap | None]:
+        if KLINE in gap.stream:
+            return self._parse_klines(gap, body, received_ns)
         agg = gap.stream.endswith(AGG_STREAM)
         try:
             page = orjson.loads(body)
@@ -104,6 +131,24 @@ class BinanceProtocol(FeedProtocol):
         if gap.last_id is not None and next_id > gap.last_id:
             return rows, None
         return rows, Gap(gap.symbol, next_id, gap.last_id, stream=gap.stream)
+
+    def _parse_klines(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Candle], Gap | None]:
+        """Closed candles of a klines page: those that closed before the live stream resumed (until_ns).
+
+        The one still open then comes closed over the live stream, as every later one does."""
+        interval = gap.stream.rsplit(KLINE, 1)[1]
+        try:
+            page = orjson.loads(body)
+            candles = [Candle(int(k[0]) * _MS, "binance", gap.symbol, interval, float(k[1]), float(k[2]),
+                              float(k[3]), float(k[4]), float(k[5]), True, received_ns)
+                       for k in page if int(k[6]) * _MS < gap.until_ns]
+        except (orjson.JSONDecodeError, IndexError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad klines page: {exc!r}", body) from None
+        if len(page) < BACKFILL_PAGE or len(candles) < len(page):
+            return candles, None
+        # A full page, all closed: the next one starts after its last candle.
+        return candles, Gap(gap.symbol, since_ns=candles[-1].ts_ns + INTERVAL_MS[interval] * _MS,
+                             until_ns=gap.until_ns, stream=gap.stream)
 
 
 PROTOCOL = BinanceProtocol

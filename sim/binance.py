@@ -9,7 +9,7 @@ trade that opens a new period first closes the previous one with "x": true, so a
 on its next trade rather than on the clock). Other well-formed stream names are accepted and stay quiet.
 Connection.announce_shutdown() sends {"event": {"e": "serverShutdown", "E": ms}}.
 REST: GET /api/v3/historicalTrades?symbol=&fromId=&limit=, /api/v3/trades?symbol=&limit=,
-/api/v3/aggTrades?symbol=&fromId=&limit=.
+/api/v3/aggTrades?symbol=&fromId=&limit=, /api/v3/klines?symbol=&interval=&startTime=&endTime=&limit=.
 """
 from __future__ import annotations
 
@@ -125,13 +125,15 @@ class BinanceTwin(Twin):
         return [orjson.dumps({"event": {"e": "serverShutdown", "E": int(time.time() * 1000)}})]
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
-        if path not in ("/api/v3/historicalTrades", "/api/v3/trades", "/api/v3/aggTrades"):
+        if path not in ("/api/v3/historicalTrades", "/api/v3/trades", "/api/v3/aggTrades", "/api/v3/klines"):
             return RestResponse(404, b"", "text/html")
         symbol = query.get("symbol", "")
         if not symbol:
             return RestResponse.json(MISSING_SYMBOL, 400)
         if symbol not in self.market:
             return RestResponse.json(INVALID_SYMBOL, 400)
+        if path == "/api/v3/klines":
+            return _klines(self.market[symbol], query, emitted)
         try:
             limit = int(query.get("limit", DEFAULT_LIMIT))
             from_id = int(query["fromId"]) if path != "/api/v3/trades" and "fromId" in query else None
@@ -211,6 +213,49 @@ def _kline_event(market: SymbolMarket, index: int, interval: str, closed: bool) 
              "h": f"{max(prices):f}", "l": f"{min(prices):f}", "v": f"{volume:f}", "n": len(trades),
              "x": closed, "q": "0", "V": "0", "Q": "0", "B": "0"}
     return {"e": "kline", "E": last.time_ms, "s": last.symbol, "k": kline}
+
+
+def _klines(market: SymbolMarket, query: dict[str, str], emitted: int) -> RestResponse:
+    """GET /api/v3/klines: the candles of the periods that had trades so far, oldest first, the open one last.
+
+    Each is [open time, open, high, low, close, volume, close time, quote volume, trades, taker buy base,
+    taker buy quote, "0"], the same candle the kline stream carries."""
+    interval = query.get("interval", "")
+    if interval not in INTERVAL_MS:
+        return RestResponse.json({"code": -1120, "msg": "Invalid interval."}, 400)
+    try:
+        start_ms = int(query.get("startTime", 0))
+        end_ms = int(query["endTime"]) if "endTime" in query else None
+        limit = max(1, min(int(query.get("limit", DEFAULT_LIMIT)), MAX_LIMIT))
+    except ValueError:
+        return RestResponse.json({"code": -1100, "msg": "Illegal characters found in a parameter."}, 400)
+    klines: list[list] = []
+    index = _first_index_at(market, start_ms, emitted)
+    while index < emitted and len(klines) < limit:
+        period = _period(market.trade(index), interval)
+        if end_ms is not None and period > end_ms:
+            break
+        while index + 1 < emitted and _period(market.trade(index + 1), interval) == period:
+            index += 1
+        if period < start_ms:  # Binance answers the candles that open at or after startTime
+            index += 1
+            continue
+        k = _kline_event(market, index, interval, True)["k"]
+        klines.append([k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], "0", k["n"], "0", "0", "0"])
+        index += 1
+    return RestResponse.json(klines)
+
+
+def _first_index_at(market: SymbolMarket, time_ms: int, emitted: int) -> int:
+    """The first emitted trade at or after time_ms (emitted if none): trade times never decrease."""
+    low, high = 0, emitted
+    while low < high:
+        middle = (low + high) // 2
+        if market.trade(middle).time_ms < time_ms:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def _wrap(style: str, stream: str, event: dict) -> bytes:

@@ -105,6 +105,44 @@ def test_klines_in_progress_and_closed_take_their_own_paths():
     assert out.candles == [expected._replace(closed=True, received_ns=2)]
 
 
+def test_an_outage_backfills_the_closed_candles_of_every_kline_channel_only():
+    p = BinanceProtocol(FeedConfig(name="b", exchange="binance", url="wss://x", rest_url="https://api.x",
+                                   symbols=("BTCUSDT",), channels=("trade", "kline_1m", "kline_1s")))
+    since, until = 1672515782134_000_000, 1672515902000_000_000  # 12:23:02.134 … 12:25:02
+    gaps = p.outage_gaps(("BTCUSDT",), since, until)
+    # From one interval before the candle open at the outage, in case its closing event was lost with it.
+    assert gaps == [Gap("BTCUSDT", since_ns=1672515720000_000_000, until_ns=until, stream="BTCUSDT@kline_1m"),
+                    Gap("BTCUSDT", since_ns=1672515781000_000_000, until_ns=until, stream="BTCUSDT@kline_1s")]
+    assert p.backfill_request(gaps[0]).url == ("https://api.x/api/v3/klines?symbol=BTCUSDT&interval=1m"
+                                               "&startTime=1672515720000&endTime=1672515902000&limit=1000")
+    assert BinanceProtocol(FEED).outage_gaps(("BTCUSDT",), since, until) == []  # trade ids find their own gaps
+
+
+def rest_kline(open_ms: int, step_ms: int, close: str) -> list:
+    return [open_ms, "1.0", "2.5", "0.5", close, "1000", open_ms + step_ms - 1, "0", 100, "0", "0", "0"]
+
+
+def test_klines_that_closed_before_the_stream_resumed_are_stored_closed():
+    p = BinanceProtocol(FEED)
+    gap = Gap("BTCUSDT", since_ns=1672515720000_000_000, until_ns=1672515902000_000_000, stream="BTCUSDT@kline_1m")
+    page = [rest_kline(1672515720000 + i * 60_000, 60_000, f"{i}.0") for i in range(4)]  # the last one still open
+    candles, rest = p.parse_backfill(gap, orjson.dumps(page), 7)
+    assert rest is None
+    assert candles == [Candle(1672515720000_000_000 + i * 60_000_000_000, "binance", "BTCUSDT", "1m",
+                              1.0, 2.5, 0.5, float(i), 1000.0, True, 7) for i in range(3)]
+    with pytest.raises(MalformedFrame):
+        p.parse_backfill(gap, orjson.dumps([["not", "a", "kline"]]), 7)
+
+
+def test_a_full_klines_page_continues_after_its_last_candle():
+    p = BinanceProtocol(FEED)
+    gap = Gap("BTCUSDT", since_ns=1_000_000_000_000, until_ns=10_000_000_000_000, stream="BTCUSDT@kline_1s")
+    page = [rest_kline(1_000_000 + i * 1000, 1000, "1.0") for i in range(1000)]
+    candles, rest = p.parse_backfill(gap, orjson.dumps(page), 7)
+    assert len(candles) == 1000
+    assert rest == Gap("BTCUSDT", since_ns=2_000_000_000_000, until_ns=gap.until_ns, stream="BTCUSDT@kline_1s")
+
+
 @pytest.mark.parametrize("notice", [
     {"event": {"e": "serverShutdown", "E": 1770123456789}},  # as the WebSocket API documents it
     {"stream": "x", "data": {"e": "serverShutdown", "E": 1770123456789}},

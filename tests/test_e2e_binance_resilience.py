@@ -1,5 +1,6 @@
 """End to end, Binance: faults injected by the simulator, a real `marketfeed run`, a real QuestDB."""
 import socket
+from datetime import datetime, timezone
 
 import pytest
 
@@ -122,6 +123,38 @@ def test_closed_candles_are_stored_once_and_the_live_candle_ends_as_its_last_sta
         for period, (_, close, _) in zip(periods[:-1], rows[:-1]):
             in_period = [t for t in trades if t.time_ms - t.time_ms % 1000 == period]
             assert close == float(in_period[-1].price)
+        assert proc.stop() == 0
+
+
+def test_candles_that_close_while_the_connection_is_down_come_back_over_rest(service, questdb, table_prefix):
+    """A hard drop and a slow reconnect (over 2 s) while 1-second candles close: every one is stored closed."""
+    with Simulator(["binance"], ["BTCUSDT"], rate=200, count=1400, seed=9, clock_paused=True) as sim:
+        proc = service([feed(sim, symbols=["BTCUSDT"], channels=["trade", "kline_1s"], reconnect_min_s=2.5,
+                             reconnect_max_s=3.0)])
+        sim.wait_connections("binance", 1, timeout=30)
+        sim.start_clock()
+        sim.wait_emitted(300, timeout=30)
+        assert sim.faults("binance").drop_all() == 1
+        sim.wait_emitted(1400, timeout=30)
+        trades = sim.trades("binance", "BTCUSDT")
+        by_period: dict[int, list] = {}
+        for t in trades:
+            by_period.setdefault(t.time_ms - t.time_ms % 1000, []).append(t)
+        expected = [(datetime.fromtimestamp(period / 1000, timezone.utc).replace(tzinfo=None), float(ts[0].price),
+                     max(float(t.price) for t in ts), min(float(t.price) for t in ts), float(ts[-1].price))
+                    for period, ts in sorted(by_period.items())]
+        table = f"{table_prefix}candles"
+
+        def settled():
+            if not questdb.wal_applied(table):
+                return None
+            rows = questdb.query(f"SELECT ts, open, high, low, close, closed FROM {table} ORDER BY ts")
+            return rows if len(rows) == len(expected) and rows[-1][4] == expected[-1][4] else None
+
+        rows = questdb.wait_for(settled, 40, "candles settled")
+        assert [r[5] for r in rows] == [True] * (len(expected) - 1) + [False]  # the last one is still open
+        assert [r[:5] for r in rows[:-1]] == expected[:-1]
+        assert_stored_equal(questdb, f"{table_prefix}trades", "binance", {"BTCUSDT": sim.truth("binance", "BTCUSDT")})
         assert proc.stop() == 0
 
 

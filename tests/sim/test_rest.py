@@ -38,6 +38,22 @@ def test_recent_trades(finished):
     assert status == 200 and [t["id"] for t in page] == [1_001_197, 1_001_198, 1_001_199]
 
 
+def test_klines_are_the_candles_of_the_trades_that_happened(finished):
+    trades = finished.trades("binance", "BTCUSDT")  # 1200 trades at 5000/s: 240 ms, within one or two seconds
+    start = trades[0].time_ms - trades[0].time_ms % 1000
+    status, page = get(f"{finished.rest_url('binance')}/api/v3/klines?symbol=BTCUSDT&interval=1s&startTime={start}")
+    periods = sorted({t.time_ms - t.time_ms % 1000 for t in trades})
+    assert status == 200 and [k[0] for k in page] == periods and all(k[6] == k[0] + 999 for k in page)
+    for kline, period in zip(page, periods):
+        inside = [t for t in trades if t.time_ms - t.time_ms % 1000 == period]
+        prices = [float(t.price) for t in inside]
+        assert (kline[1], kline[4], kline[8]) == (inside[0].price, inside[-1].price, len(inside))
+        assert (float(kline[2]), float(kline[3])) == (max(prices), min(prices))
+    later = get(f"{finished.rest_url('binance')}/api/v3/klines?symbol=BTCUSDT&interval=1s&startTime={start + 1}")[1]
+    assert [k[0] for k in later] == periods[1:]  # candles open at or after startTime
+    assert get(f"{finished.rest_url('binance')}/api/v3/klines?symbol=BTCUSDT&interval=7s")[0] == 400
+
+
 @pytest.mark.parametrize(
     ("query", "status", "body"),
     [
