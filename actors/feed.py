@@ -92,13 +92,14 @@ class Tick:
 
 
 class FeedMemory:
-    """What a feed knows that outlives one actor incarnation: the last trade id per stream, and
-    the event time of the last live trade (where an outage window starts)."""
+    """What a feed knows that outlives one actor incarnation: the last trade id per stream, the
+    event time of the last live trade (where an outage window starts), holes found at start."""
 
     def __init__(self) -> None:
         self.last_ids: dict[str, int] = {}
         self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
         self.last_trade_ns = 0
+        self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
 
 
 class LiveCandles:
@@ -188,6 +189,9 @@ class FeedActor(Supervised):
             self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref, self.may_backfill,
                                          min_interval_s=self.protocol.backfill_min_interval_s)
             self.backfiller.start()
+            holes, self.memory.stored_holes = self.memory.stored_holes, []
+            for gap in holes:
+                self._gap(gap)
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
         self._connect()
 

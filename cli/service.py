@@ -24,9 +24,9 @@ from cli.reload import applied, plan
 from config.loader import ConfigError, load
 from config.secrets import secret_values
 from config.schema import Config, FeedConfig
-from feeds.base import protocol_class
+from feeds.base import Gap, protocol_class
 from feeds.rows import Trade
-from storage.recovery import last_trade_ids
+from storage.recovery import last_trade_ids, stored_holes
 from storage.schema import TABLES
 from supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
 from telemetry import logs
@@ -120,15 +120,34 @@ class Service:
         except psycopg2.Error as exc:  # QuestDB down at start: feeds start from the live stream
             event(log, "last_ids_unavailable", logging.WARNING, error=str(exc).strip()[:300])
             return
-        for f in self.config.feeds:
-            protocol = protocol_class(f.exchange)(f)
-            if not protocol.contiguous_ids:
-                continue
+        protocols = [(f, protocol_class(f.exchange)(f)) for f in self.config.feeds]
+        protocols = [(f, p) for f, p in protocols if p.contiguous_ids]
+        for f, protocol in protocols:
             self.memories[f.name].last_ids.update({
                 protocol.stream_key(Trade(0, label, symbol, stored[(label, symbol)], 0.0, 0.0, "", 0)):
                     stored[(label, symbol)]
                 for label in protocol.trade_labels() for symbol in f.symbols if (label, symbol) in stored})
         event(log, "last_ids_recovered", feeds={name: m.last_ids for name, m in self.memories.items()})
+        if q.hole_scan_h:
+            self._recover_holes(protocols)
+
+    def _recover_holes(self, protocols: list) -> None:
+        """Holes below the last ids (e.g. a kill while a gap was being fetched) go to their feed's backfill."""
+        q = self.config.questdb
+        labels = tuple(sorted({label for _, protocol in protocols for label in protocol.trade_labels()}))
+        try:
+            holes = stored_holes(q.pg_dsn, q.table_prefix, labels, time.time_ns() - int(q.hole_scan_h * 3600e9))
+        except psycopg2.Error as exc:
+            event(log, "stored_holes_unavailable", logging.WARNING, error=str(exc).strip()[:300])
+            return
+        for f, protocol in protocols:
+            self.memories[f.name].stored_holes = [
+                Gap(hole.symbol, hole.first_id, hole.last_id, since_ns=hole.before_ns - 1,
+                    stream=protocol.stream_key(Trade(0, hole.exchange, hole.symbol, hole.first_id, 0.0, 0.0, "", 0)))
+                for hole in holes if hole.exchange in protocol.trade_labels() and hole.symbol in f.symbols]
+        if holes:
+            event(log, "stored_holes_found", logging.WARNING, holes=len(holes),
+                  sample=[f"{h.exchange} {h.symbol} {h.first_id}..{h.last_id}" for h in holes[:5]])
 
     def _start_http(self) -> None:
         listen = self.config.service.http_listen

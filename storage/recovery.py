@@ -1,9 +1,14 @@
-"""Where the stored history ends: the last trade id per (exchange, symbol), read at start.
+"""Where the stored history ends, and where it has holes: read at start.
 
-A feed's sequence tracker starts from these ids, so its first live trade after downtime shows
-the downtime as a gap, which the feed backfills over REST.
+A feed's sequence tracker starts from the last ids, so its first live trade after downtime shows
+the downtime as a gap, which the feed backfills over REST. Holes below the last id (a process
+killed while a gap was being fetched) would never show that way: they are looked for directly.
 """
 from __future__ import annotations
+
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import psycopg2
 
@@ -13,11 +18,51 @@ from storage.schema import table_name
 def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
     """{(exchange, symbol): highest stored trade id}; empty when the table does not exist yet."""
     trades = table_name(prefix, "trades")
-    with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+    with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
         cur.execute("SELECT table_name FROM tables() WHERE table_name = %s", (trades,))
         if not cur.fetchall():
             return {}
         cur.execute(f"SELECT exchange, symbol, max(trade_id) FROM {trades}")
         ids = {(exchange, symbol): last for exchange, symbol, last in cur.fetchall() if last is not None}
-    conn.close()
     return ids
+
+
+MAX_HOLES = 1000  # per start: a bounded amount of backfill work, the rest waits for the next start
+
+
+@dataclass(frozen=True)
+class StoredHole:
+    exchange: str
+    symbol: str
+    first_id: int  # first..last missing, inclusive
+    last_id: int
+    before_ns: int  # event time of the stored trade just before the hole
+
+
+def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], since_ns: int) -> list[StoredHole]:
+    """Missing trade ids between stored ones, for exchanges with contiguous ids, among trades since since_ns."""
+    trades = table_name(prefix, "trades")
+    if not exchanges:
+        return []
+    since = datetime.fromtimestamp(since_ns / 1e9, timezone.utc)
+    placeholders = ", ".join(["%s"] * len(exchanges))
+    with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM tables() WHERE table_name = %s", (trades,))
+        if not cur.fetchall():
+            return []
+        cur.execute(f"""SELECT exchange, symbol, previous + 1, trade_id - 1, previous_ts FROM (
+                            SELECT exchange, symbol, trade_id,
+                                   lag(trade_id) OVER (PARTITION BY exchange, symbol ORDER BY trade_id) previous,
+                                   lag(ts) OVER (PARTITION BY exchange, symbol ORDER BY trade_id) previous_ts
+                            FROM {trades}
+                            WHERE ts >= '{since:%Y-%m-%dT%H:%M:%S.%fZ}' AND exchange IN ({placeholders}))
+                        WHERE trade_id > previous + 1 LIMIT {MAX_HOLES}""", exchanges)
+        holes = [StoredHole(exchange, symbol, first, last, _ns(before))
+                 for exchange, symbol, first, last, before in cur.fetchall()]
+    return holes
+
+
+def _ns(stored: datetime) -> int:
+    """A QuestDB timestamp (µs, returned without a zone: it is UTC) in ns."""
+    delta = stored.replace(tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) * 1000

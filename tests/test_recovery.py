@@ -1,0 +1,45 @@
+"""Recovery at start against the real QuestDB: where stored history ends, and the holes below that."""
+from questdb import Sender
+
+from feeds.rows import Trade
+from storage.recovery import StoredHole, last_trade_ids, stored_holes
+from storage.schema import append_trades, create_tables
+
+BASE_NS = 1_700_000_000_000_000_000
+
+
+def store(questdb, table: str, rows: list[Trade]) -> None:
+    with Sender.from_conf(questdb.conf) as sender:
+        buffer = sender.new_buffer()
+        assert append_trades(buffer, table, rows) == []
+        sender.flush(buffer, transactional=True)
+    questdb.wait_for(lambda: questdb.wal_applied(table), 30, f"{table} applied")
+
+
+def trade(exchange: str, symbol: str, trade_id: int) -> Trade:
+    return Trade(BASE_NS + trade_id * 1_000_000, exchange, symbol, trade_id, 100.0, 0.5, "buy", BASE_NS)
+
+
+def test_holes_below_the_last_stored_id_are_found_per_series_with_the_time_before_them(questdb, table_prefix):
+    create_tables(questdb.pg_dsn, table_prefix, ("trades",))
+    table = f"{table_prefix}trades"
+    ids = {("binance", "BTCUSDT"): [*range(1, 11), *range(15, 21), 40],  # holes 11..14 and 21..39
+           ("binance", "ETHUSDT"): list(range(1, 30)),  # none
+           ("kraken", "BTC/USD"): [5, 6, 9, 9],  # hole 7..8; a stored duplicate is no hole
+           ("polygon", "AAPL"): [1, 5]}  # not contiguous: never asked for
+    store(questdb, table, [trade(exchange, symbol, i) for (exchange, symbol), series in ids.items() for i in series])
+
+    holes = stored_holes(questdb.pg_dsn, table_prefix, ("binance", "kraken"), BASE_NS)
+    assert sorted(holes, key=lambda h: (h.exchange, h.symbol, h.first_id)) == [
+        StoredHole("binance", "BTCUSDT", 11, 14, BASE_NS + 10_000_000),
+        StoredHole("binance", "BTCUSDT", 21, 39, BASE_NS + 20_000_000),
+        StoredHole("kraken", "BTC/USD", 7, 8, BASE_NS + 6_000_000),
+    ]
+    assert stored_holes(questdb.pg_dsn, table_prefix, ("binance",), BASE_NS + 16_000_000) == [
+        StoredHole("binance", "BTCUSDT", 21, 39, BASE_NS + 20_000_000)]  # only trades since then count
+    assert last_trade_ids(questdb.pg_dsn, table_prefix)[("binance", "BTCUSDT")] == 40
+
+
+def test_no_table_yet_means_no_holes(questdb, table_prefix):
+    assert stored_holes(questdb.pg_dsn, f"{table_prefix}absent_", ("binance",), BASE_NS) == []
+    assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}absent_") == {}
