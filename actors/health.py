@@ -87,8 +87,15 @@ class HealthActor(Supervised):
 
     def stopping(self) -> None:
         self._cancel_timers()
-        # The final report. Health stops last (reverse start order): feeds and buffers are gone, no tree to walk.
-        self._publish(self.build_report(None, "shutdown"))
+        # The final report. Health stops last (reverse start order): feeds and buffers are gone, no tree to
+        # walk, so their part is the last one gathered (at most a status interval old), dated as such.
+        report = self.build_report(None, "shutdown")
+        latest = self.board.latest()
+        if latest is not None:
+            last = latest[0]
+            report.update(feeds=last["feeds"], buffers=last["buffers"], supervisors=last["supervisors"],
+                          actors_as_of=last["generated_at"])
+        self._publish(report)
 
     def stopping_after_crash(self) -> None:
         self._cancel_timers()

@@ -1,6 +1,8 @@
 """Supervision end to end, with the real `marketfeed run` process: give-up → exit 1, SIGTERM → exit 0, nothing lost."""
 import signal
 
+import orjson
+
 from sim import Simulator
 from tests.support.questdb import free_port
 from tests.support.service import ServiceProcess, service_config
@@ -46,6 +48,9 @@ def test_sigterm_mid_stream_exits_0_with_every_received_row_in_questdb(tmp_path,
         proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"].startswith("reader-"))
         assert proc.proc.poll() is None
 
+        status_file = tmp_path / "status.json"  # a report gathered from the running actors exists
+        sim.wait_until(lambda: status_file.exists() and orjson.loads(status_file.read_bytes())["feeds"], 30,
+                       "a report with the feed in it")
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0, proc.tail()
         truth = {s: sim.truth("binance", s) for s in SYMBOLS}
@@ -65,3 +70,7 @@ def test_sigterm_mid_stream_exits_0_with_every_received_row_in_questdb(tmp_path,
              or (line.get("event") == "health_report" and line.get("reason") == "shutdown")]
     assert order[0] == "feed_stopped" and order[-1] == "health_report"
     assert order.count("buffer_stopped") == 2 and order.count("health_report") == 1
+    # The final report carries the actors as last gathered, dated, besides the process.
+    final = proc.events("health_report")[-1]
+    assert final["actors_as_of"] <= final["generated_at"] and final["process"]["rss_bytes"] > 0
+    assert final["feeds"]["feed-binance-spot"]["data_messages"] >= 300 and "buffer-trades" in final["buffers"]
