@@ -18,6 +18,7 @@ from sim import Simulator
 from telemetry import logs
 from tests.support.questdb import REPO
 from tests.support.service import ServiceProcess
+from tests.support.top import top_screen
 
 MARKER = "Sekr3t-M4rker-7f3a"  # one secret value in every slot: found anywhere = leaked
 KEY_MARKER = "ApiK3y-M4rker-19c2"
@@ -99,6 +100,8 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                                              cwd=REPO, capture_output=True, text=True, env={**os.environ, **env},
                                              timeout=60)
                         for name in ("health", "verify")}  # verify: QuestDB unreachable, its error is shown
+            # top: the feeds, buffers and alerts (with their details) of the live report, on a real terminal.
+            screen = top_screen(proc.config_path, ("feed-marker", "buffer-trades", "ALERTS"), env)
             text = proc.config_path.read_text()  # a secret of the wrong type: the problem must not echo it
             proc.config_path.write_text(re.sub(r'pg_dsn = (".*")', r"pg_dsn = [\1]", text))
             proc.signal(signal.SIGHUP)
@@ -108,7 +111,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
         check = subprocess.run([sys.executable, "-m", "cli.main", "check-config", "-c", str(proc.config_path)],
                                cwd=REPO, capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"})
     outputs = {"log": "".join(proc.raw), "status file": status_file.read_text(), "http": "\n".join(pages),
-               "check-config": check.stdout + check.stderr,
+               "check-config": check.stdout + check.stderr, "top": screen,
                **{name: run.stdout + run.stderr for name, run in commands.items()}}
     assert commands["health"].returncode in (1, 2) and "feed-marker" in commands["health"].stdout  # it ran
     assert commands["verify"].returncode not in (0, 1) and commands["verify"].stderr  # it failed to reach QuestDB

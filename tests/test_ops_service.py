@@ -2,7 +2,6 @@
 
 Each test runs `marketfeed run` as a child process against the simulator and the session QuestDB.
 """
-import os
 import re
 import shutil
 import signal
@@ -21,6 +20,7 @@ from config.loader import to_toml
 from sim import Simulator
 from tests.support.questdb import REPO, free_port
 from tests.support.service import ServiceProcess, service_config
+from tests.support.top import top_screen
 from tests.support.polling import poll
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -227,27 +227,9 @@ def test_notify_socket_gets_ready_then_watchdog_then_stopping(sim, service):
 
 
 def test_top_renders_the_feeds_on_screen(sim, service, tmp_path):
-    tmux = shutil.which("tmux")
-    assert tmux, "tmux missing: bin/test-deps installs it"
     proc = service([binance_feed(sim, "spot-a"), binance_feed(sim, "spot-b")])
     connected(proc, 2)
-    session = f"mf{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "TERM": "xterm-256color"}
-    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "140", "-y", "40",
-                    f"{sys.executable} -m cli.main top -c {proc.config_path}"], cwd=REPO, env=env, check=True)
-    try:
-        expected = ("feed-spot-a", "feed-spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS")
-
-        def screen():  # polled whole: a capture can catch a screen half redrawn
-            out = subprocess.run([tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-            return out if all(text in out for text in expected) else None
-
-        poll(screen, 20, "the dashboard with both feeds, the buffer and the alerts")
-        subprocess.run([tmux, "send-keys", "-t", session, "q"], check=True)
-        poll(lambda: subprocess.run([tmux, "has-session", "-t", session], capture_output=True).returncode != 0,
-             10, "top to quit on q")
-    finally:
-        subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)
+    top_screen(proc.config_path, ("feed-spot-a", "feed-spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS"))
 
 
 def test_the_systemd_unit_verifies_cleanly(tmp_path):
