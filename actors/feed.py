@@ -167,6 +167,8 @@ class FeedActor(Supervised):
         self.connected_at: float | None = None
         self.last_data_at: float | None = None
         self.last_ping_at = 0.0
+        self.ping_interval_s = feed.ping_interval_s or self.protocol.ping_interval_s
+        self.pong_timeout_s = feed.pong_timeout_s or self.protocol.pong_timeout_s
         self.pong_due_at: float | None = None  # a ping is unanswered; reconnect if no PONG by then
         self.outage_since_ns = 0  # set while an outage awaits its window backfill (outage_gaps)
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
@@ -495,7 +497,7 @@ class FeedActor(Supervised):
         if self.sinks.behind():  # the reader waits for a writer to catch up: the silence is ours
             self.last_data_at = now
             if self.pong_due_at is not None:
-                self.pong_due_at = now + self.protocol.pong_timeout_s
+                self.pong_due_at = now + self.pong_timeout_s
             return
         if self.last_data_at is not None and now - self.last_data_at > self.feed.stale_after_s:
             event(log, "feed_stale", logging.WARNING, feed=self.feed.name,
@@ -503,8 +505,7 @@ class FeedActor(Supervised):
             self.reader.close()
             return
         if self.pong_due_at is not None and now > self.pong_due_at:
-            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name,
-                  timeout_s=self.protocol.pong_timeout_s)
+            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name, timeout_s=self.pong_timeout_s)
             self.reader.close()
             return
         max_age = self.feed.max_connection_age_s or self.protocol.max_connection_age_s
@@ -513,10 +514,10 @@ class FeedActor(Supervised):
             self._roll()
             return
         ping = self.protocol.ping_message
-        if ping and now - self.last_ping_at >= self.protocol.ping_interval_s:
+        if ping and now - self.last_ping_at >= self.ping_interval_s:
             self.last_ping_at = now
-            if self.protocol.pong_timeout_s and self.pong_due_at is None:
-                self.pong_due_at = now + self.protocol.pong_timeout_s
+            if self.pong_timeout_s and self.pong_due_at is None:
+                self.pong_due_at = now + self.pong_timeout_s
             try:
                 self.reader.send(ping)
             except Exception:  # noqa: BLE001 - a dead socket shows up as Disconnected from the reader

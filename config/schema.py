@@ -111,6 +111,9 @@ class FeedConfig:
     breaker_reset_s: float = bounded(60.0, min=0.0)  # …which allows one trial connect after this long (half-open)
     max_held_rows: int = bounded(100_000, min=1)  # rows held for an unavailable buffer; above it the feed stops reading
     max_connection_age_s: float = bounded(0.0, min=0.0)  # open a fresh connection before this age (0: the exchange's limit)
+    # Protocols with an application-level ping (Kraken): how often, and how long a pong may take (0: the protocol's).
+    ping_interval_s: float = bounded(0.0, min=0.0)
+    pong_timeout_s: float = bounded(0.0, min=0.0)
     dedup_window_s: float = bounded(120.0, min=0.0)
     dedup_max_entries: int = bounded(10_000, min=0)
     batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…

@@ -70,6 +70,7 @@ class Connection:
         self._batch: list[bytes] = []  # trade frames of this clock tick, for twins that batch them
         self._resume_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
+        self.replies_muted = False  # the twin's answers to client messages (pongs, acks) are not sent
 
     def __repr__(self) -> str:
         return f"<Connection {self.exchange}#{self.id} {self.path} {'closed' if self.closed else 'open'}>"
@@ -106,6 +107,10 @@ class Connection:
     def skip_next(self, k: int, symbol: str | None = None) -> None:
         """Do not send the next k trades (of `symbol`, or of any symbol); they stay in the history."""
         self._sim._call(self._plan.skip, k, symbol)
+
+    def mute_replies(self) -> None:
+        """Leave every client message unanswered from now on (a ping gets no pong); trades keep flowing."""
+        self._sim._call(setattr, self, "replies_muted", True)
 
     def disconnect_slow_consumer(self) -> None:
         """Close with 1008 (policy violation), as an exchange does to a client that falls behind."""
@@ -225,6 +230,9 @@ class ExchangeFaults:
 
     def disconnect_slow_consumers(self) -> int:
         return self._each(Connection.disconnect_slow_consumer)
+
+    def mute_replies_all(self) -> int:
+        return self._each(Connection.mute_replies)
 
     def _each(self, fault: Callable[..., None], *args: Any) -> int:
         connections = self._sim.connections(self._exchange)
@@ -630,7 +638,9 @@ class Simulator:
         try:
             async for message in ws:
                 before = set(session.symbols)
-                connection.send(ex.twin.on_message(session, message))
+                replies = ex.twin.on_message(session, message)
+                if not connection.replies_muted:
+                    connection.send(replies)
                 ex.route(connection, before)
                 if added := session.symbols - before:
                     connection.send(ex.twin.subscribed(session, added, ex.emitted))

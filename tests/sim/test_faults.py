@@ -144,3 +144,18 @@ def test_a_client_that_does_not_pong_is_disconnected(sim, connect):
     assert time.monotonic() - started < PING_INTERVAL + PONG_TIMEOUT + 1.0
     client.ws.shutdown()  # rather than have the server wait out its close timeout
     sim.wait_until(lambda: client.handle.closed)
+
+
+def test_muted_replies_leave_requests_unanswered_while_trades_flow(connect):
+    client = connect()
+    request = orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 7}).decode()
+
+    def replies_among_next(n: int) -> list[dict]:
+        client.ws.send(request)
+        frames = [client.recv_json() for _ in range(n)]
+        assert any("data" in f for f in frames)  # the stream goes on either way
+        return [f for f in frames if f.get("id") == 7]
+
+    assert replies_among_next(60) == [{"result": ["btcusdt@trade", "ethusdt@trade"], "id": 7}]
+    client.handle.mute_replies()  # returns once applied on the simulator's loop
+    assert replies_among_next(60) == []
