@@ -1,4 +1,4 @@
-"""Kraken spot WebSocket v2 (`trade` and `ohlc` channels) and its REST backfill (/0/public/Trades).
+"""Kraken spot WebSocket v2 (`trade` and `ohlc` channels) and its REST backfill (/0/public/Trades, /0/public/OHLC).
 
 Wire format (docs.kraken.com, WebSocket v2): wss://ws.kraken.com/v2, one request per channel
 {"method": "subscribe", "params": {"channel": "trade", "symbol": ["BTC/USD"], "snapshot": false},
@@ -20,8 +20,9 @@ Feed channels: "trade", and "ohlc-<minutes>" for Kraken's intervals 1, 5, 15, 30
 Candles: Kraken marks no candle closed. Its ohlc updates are generated on trade events, so a
 candle is known closed when an update or snapshot entry for a later interval_begin of the same
 symbol and interval arrives; until then its newest state is an in-progress candle (latest wins).
-A candle followed by a quiet market therefore stays in progress until the next trade. A snapshot
-after a reconnect brings the final state of candles closed while we were away.
+A candle followed by a quiet market therefore stays in progress until the next trade. A reconnect
+forgets the candles in progress (their last updates may be lost): a snapshot after it brings the
+final state of recent candles, /0/public/OHLC that of every one closed while we were away.
 
 REST backfill pages by time, not by id: `since` is a nanosecond timestamp (exclusive) and the
 answer's `last` is the cursor of the next page. A gap's first page starts just before the last
@@ -32,6 +33,15 @@ own asset codes: the v2 symbol "BTC/USD" is pair "XBTUSD" (BTC → XBT, DOGE →
 code unchanged, slash dropped); answers are keyed by the internal pair name (e.g. XXBTZUSD), so the
 parser takes the one result key that is not "last". Kraken asks for at most one public call per
 second.
+
+Candles that close while the connection is down come back over /0/public/OHLC (outage_gaps): one
+gap per symbol and ohlc channel, from one interval before the candle open at the outage (its last
+updates may have been lost with the connection), `since` in Unix seconds (exclusive, so one second
+less). Entries are [time_s, "open", "high", "low", "close", "vwap", "volume", count]. Stored closed
+are those that ended before the live stream resumed (the gap's until_ns; later ones close live),
+except the last entry, which Kraken documents as the current, not-yet-committed one, and periods
+without trades (count 0), which the ohlc channel never sends either. No paging: Kraken answers up
+to 720 of the most recent entries whatever `since` says, so a longer outage loses its oldest candles.
 """
 from __future__ import annotations
 
@@ -49,9 +59,11 @@ from feeds.rows import Candle, Trade, new_trade
 
 OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
 OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval
+OHLC_STREAM = "@" + OHLC_CHANNEL  # candle gaps' stream: "BTC/USD@ohlc-5" (trade gaps' is the symbol)
 REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}  # v2 uses ISO codes, REST pair names Kraken's own
 BACKFILL_PAGE = 1000  # /0/public/Trades' maximum count
 MAX_NOTED_GAPS = 1000  # jumps whose start time waits for its backfill request
+_S = 1_000_000_000  # ns per second
 _SIDES = {"buy": "buy", "sell": "sell"}
 _REST_SIDES = {"b": "buy", "s": "sell"}
 
@@ -79,6 +91,9 @@ class KrakenProtocol(FeedProtocol):
     def subscribe_messages(self) -> list[str]:
         for symbol, (trade_id, ts_ns) in list(self._newest.items()):
             self._note_gap(symbol, trade_id + 1, ts_ns)  # a (re)connect: the actor backfills from the last id on
+        # Candles held may have missed their last updates: their final state comes from the snapshot or
+        # /0/public/OHLC, never from what was held when the next interval began.
+        self._candles.clear()
         symbols, snapshot = list(self.feed.symbols), self.feed.snapshot
         params = [{"channel": "trade", "symbol": symbols, "snapshot": snapshot}] if self.trade_channel else []
         params += [{"channel": "ohlc", "symbol": symbols, "interval": interval, "snapshot": snapshot}
@@ -164,7 +179,21 @@ class KrakenProtocol(FeedProtocol):
             self._candles[key] = live[key] = candle
         out.live_candles += live.values()
 
+    def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Candles that closed while the connection was down (trade ids reveal their own gaps)."""
+        gaps = []
+        for minutes in self.ohlc_intervals:
+            step_ns = minutes * 60 * _S
+            start_ns = since_ns - since_ns % step_ns - step_ns
+            gaps += [Gap(symbol, since_ns=start_ns, until_ns=until_ns, stream=f"{symbol}{OHLC_STREAM}{minutes}")
+                     for symbol in symbols]
+        return gaps
+
     def backfill_request(self, gap: Gap) -> HttpRequest:
+        if OHLC_STREAM in gap.stream:
+            query = {"pair": rest_pair(gap.symbol), "interval": _stream_minutes(gap),
+                     "since": gap.since_ns // _S - 1}  # exclusive: from the candle that opens at since_ns
+            return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/0/public/OHLC?{urlencode(query)}")
         query = {"pair": rest_pair(gap.symbol), "count": BACKFILL_PAGE}
         before = self._gap_since.get((gap.symbol, gap.first_id))  # kept: the same range may be asked for twice
         if gap.since_ns:
@@ -173,14 +202,11 @@ class KrakenProtocol(FeedProtocol):
             query["since"] = before - 1  # exclusive: from the trade before on, whatever shares its time
         return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/0/public/Trades?{urlencode(query)}")
 
-    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
+    def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list, Gap | None]:
+        if OHLC_STREAM in gap.stream:
+            return _parse_ohlc(gap, body, received_ns), None
         try:
-            answer = orjson.loads(body)
-            if answer.get("error"):
-                raise MalformedFrame(f"Kraken error: {answer['error']}", body)
-            result = answer["result"]
-            (pair,) = [key for key in result if key != "last"]
-            page, cursor = result[pair], int(result["last"])
+            page, cursor = _rest_result(body)
             last_id = gap.last_id
             rows = [
                 Trade(round(float(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, t[6], float(t[0]), float(t[1]),
@@ -194,6 +220,35 @@ class KrakenProtocol(FeedProtocol):
         if newest is None or len(page) < BACKFILL_PAGE or (last_id is not None and newest >= last_id):
             return rows, None  # the gap is covered, or nothing newer exists yet
         return rows, dataclasses.replace(gap, first_id=max(gap.first_id, newest + 1), since_ns=cursor)
+
+
+def _parse_ohlc(gap: Gap, body: bytes, received_ns: int) -> list[Candle]:
+    """The candles of an OHLC answer that closed before the live stream resumed."""
+    minutes = _stream_minutes(gap)
+    step_ns = minutes * 60 * _S
+    try:
+        committed = _rest_result(body)[0][:-1]  # the last entry is the current, not-yet-committed timeframe
+        candles = [Candle(_integer(e[0]) * _S, "kraken", gap.symbol, OHLC_INTERVALS[minutes], float(e[1]),
+                          float(e[2]), float(e[3]), float(e[4]), float(e[6]), True, received_ns)
+                   for e in committed if _integer(e[7]) > 0]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise MalformedFrame(f"bad OHLC page: {exc!r}", body) from None
+    return [c for c in candles if c.ts_ns + step_ns <= gap.until_ns]
+
+
+def _rest_result(body: bytes) -> tuple[list, int]:
+    """(entries, cursor "last") of a public REST answer; its result is keyed by Kraken's internal pair name,
+    so the entries are under the one key that is not "last". Kraken's own errors raise MalformedFrame."""
+    answer = orjson.loads(body)
+    if answer.get("error"):
+        raise MalformedFrame(f"Kraken error: {answer['error']}", body)
+    result = answer["result"]
+    (pair,) = [key for key in result if key != "last"]
+    return result[pair], int(result["last"])
+
+
+def _stream_minutes(gap: Gap) -> int:
+    return int(gap.stream.rsplit(OHLC_STREAM, 1)[1])
 
 
 def channels(names: tuple[str, ...]) -> tuple[bool, tuple[int, ...]]:

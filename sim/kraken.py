@@ -1,4 +1,4 @@
-"""Kraken spot WebSocket v2 twin: trade and ohlc channels, acks and errors, heartbeats, ping, REST Trades.
+"""Kraken spot WebSocket v2 twin: trade and ohlc channels, acks and errors, heartbeats, ping, REST Trades, OHLC.
 
 WebSocket: ws://HOST:PORT/v2. The server opens with a `status` update. Client requests
 {"method": "subscribe"|"unsubscribe", "params": {"channel": "trade"|"ohlc", "symbol": [...],
@@ -16,14 +16,22 @@ on trade events, so a candle's last update is the one of its last trade.
 REST: GET /0/public/Trades?pair=XBTUSD&since=<ns, exclusive>&count=<1..1000> →
 {"error": [], "result": {"XXBTZUSD": [[price, volume, time_s, "b"|"s", "m"|"l", "", trade_id], …],
 "last": "<ns of the last trade returned>"}}; without `since`, the most recent `count` trades.
+GET /0/public/OHLC?pair=XBTUSD&interval=<minutes, default 1>&since=<unix s, exclusive> →
+{"error": [], "result": {"XXBTZUSD": [[time_s, "open", "high", "low", "close", "vwap", "volume", count],
+…], "last": <time_s of the newest committed one listed, else since>}}: the ohlc channel's candles (periods
+that had trades), oldest first; the last one is the current, not-yet-committed candle and is always
+present whatever `since` says; at most the OHLC_MAX_ENTRIES most recent (older ones cannot be had).
+A bad interval or `since` → {"error": ["EGeneral:Invalid arguments"]}.
 REST names pairs with Kraken's own asset codes (BTC → XBT, DOGE → XDG; slash dropped), and keys
-the answer by the internal pair name (X-prefixed crypto, Z-prefixed fiat for the legacy assets).
+the answer by the internal pair name (X-prefixed crypto, Z-prefixed fiat for the legacy assets);
+an unknown pair → {"error": ["EQuery:Unknown asset pair"]}.
 """
 from __future__ import annotations
 
 import bisect
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -36,6 +44,7 @@ INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
 TRADE_SNAPSHOT = 50  # "The snapshot reflects the most recent 50 trades."
 OHLC_SNAPSHOT = 10  # candles in an ohlc snapshot (the twin's choice; Kraken sends its recent candles)
 REST_MAX_COUNT = 1000
+OHLC_MAX_ENTRIES = 720  # "Returns up to 720 of the most recent entries"
 HEARTBEAT = b'{"channel":"heartbeat"}'
 
 _REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}
@@ -77,6 +86,11 @@ class _Candle:
         price, qty = _units(trade.price), _units(trade.qty)
         return _Candle(self.begin_ms, self.first, trade.index, self.open, max(self.high, price), min(self.low, price),
                        price, self.volume + qty, self.notional + price * qty, self.trades + 1)
+
+    def rest_entry(self) -> list:
+        """[time_s, open, high, low, close, vwap, volume, count], as /0/public/OHLC lists it."""
+        return [self.begin_ms // 1000, fixed(self.open), fixed(self.high), fixed(self.low), fixed(self.close),
+                fixed(self.notional // self.volume), fixed(self.volume), self.trades]
 
     def event(self, symbol: str, interval: int) -> dict:
         span_ms = interval * 60_000
@@ -185,12 +199,14 @@ class KrakenTwin(Twin):
     # ---- REST ----
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
-        if path != "/0/public/Trades":
+        if path not in ("/0/public/Trades", "/0/public/OHLC"):
             return RestResponse(404, b"", "text/html")
         names = self._pairs.get(query.get("pair", "").upper())
         if names is None:
             return RestResponse.json({"error": ["EQuery:Unknown asset pair"]})
         symbol, key = names
+        if path == "/0/public/OHLC":
+            return _ohlc(self.market[symbol], key, query, emitted)
         try:
             count = int(query.get("count", REST_MAX_COUNT))
             since = int(query["since"]) if "since" in query else None
@@ -231,12 +247,8 @@ class KrakenTwin(Twin):
         if channel == "trade":
             data = [_trade_event(t) for t in market.trades(emitted - TRADE_SNAPSHOT, emitted)]
             return orjson.dumps({"channel": "trade", "type": "snapshot", "data": data})
-        candles: list[_Candle] = []
-        index = emitted - 1
-        while index >= 0 and len(candles) < OHLC_SNAPSHOT:
-            candles.append(_candle_through(market, index, interval))
-            index = candles[-1].first - 1
-        data = [c.event(symbol, interval) for c in reversed(candles)]
+        candles = itertools.islice(_newest_candles(market, emitted, interval), OHLC_SNAPSHOT)
+        data = [c.event(symbol, interval) for c in reversed(list(candles))]
         return orjson.dumps({"channel": "ohlc", "type": "snapshot", "timestamp": _rfc3339_now(), "data": data})
 
     def _subscribe(self, session: KrakenSession, channel: str, symbol: str, interval: int) -> None:
@@ -286,6 +298,33 @@ def _check_params(params: object) -> str:
     if not isinstance(params.get("snapshot", True), bool):
         return "EGeneral:Invalid arguments:snapshot"
     return ""
+
+
+def _ohlc(market: SymbolMarket, key: str, query: dict[str, str], emitted: int) -> RestResponse:
+    """GET /0/public/OHLC: the candles after `since`, the current one always, oldest first."""
+    try:
+        interval = int(query.get("interval", 1))
+        since = int(query["since"]) if "since" in query else None
+    except ValueError:
+        return RestResponse.json({"error": ["EGeneral:Invalid arguments"]})
+    if interval not in INTERVALS:
+        return RestResponse.json({"error": ["EGeneral:Invalid arguments"]})
+    candles = _newest_candles(market, emitted, interval)
+    current = list(itertools.islice(candles, 1))
+    committed = list(itertools.islice(
+        itertools.takewhile(lambda c: since is None or c.begin_ms // 1000 > since, candles), OHLC_MAX_ENTRIES - 1))
+    last = committed[0].begin_ms // 1000 if committed else since or 0  # where polling for newer ones resumes
+    entries = [c.rest_entry() for c in reversed(current + committed)]
+    return RestResponse.json({"error": [], "result": {key: entries, "last": last}})
+
+
+def _newest_candles(market: SymbolMarket, emitted: int, interval: int) -> Iterator[_Candle]:
+    """The candles of the periods that had trades, newest (the one still open) first."""
+    index = emitted - 1
+    while index >= 0:
+        candle = _candle_through(market, index, interval)
+        yield candle
+        index = candle.first - 1
 
 
 def _candle_through(market: SymbolMarket, index: int, interval: int) -> _Candle:

@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 
+from feeds.kraken import OHLC_INTERVALS
 from sim import Simulator
 from tests.support.service import ServiceProcess, service_config
 
@@ -118,9 +119,57 @@ def test_candles_and_a_malformed_frame_that_restarts_nothing(service, questdb, t
         assert proc.stop() == 0
 
 
-def candle(trades, closed: bool) -> tuple:
-    """(begin s, interval, open, high, low, close, volume, closed) of one 1-minute candle, from the truth."""
+def test_candles_that_close_while_the_connection_is_down_come_back_over_rest(service, questdb, table_prefix):
+    """A hard drop across a minute and five-minute boundary, a slow reconnect (over 2 s) without snapshots:
+    the candles that closed meanwhile get their final state from /0/public/OHLC alone. (With snapshots,
+    the resubscribe would re-send them too, unless the outage spanned more candles than a snapshot holds.)"""
+    hour_ms = BOUNDARY_MS + 50 * MINUTE_MS  # 2024-01-01T01:00:00Z: a 1- and a 5-minute candle close
+    count = 1400  # 5 ms apart: 7 s of market time, the boundary after trade 400
+    with Simulator(["kraken"], {"kraken": SYMBOLS}, rate=200, count=count, seed=24, start_ms=hour_ms - 400 * 5,
+                   clock_paused=True) as sim:
+        proc = service([feed(sim, channels=["trade", "ohlc-1", "ohlc-5"], snapshot=False, reconnect_min_s=2.5,
+                             reconnect_max_s=3.0)])
+        connection = sim.wait_connections("kraken", 1, timeout=30)[0]
+        # Without snapshots, a trade before the subscriptions are in would be missed for good.
+        sim.wait_until(lambda: len(connection.session.streams) == 6, 30, "trade and ohlc subscriptions")
+        sim.start_clock()
+        sim.wait_emitted(200, timeout=30)  # a second before the boundary
+        assert sim.faults("kraken").drop_all() == 1
+        sim.wait_emitted(count, timeout=30)
+        assert_trades_equal_truth(questdb, sim, f"{table_prefix}trades")
+
+        table = f"{table_prefix}candles"
+        expected = []
+        for symbol in SYMBOLS:
+            trades = sim.trades("kraken", symbol)
+            before, after = [t for t in trades if t.time_ms < hour_ms], [t for t in trades if t.time_ms >= hour_ms]
+            expected += [(symbol, *candle(ts, closed, minutes)) for minutes in (1, 5)
+                         for ts, closed in ((before, True), (after, False))]
+        expected.sort(key=lambda e: (e[0], e[2], e[1]))
+
+        def stored() -> list[tuple]:
+            rows = questdb.query(f"SELECT symbol, ts, interval, open, high, low, close, volume, closed FROM {table} "
+                                 "ORDER BY symbol, interval, ts")
+            return [(r[0], r[1].replace(tzinfo=timezone.utc).timestamp(), *r[2:]) for r in rows]
+
+        try:
+            questdb.wait_for(lambda: questdb.wal_applied(table) and stored() == expected, 40, "candles settled")
+        except AssertionError:
+            pass  # the comparison below shows what differs
+        assert stored() == expected  # every period, final values, all closed but the newest of each interval
+        def ohlc_backfills() -> list[dict]:
+            return [e for e in proc.events("backfill_done") if "@ohlc-" in e["stream"]]
+
+        sim.wait_until(lambda: len(ohlc_backfills()) >= 4, 10, "four ohlc backfills logged")
+        done = ohlc_backfills()  # one candle each: the one that closed while the connection was down
+        assert sorted(e["stream"] for e in done) == sorted(f"{s}@ohlc-{m}" for s in SYMBOLS for m in (1, 5))
+        assert all(e["rows"] == 1 and not e["error"] for e in done)
+        assert proc.stop() == 0
+
+
+def candle(trades, closed: bool, minutes: int = 1) -> tuple:
+    """(begin s, interval, open, high, low, close, volume, closed) of one candle, from the truth."""
     prices = [Decimal(t.price) for t in trades]
-    begin_ms = trades[0].time_ms - trades[0].time_ms % MINUTE_MS
-    return (begin_ms / 1000, "1m", float(prices[0]), float(max(prices)), float(min(prices)), float(prices[-1]),
-            float(sum(Decimal(t.qty) for t in trades)), closed)
+    begin_ms = trades[0].time_ms - trades[0].time_ms % (minutes * MINUTE_MS)
+    return (begin_ms / 1000, OHLC_INTERVALS[minutes], float(prices[0]), float(max(prices)), float(min(prices)),
+            float(prices[-1]), float(sum(Decimal(t.qty) for t in trades)), closed)

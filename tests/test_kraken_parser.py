@@ -153,6 +153,16 @@ def test_snapshot_after_reconnect_closes_the_candle_left_in_progress():
     assert [(c.closed, c.close) for c in stale.candles] == [(True, 0.05)] and stale.live_candles == []
 
 
+def test_a_reconnect_forgets_the_candle_in_progress_rather_than_close_it_stale():
+    protocol = KrakenProtocol(feed(snapshot=False))
+    parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0))
+    protocol.subscribe_messages()  # the connection was replaced: 15:25's last updates may be lost
+    _, out = parse(protocol, ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5))
+    assert out.candles == [] and [c.ts_ns for c in out.live_candles] == [T_15_30]  # its final state: over REST
+    _, out = parse(protocol, ohlc("2023-10-04T15:35:00.000000000Z", 0.4, 0.5))
+    assert [(c.ts_ns, c.close, c.closed) for c in out.candles] == [(T_15_30, 0.3, True)]  # live again
+
+
 def test_unsubscribed_symbols_pass_through_to_validation_without_keeping_state():
     protocol = KrakenProtocol(feed(symbols=("BTC/USD",)))
     for n in range(3):
@@ -267,3 +277,60 @@ def test_backfill_without_a_known_start_asks_for_the_latest_trades():
 def test_bad_trades_pages_are_malformed(body):
     with pytest.raises(MalformedFrame):
         KrakenProtocol(feed()).parse_backfill(Gap("BTC/USD", 1, 9), body, 0)
+
+
+def test_an_outage_backfills_the_candles_of_every_ohlc_channel_over_rest():
+    protocol = KrakenProtocol(feed(symbols=("BTC/USD", "ETH/USD"), channels=("trade", "ohlc-5", "ohlc-1")))
+    since, until = 1688671342_500_000_000, 1688671502_000_000_000  # 19:22:22.5 … 19:25:02
+    gaps = protocol.outage_gaps(("BTC/USD", "ETH/USD"), since, until)
+    # From one interval before the candle open at the outage, in case its last updates were lost with it.
+    assert gaps == [Gap("BTC/USD", since_ns=1688670900 * 10**9, until_ns=until, stream="BTC/USD@ohlc-5"),
+                    Gap("ETH/USD", since_ns=1688670900 * 10**9, until_ns=until, stream="ETH/USD@ohlc-5"),
+                    Gap("BTC/USD", since_ns=1688671260 * 10**9, until_ns=until, stream="BTC/USD@ohlc-1"),
+                    Gap("ETH/USD", since_ns=1688671260 * 10**9, until_ns=until, stream="ETH/USD@ohlc-1")]
+    assert protocol.backfill_request(gaps[0]).url == (  # since is exclusive: one second before the window
+        "https://api.kraken.com/0/public/OHLC?pair=XBTUSD&interval=5&since=1688670899")
+    assert KrakenProtocol(feed(channels=("trade",))).outage_gaps(("BTC/USD",), since, until) == []  # ids do that
+
+
+# The REST endpoint's documented example answer (docs.kraken.com, Get OHLC Data).
+OHLC_PAGE = {"error": [], "result": {"XXBTZUSD": [
+    [1688671200, "30306.1", "30306.2", "30305.7", "30305.7", "30306.1", "3.39243896", 23],
+    [1688671260, "30304.5", "30304.5", "30300.0", "30300.0", "30300.0", "4.42996871", 18],
+    [1688671320, "30300.3", "30300.4", "30291.4", "30291.4", "30294.7", "2.13024789", 25],
+    [1688671380, "30291.8", "30295.1", "30291.8", "30295.0", "30293.8", "1.01836275", 9],
+], "last": 1688672160}}
+
+
+def test_ohlc_candles_that_ended_before_the_stream_resumed_are_stored_closed():
+    protocol = KrakenProtocol(feed())
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688671350 * 10**9, stream="BTC/USD@ohlc-1")
+    candles, rest = protocol.parse_backfill(gap, orjson.dumps(OHLC_PAGE), 7)
+    assert rest is None  # Kraken serves the most recent entries only: there is no older page to ask for
+    assert candles == [  # 19:22 was still open at 19:22:30: it closes over the live stream
+        Candle(1688671200 * 10**9, "kraken", "BTC/USD", "1m", 30306.1, 30306.2, 30305.7, 30305.7, 3.39243896, True, 7),
+        Candle(1688671260 * 10**9, "kraken", "BTC/USD", "1m", 30304.5, 30304.5, 30300.0, 30300.0, 4.42996871, True, 7),
+    ]
+    later = Gap("BTC/USD", since_ns=gap.since_ns, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1")
+    candles, _ = protocol.parse_backfill(later, orjson.dumps(OHLC_PAGE), 7)
+    assert [c.ts_ns // 10**9 for c in candles] == [1688671200, 1688671260, 1688671320]  # never the uncommitted last
+
+
+def test_ohlc_periods_without_trades_are_not_candles():
+    page = orjson.loads(orjson.dumps(OHLC_PAGE))
+    page["result"]["XXBTZUSD"][1] = [1688671260, "30305.7", "30305.7", "30305.7", "30305.7", "0.0", "0.00000000", 0]
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1")
+    candles, _ = KrakenProtocol(feed()).parse_backfill(gap, orjson.dumps(page), 7)
+    assert [c.ts_ns // 10**9 for c in candles] == [1688671200, 1688671320]  # as the ohlc channel has them
+
+
+@pytest.mark.parametrize("body", [
+    b'{"error":["EGeneral:Invalid arguments"]}', b"<html>", b'{"result":{"last":1}}', b"[]",
+    b'{"error":[],"result":{"XXBTZUSD":[[1688671200,"30306.1","30306.2"],[1688671260]],"last":1}}',
+    b'{"error":[],"result":{"XXBTZUSD":[["1688671200","1","1","1","1","1","1",1],[0]],"last":1}}',
+    b'{"error":[],"result":{"XXBTZUSD":[[1688671200,"1","1","1","x","1","1",1],[0]],"last":1}}',
+])
+def test_bad_ohlc_pages_are_malformed(body):
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1")
+    with pytest.raises(MalformedFrame):
+        KrakenProtocol(feed()).parse_backfill(gap, body, 0)

@@ -1,6 +1,6 @@
 """The Kraken v2 twin: status, acks and errors, snapshots, ping, heartbeats, trades, ohlc and REST Trades."""
 import urllib.request
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 import orjson
 import pytest
@@ -8,6 +8,8 @@ import websocket
 
 from feeds.kraken import rfc3339_ns
 from sim import Simulator
+from sim.kraken import OHLC_MAX_ENTRIES, KrakenTwin
+from sim.market import ExchangeMarket
 
 SYMBOLS = ["BTC/USD", "ETH/USD"]
 MINUTE_MS = 60_000
@@ -159,6 +161,50 @@ def test_rest_pages_by_time_after_since_and_refuses_unknown_pairs(sim):
     assert tail["result"]["XETHZUSD"] == []  # nothing newer yet
     assert get(sim, "/0/public/Trades?pair=DOGEUSD")[1] == {"error": ["EQuery:Unknown asset pair"]}
     assert get(sim, "/0/public/Trades?pair=XBTUSD&since=yesterday")[1] == {"error": ["EGeneral:Invalid arguments"]}
+
+
+def test_rest_ohlc_is_the_candles_of_the_trades_that_happened(sim):
+    sim.start_clock()
+    sim.wait_emitted(COUNT)
+    periods: dict[int, list] = {}
+    for trade in sim.trades("kraken", "ETH/USD"):
+        periods.setdefault(trade.time_ms - trade.time_ms % MINUTE_MS, []).append(trade)
+    status, body = get(sim, "/0/public/OHLC?pair=ETHUSD&interval=1")
+    assert status == 200 and body["error"] == [] and list(body["result"]) == ["XETHZUSD", "last"]
+    entries = body["result"]["XETHZUSD"]
+    assert [e[0] * 1000 for e in entries] == sorted(periods) and len(entries) == 2  # one closed, one current
+    for entry, (_, trades) in zip(entries, sorted(periods.items())):
+        time_s, open_, high, low, close, vwap, volume, count = entry
+        assert (float(open_), float(high), float(low), float(close), count, float(volume)) == expected_candle(trades)
+        notional = sum(Decimal(t.price) * Decimal(t.qty) for t in trades)
+        assert Decimal(vwap) == (notional / sum(Decimal(t.qty) for t in trades)).quantize(Decimal("1e-8"), ROUND_FLOOR)
+    assert body["result"]["last"] == entries[0][0]  # the newest committed candle: where polling resumes
+
+    _, after = get(sim, f"/0/public/OHLC?pair=XETHZUSD&interval=1&since={entries[0][0]}")
+    assert after["result"]["XETHZUSD"] == entries[1:]  # since is exclusive
+    _, ahead = get(sim, f"/0/public/OHLC?pair=ETHUSD&since={entries[-1][0] + 3600}")
+    assert ahead["result"] == {"XETHZUSD": entries[1:], "last": entries[-1][0] + 3600}  # the current one, always
+    _, five = get(sim, "/0/public/OHLC?pair=ETHUSD&interval=5")
+    assert [e[0] * 1000 for e in five["result"]["XETHZUSD"]] == [BOUNDARY_MS - 5 * MINUTE_MS, BOUNDARY_MS]
+
+
+def test_rest_ohlc_keeps_the_720_most_recent_candles_and_refuses_bad_arguments():
+    market = ExchangeMarket("kraken", ["BTC/USD"], seed=1, rate=0.001, start_ms=BOUNDARY_MS)  # 1000 s apart
+    twin = KrakenTwin(market)
+    begins = [t.time_ms // 1000 - t.time_ms // 1000 % 60 for t in market["BTC/USD"].trades(0, 800)]
+
+    def ohlc(**query) -> dict:
+        response = twin.rest("/0/public/OHLC", {"pair": "XBTUSD", **query}, 800)
+        assert response.status == 200  # Kraken reports errors in the body
+        return orjson.loads(response.body)
+
+    body = ohlc()
+    assert [e[0] for e in body["result"]["XXBTZUSD"]] == begins[-OHLC_MAX_ENTRIES:]  # older ones cannot be had
+    assert [e[0] for e in ohlc(since=str(begins[0]))["result"]["XXBTZUSD"]] == begins[-OHLC_MAX_ENTRIES:]
+    assert [e[0] for e in ohlc(since=str(begins[-4]))["result"]["XXBTZUSD"]] == begins[-3:]
+    assert ohlc(pair="DOGEUSD") == {"error": ["EQuery:Unknown asset pair"]}
+    for bad in ({"interval": "7"}, {"interval": "1m"}, {"since": "yesterday"}):
+        assert ohlc(**bad) == {"error": ["EGeneral:Invalid arguments"]}
 
 
 def expected_candle(trades) -> tuple:
