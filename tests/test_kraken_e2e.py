@@ -87,6 +87,22 @@ def test_heartbeats_do_not_count_as_data_for_the_stale_watchdog(service, table_p
         assert proc.stop() == 0
 
 
+def test_an_unanswered_ping_reconnects_while_trades_still_flow(service, questdb, table_prefix):
+    """A half-dead path: data arrives, our pings get no pong. Only the pong timeout can tell."""
+    with simulator(seed=24) as sim:
+        proc = service([feed(sim, ping_interval_s=0.5, pong_timeout_s=1.5)])
+        first = sim.wait_connections("kraken", 1, timeout=30)[0]
+        proc.wait_event("feed_connected")
+        first.mute_replies()
+        sim.start_clock()
+        assert proc.wait_event("feed_pong_timeout", timeout=15)["timeout_s"] == 1.5
+        new_connection(sim, first)
+        assert first.counters.trades_sent > 0 and proc.events("feed_stale") == []  # data flowed until then
+        sim.wait_emitted(COUNT, timeout=30)
+        assert_trades_equal_truth(questdb, sim, f"{table_prefix}trades")
+        assert proc.stop() == 0
+
+
 def test_candles_and_a_malformed_frame_that_restarts_nothing(service, questdb, table_prefix):
     with simulator(seed=23) as sim:
         proc = service([feed(sim, channels=["trade", "ohlc-1"])])
