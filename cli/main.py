@@ -70,12 +70,6 @@ def cmd_demo(args) -> int:
     return demo(args.duration, args.rate, args.http_listen, args.state_dir)
 
 
-def cmd_sim(args) -> int:
-    from sim.cli import main as sim_main
-
-    return sim_main(args.sim_args)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketfeed", description="Exchange WebSocket feeds into QuestDB.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -102,13 +96,16 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-listen", default="127.0.0.1:8766", help="metrics/health endpoint (default: %(default)s)")
     demo.add_argument("--state-dir", default="var", help="log, status, pid and config files (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
-    sim = sub.add_parser("sim", help="run the exchange simulator standalone", add_help=False)
-    sim.add_argument("sim_args", nargs=argparse.REMAINDER)
-    sim.set_defaults(func=cmd_sim)
+    sub.add_parser("sim", help="run the exchange simulator standalone (marketfeed sim --help)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:  # the simulator parses its own options: a REMAINDER argument would refuse them
+        from sim.cli import main as sim_main
+
+        return sim_main(argv[1:])
     args = parser().parse_args(argv)
     return args.func(args)
 

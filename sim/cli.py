@@ -19,7 +19,9 @@ TICK_S = 0.01  # how often periodic faults are checked
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marketfeed sim", description=__doc__)
     parser.add_argument("--exchange", action="append", help="exchange twin to serve (repeatable; default binance)")
-    parser.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
+    parser.add_argument("--symbols", action="append", metavar="[EXCHANGE=]A,B",
+                        help="comma-separated symbols for every exchange, or with EXCHANGE= for that one "
+                             "(repeatable; default BTCUSDT,ETHUSDT)")
     parser.add_argument("--rate", type=float, default=10.0, help="trades per second per symbol")
     parser.add_argument("--count", type=int, default=None, help="trades per symbol, then quiet (default: forever)")
     parser.add_argument("--seed", type=int, default=0)
@@ -67,12 +69,35 @@ class PeriodicFaults:
             fault(faults)
 
 
+def symbols_by_exchange(specs: list[str], exchanges: list[str]) -> dict[str, list[str]]:
+    """Each exchange's symbols from --symbols values: "A,B" for every exchange, "kraken=A,B" for one."""
+    shared, own = ["BTCUSDT", "ETHUSDT"], {}
+    for spec in specs:
+        exchange, _, names = spec.rpartition("=")
+        symbols = [name.strip() for name in names.split(",") if name.strip()]
+        if not symbols:
+            raise ValueError(f"--symbols {spec!r}: no symbols")
+        if not exchange:
+            shared = symbols
+        elif exchange in exchanges:
+            own[exchange] = symbols
+        else:
+            raise ValueError(f"--symbols {spec!r}: {exchange!r} is not one of the --exchange twins {exchanges}")
+    return {exchange: own.get(exchange, shared) for exchange in exchanges}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    exchanges = args.exchange or ["binance"]
+    try:
+        symbols = symbols_by_exchange(args.symbols or [], exchanges)
+    except ValueError as exc:
+        parser.error(str(exc))
     sim = Simulator(
-        args.exchange or ["binance"],
-        [symbol.strip() for symbol in args.symbols.split(",") if symbol.strip()],
+        exchanges,
+        symbols,
         rate=args.rate,
         count=args.count,
         seed=args.seed,
