@@ -136,7 +136,7 @@ class Service:
         q = self.config.questdb
         labels = tuple(sorted({label for _, protocol in protocols for label in protocol.trade_labels()}))
         try:
-            holes = stored_holes(q.pg_dsn, q.table_prefix, labels, time.time_ns() - int(q.hole_scan_h * 3600e9))
+            holes = stored_holes(q.pg_dsn, q.table_prefix, labels, q.hole_scan_h * 3600)
         except psycopg2.Error as exc:
             event(log, "stored_holes_unavailable", logging.WARNING, error=str(exc).strip()[:300])
             return

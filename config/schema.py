@@ -48,8 +48,8 @@ class QuestDBConfig:
     table_prefix: str = ""
     # OHLCV views: refreshed on a timer; "immediate" refreshes them after every commit (costly CPU, README).
     ohlcv_refresh: str = bounded("1m", choices=REFRESH_CHOICES)
-    # At start, holes among the stored trade ids of this many recent hours are backfilled (0: off).
-    hole_scan_h: float = bounded(24.0, min=0.0, max=24.0 * 366)
+    # At start, ids missing among the trades stored in this many hours before the newest are backfilled (0: off).
+    hole_scan_h: float = bounded(6.0, min=0.0, max=24.0 * 366)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
@@ -39,26 +39,37 @@ class StoredHole:
     before_ns: int  # event time of the stored trade just before the hole
 
 
-def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], since_ns: int) -> list[StoredHole]:
-    """Missing trade ids between stored ones, for exchanges with contiguous ids, among trades since since_ns."""
+def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], window_s: float) -> list[StoredHole]:
+    """Missing trade ids between stored ones, for exchanges with contiguous ids, among the trades of the
+    window_s before the newest stored one: where a process killed mid-backfill left its hole, however
+    long it then stayed down. A count per series comes first; only a series short of ids is walked."""
     trades = table_name(prefix, "trades")
     if not exchanges:
         return []
-    since = datetime.fromtimestamp(since_ns / 1e9, timezone.utc)
-    placeholders = ", ".join(["%s"] * len(exchanges))
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
         cur.execute("SELECT table_name FROM tables() WHERE table_name = %s", (trades,))
         if not cur.fetchall():
             return []
-        cur.execute(f"""SELECT exchange, symbol, previous + 1, trade_id - 1, previous_ts FROM (
-                            SELECT exchange, symbol, trade_id,
-                                   lag(trade_id) OVER (PARTITION BY exchange, symbol ORDER BY trade_id) previous,
-                                   lag(ts) OVER (PARTITION BY exchange, symbol ORDER BY trade_id) previous_ts
-                            FROM {trades}
-                            WHERE ts >= '{since:%Y-%m-%dT%H:%M:%S.%fZ}' AND exchange IN ({placeholders}))
-                        WHERE trade_id > previous + 1 LIMIT {MAX_HOLES}""", exchanges)
-        holes = [StoredHole(exchange, symbol, first, last, _ns(before))
-                 for exchange, symbol, first, last, before in cur.fetchall()]
+        cur.execute(f"SELECT max(ts) FROM {trades}")
+        newest = cur.fetchall()[0][0]
+        if newest is None:
+            return []
+        window = f"ts >= '{newest - timedelta(seconds=window_s):%Y-%m-%dT%H:%M:%S.%fZ}'"
+        cur.execute(f"""SELECT exchange, symbol FROM (
+                            SELECT exchange, symbol, count_distinct(trade_id) ids, min(trade_id) first,
+                                   max(trade_id) last
+                            FROM {trades} WHERE {window} AND exchange IN ({", ".join(["%s"] * len(exchanges))}))
+                        WHERE last - first + 1 > ids""", exchanges)
+        holes: list[StoredHole] = []
+        for exchange, symbol in cur.fetchall():
+            cur.execute(f"""SELECT previous + 1, trade_id - 1, previous_ts FROM (
+                                SELECT trade_id, lag(trade_id) OVER (ORDER BY trade_id) previous,
+                                       lag(ts) OVER (ORDER BY trade_id) previous_ts
+                                FROM {trades} WHERE {window} AND exchange = %s AND symbol = %s)
+                            WHERE trade_id > previous + 1 LIMIT {MAX_HOLES - len(holes)}""", (exchange, symbol))
+            holes += [StoredHole(exchange, symbol, first, last, _ns(before)) for first, last, before in cur.fetchall()]
+            if len(holes) >= MAX_HOLES:
+                break
     return holes
 
 

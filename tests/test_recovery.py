@@ -29,17 +29,18 @@ def test_holes_below_the_last_stored_id_are_found_per_series_with_the_time_befor
            ("polygon", "AAPL"): [1, 5]}  # not contiguous: never asked for
     store(questdb, table, [trade(exchange, symbol, i) for (exchange, symbol), series in ids.items() for i in series])
 
-    holes = stored_holes(questdb.pg_dsn, table_prefix, ("binance", "kraken"), BASE_NS)
+    holes = stored_holes(questdb.pg_dsn, table_prefix, ("binance", "kraken"), window_s=3600)
     assert sorted(holes, key=lambda h: (h.exchange, h.symbol, h.first_id)) == [
         StoredHole("binance", "BTCUSDT", 11, 14, BASE_NS + 10_000_000),
         StoredHole("binance", "BTCUSDT", 21, 39, BASE_NS + 20_000_000),
         StoredHole("kraken", "BTC/USD", 7, 8, BASE_NS + 6_000_000),
     ]
-    assert stored_holes(questdb.pg_dsn, table_prefix, ("binance",), BASE_NS + 16_000_000) == [
-        StoredHole("binance", "BTCUSDT", 21, 39, BASE_NS + 20_000_000)]  # only trades since then count
+    # The window ends at the newest stored trade (id 40, at 40 ms), whenever that was: 24 ms back reaches id 16.
+    assert stored_holes(questdb.pg_dsn, table_prefix, ("binance",), window_s=0.024) == [
+        StoredHole("binance", "BTCUSDT", 21, 39, BASE_NS + 20_000_000)]
     assert last_trade_ids(questdb.pg_dsn, table_prefix)[("binance", "BTCUSDT")] == 40
 
 
 def test_no_table_yet_means_no_holes(questdb, table_prefix):
-    assert stored_holes(questdb.pg_dsn, f"{table_prefix}absent_", ("binance",), BASE_NS) == []
+    assert stored_holes(questdb.pg_dsn, f"{table_prefix}absent_", ("binance",), window_s=3600) == []
     assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}absent_") == {}
