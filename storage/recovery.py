@@ -51,9 +51,10 @@ def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], window_s:
         if not cur.fetchall():
             return []
         cur.execute(f"SELECT max(ts) FROM {trades}")
-        newest = cur.fetchall()[0][0]
-        if newest is None:
+        newest = cur.fetchall()  # an empty table answers no row at all
+        if not newest or newest[0][0] is None:
             return []
+        newest = newest[0][0]
         window = f"ts >= '{newest - timedelta(seconds=window_s):%Y-%m-%dT%H:%M:%S.%fZ}'"
         cur.execute(f"""SELECT exchange, symbol FROM (
                             SELECT exchange, symbol, count_distinct(trade_id) ids, min(trade_id) first,

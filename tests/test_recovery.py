@@ -41,6 +41,9 @@ def test_holes_below_the_last_stored_id_are_found_per_series_with_the_time_befor
     assert last_trade_ids(questdb.pg_dsn, table_prefix)[("binance", "BTCUSDT")] == 40
 
 
-def test_no_table_yet_means_no_holes(questdb, table_prefix):
+def test_no_table_or_an_empty_one_means_no_holes(questdb, table_prefix):
     assert stored_holes(questdb.pg_dsn, f"{table_prefix}absent_", ("binance",), window_s=3600) == []
     assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}absent_") == {}
+    create_tables(questdb.pg_dsn, f"{table_prefix}empty_", ("trades",))  # as after a first start with no trade yet
+    assert stored_holes(questdb.pg_dsn, f"{table_prefix}empty_", ("binance",), window_s=3600) == []
+    assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}empty_") == {}
