@@ -289,8 +289,9 @@ class FeedActor(Supervised):
         rows.candles = self._valid("candles", rows.candles)
         rows.live_candles = self._valid("candles", rows.live_candles)
         if self.outage_since_ns and batch.data_frames and batch.generation == self.generation:
-            # The first live data after an outage bounds its window: what happened before comes over REST.
-            until_ns = min((t.ts_ns for t in rows.trades), default=time.time_ns())
+            # The first burst after an outage bounds its window: what happened before comes over REST. Its
+            # newest trade, not its oldest: a resubscribe snapshot (Kraken) may reach back into the outage.
+            until_ns = max((t.ts_ns for t in rows.trades), default=time.time_ns())
             for gap in self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns):
                 self._gap(gap)
             self.outage_since_ns = 0

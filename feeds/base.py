@@ -72,7 +72,7 @@ class Gap:
     first_id: int = 0
     last_id: int | None = None
     since_ns: int = 0  # for exchanges without contiguous ids: the outage start…
-    until_ns: int = 0  # …and its end (event time of the first live trade after it)
+    until_ns: int = 0  # …and its end (event time of the newest trade of the first burst after it)
     stream: str = ""  # which id sequence (FeedProtocol.stream_key) the ids belong to
     page: str = ""  # cursor-paged REST APIs: where the next page is (e.g. Polygon's next_url path)
 

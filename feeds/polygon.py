@@ -188,10 +188,11 @@ class PolygonProtocol(FeedProtocol):
 
     # --- outage backfill over REST
     def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
-        """Every symbol's trades from the last one seen before the outage to the first one after it.
+        """Every symbol's trades from the last one seen before the outage to the newest of the first
+        burst after it.
 
         Both ends are inclusive and widened to whole milliseconds (the stream's precision); what
-        was already stored comes back as duplicates and is dropped by the dedup window and QuestDB.
+        was already received comes back as duplicates and is dropped by the dedup window and QuestDB.
         """
         since = since_ns // _MS * _MS
         until = until_ns // _MS * _MS + _MS - 1 if until_ns else 0
