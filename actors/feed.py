@@ -93,12 +93,13 @@ class Tick:
 
 class FeedMemory:
     """What a feed knows that outlives one actor incarnation: the last trade id per stream, the
-    event time of the last live trade (where an outage window starts), holes found at start."""
+    event time of the newest trade or candle seen (where an outage window starts; at process start,
+    the newest stored one), holes found at start."""
 
     def __init__(self) -> None:
         self.last_ids: dict[str, int] = {}
         self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
-        self.last_trade_ns = 0
+        self.last_event_ns = 0
         self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
 
 
@@ -170,7 +171,9 @@ class FeedActor(Supervised):
         self.ping_interval_s = feed.ping_interval_s or self.protocol.ping_interval_s
         self.pong_timeout_s = feed.pong_timeout_s or self.protocol.pong_timeout_s
         self.pong_due_at: float | None = None  # a ping is unanswered; reconnect if no PONG by then
-        self.outage_since_ns = 0  # set while an outage awaits its window backfill (outage_gaps)
+        # Set while an outage awaits its window backfill (outage_gaps). A new incarnation begins with one:
+        # since the last trade its predecessor (or, at process start, QuestDB) saw.
+        self.outage_since_ns = memory.last_event_ns
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
         self.gaps = self.backfilled = 0
         self.last_error = ""
@@ -296,7 +299,7 @@ class FeedActor(Supervised):
                 self._gap(gap)
             self.outage_since_ns = 0
         if rows.trades:
-            self.memory.last_trade_ns = max(self.memory.last_trade_ns, rows.trades[-1].ts_ns)
+            self.memory.last_event_ns = max(self.memory.last_event_ns, rows.trades[-1].ts_ns)
             before = self.dedup.dropped
             trades = self.dedup.fresh(rows.trades, time.monotonic())
             if self.dedup.dropped != before:
@@ -306,6 +309,7 @@ class FeedActor(Supervised):
                     self._gap(gap)
             self._send("trades", trades)
         if rows.live_candles:
+            self.memory.last_event_ns = max(self.memory.last_event_ns, rows.live_candles[-1].ts_ns)
             self.live_candles.update(rows.live_candles)
         if rows.candles:
             self.live_candles.close(rows.candles)
@@ -419,7 +423,7 @@ class FeedActor(Supervised):
         self.m_connected.set(0)
         was_connected = self.state == CONNECTED
         if was_connected and not self.outage_since_ns:
-            self.outage_since_ns = self.memory.last_trade_ns or time.time_ns()
+            self.outage_since_ns = self.memory.last_event_ns or time.time_ns()
         self.connected_at = self.pong_due_at = None
         self.reader = None
         if self.draining is not None:  # the successor failed: the old connection ends with it
@@ -461,7 +465,7 @@ class FeedActor(Supervised):
         self.may_backfill.clear()
         self.m_connected.set(0)
         if self.outage_since_ns == 0:
-            self.outage_since_ns = self.memory.last_trade_ns or time.time_ns()
+            self.outage_since_ns = self.memory.last_event_ns or time.time_ns()
         for reader in (self.reader, self.draining):
             if reader is not None:
                 reader.close()

@@ -26,7 +26,7 @@ from config.secrets import secret_values
 from config.schema import Config, FeedConfig
 from feeds.base import Gap, protocol_class
 from feeds.rows import Trade
-from storage.recovery import last_trade_ids, stored_holes
+from storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
 from storage.schema import TABLES
 from supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
 from telemetry import logs
@@ -113,14 +113,21 @@ class Service:
         self.notifier.ready(f"started: {len(self.config.feeds)} feeds")
 
     def _recover_last_ids(self) -> None:
-        """Each feed's sequence starts where the stored history ends, so downtime shows as a gap to backfill."""
+        """Each feed's sequence starts where the stored history ends, so downtime shows as a gap to backfill;
+        so does its outage window (time-windowed trades, candles), from its newest stored row."""
         q = self.config.questdb
         try:
             stored = last_trade_ids(q.pg_dsn, q.table_prefix)
+            newest = newest_stored_ns(q.pg_dsn, q.table_prefix)
         except psycopg2.Error as exc:  # QuestDB down at start: feeds start from the live stream
             event(log, "last_ids_unavailable", logging.WARNING, error=str(exc).strip()[:300])
             return
         protocols = [(f, protocol_class(f.exchange)(f)) for f in self.config.feeds]
+        for f, protocol in protocols:
+            labels = {protocol.exchange, *protocol.trade_labels()}
+            self.memories[f.name].last_event_ns = max(
+                (newest[(label, symbol)] for label in labels for symbol in f.symbols if (label, symbol) in newest),
+                default=0)
         protocols = [(f, p) for f, p in protocols if p.contiguous_ids]
         for f, protocol in protocols:
             self.memories[f.name].last_ids.update({

@@ -27,6 +27,22 @@ def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
     return ids
 
 
+def newest_stored_ns(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
+    """{(exchange, symbol): event time of its newest stored trade or candle (open time), ns}: where the
+    process's downtime began for feeds whose ids cannot show it (time windows, candles)."""
+    newest: dict[tuple[str, str], int] = {}
+    with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT table_name FROM tables()")
+        existing = {row[0] for row in cur.fetchall()}
+        for table in (table_name(prefix, "trades"), table_name(prefix, "candles")):
+            if table in existing:
+                cur.execute(f"SELECT exchange, symbol, max(ts) FROM {table}")
+                for exchange, symbol, ts in cur.fetchall():
+                    if ts is not None:
+                        newest[(exchange, symbol)] = max(newest.get((exchange, symbol), 0), _ns(ts))
+    return newest
+
+
 MAX_HOLES = 1000  # per start: a bounded amount of backfill work, the rest waits for the next start
 
 

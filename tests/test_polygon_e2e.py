@@ -101,6 +101,29 @@ def test_drops_stalls_duplicates_and_garbage_end_in_exactly_the_ground_truth(ser
         sim.stop()
 
 
+def test_the_trades_of_a_killed_process_downtime_come_back_after_its_restart(service, questdb, table_prefix, tmp_path):
+    """SIGKILL: the rows it held and everything traded while it was down exist only at the exchange."""
+    sim = make_sim(STOCKS, count=1400)
+    try:
+        config = service_config(tmp_path, questdb, table_prefix, [polygon_feed(sim)])
+        first = service(config)
+        wait_subscribed(sim)
+        sim.start_clock()
+        table = f"{table_prefix}trades"
+        questdb.wait_for(lambda: questdb.wal_applied(table) and questdb.query(f"SELECT count() FROM {table}")[0][0],
+                         30, "some trades stored")
+        first.kill()
+        down_at = sim.emitted("polygon")
+        sim.wait_emitted(down_at + 300)  # the market moves on while nobody listens
+        second = service(config)
+        sim.wait_emitted(1400, timeout=30)
+        assert_stored_equal_truth(questdb, sim, second, table, STOCKS)
+        assert second.events("gap_detected")  # the window from the newest stored trade on
+        assert second.stop() == 0
+    finally:
+        sim.stop()
+
+
 def test_minimum_trade_value_keeps_only_large_stock_and_option_trades(service, questdb, table_prefix, tmp_path):
     sim = make_sim(STOCKS + OPTIONS, count=600)
     try:

@@ -1,9 +1,9 @@
 """Recovery at start against the real QuestDB: where stored history ends, and the holes below that."""
 from questdb import Sender
 
-from feeds.rows import Trade
-from storage.recovery import StoredHole, last_trade_ids, stored_holes
-from storage.schema import append_trades, create_tables
+from feeds.rows import Candle, Trade
+from storage.recovery import StoredHole, last_trade_ids, newest_stored_ns, stored_holes
+from storage.schema import append_candles, append_trades, create_tables
 
 BASE_NS = 1_700_000_000_000_000_000
 
@@ -47,3 +47,19 @@ def test_no_table_or_an_empty_one_means_no_holes(questdb, table_prefix):
     create_tables(questdb.pg_dsn, f"{table_prefix}empty_", ("trades",))  # as after a first start with no trade yet
     assert stored_holes(questdb.pg_dsn, f"{table_prefix}empty_", ("binance",), window_s=3600) == []
     assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}empty_") == {}
+
+
+def test_the_newest_stored_row_per_series_spans_trades_and_candles(questdb, table_prefix):
+    prefix = f"{table_prefix}newest_"
+    create_tables(questdb.pg_dsn, prefix, ("trades", "candles"))
+    store(questdb, f"{prefix}trades", [trade("polygon", "AAPL", 5), trade("polygon", "AAPL", 2),
+                                       trade("kraken", "X", 1)])
+    with Sender.from_conf(questdb.conf) as sender:
+        buffer = sender.new_buffer()
+        assert append_candles(buffer, f"{prefix}candles", [
+            Candle(BASE_NS + 60_000_000_000, "kraken", "X", "1m", 1.0, 1.0, 1.0, 1.0, 1.0, False, BASE_NS)]) == []
+        sender.flush(buffer, transactional=True)
+    questdb.wait_for(lambda: questdb.wal_applied(f"{prefix}candles"), 30, "candles applied")
+    assert newest_stored_ns(questdb.pg_dsn, prefix) == {("polygon", "AAPL"): BASE_NS + 5_000_000,
+                                                        ("kraken", "X"): BASE_NS + 60_000_000_000}
+    assert newest_stored_ns(questdb.pg_dsn, f"{table_prefix}absent_") == {}
