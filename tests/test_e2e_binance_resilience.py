@@ -129,6 +129,26 @@ def test_closed_candles_are_stored_once_and_the_live_candle_ends_as_its_last_sta
         assert proc.stop() == 0
 
 
+def assert_one_second_candles_equal_the_truth(questdb, sim, table: str) -> None:
+    """Every period's candle stored, closed but the last, with open/high/low/close as the trades made them."""
+    by_period: dict[int, list] = {}
+    for t in sim.trades("binance", "BTCUSDT"):
+        by_period.setdefault(t.time_ms - t.time_ms % 1000, []).append(t)
+    expected = [(datetime.fromtimestamp(period / 1000, timezone.utc).replace(tzinfo=None), float(ts[0].price),
+                 max(float(t.price) for t in ts), min(float(t.price) for t in ts), float(ts[-1].price))
+                for period, ts in sorted(by_period.items())]
+
+    def settled():
+        if not questdb.wal_applied(table):
+            return None
+        rows = questdb.query(f"SELECT ts, open, high, low, close, closed FROM {table} ORDER BY ts")
+        return rows if len(rows) == len(expected) and rows[-1][4] == expected[-1][4] else None
+
+    rows = questdb.wait_for(settled, 40, "candles settled")
+    assert [r[5] for r in rows] == [True] * (len(expected) - 1) + [False]  # the last one is still open
+    assert [r[:5] for r in rows[:-1]] == expected[:-1]
+
+
 def test_candles_that_close_while_the_connection_is_down_come_back_over_rest(service, questdb, table_prefix):
     """A hard drop and a slow reconnect (over 2 s) while 1-second candles close: every one is stored closed."""
     with Simulator(["binance"], ["BTCUSDT"], rate=200, count=1400, seed=9, clock_paused=True) as sim:
@@ -139,26 +159,28 @@ def test_candles_that_close_while_the_connection_is_down_come_back_over_rest(ser
         sim.wait_emitted(300, timeout=30)
         assert sim.faults("binance").drop_all() == 1
         sim.wait_emitted(1400, timeout=30)
-        trades = sim.trades("binance", "BTCUSDT")
-        by_period: dict[int, list] = {}
-        for t in trades:
-            by_period.setdefault(t.time_ms - t.time_ms % 1000, []).append(t)
-        expected = [(datetime.fromtimestamp(period / 1000, timezone.utc).replace(tzinfo=None), float(ts[0].price),
-                     max(float(t.price) for t in ts), min(float(t.price) for t in ts), float(ts[-1].price))
-                    for period, ts in sorted(by_period.items())]
-        table = f"{table_prefix}candles"
-
-        def settled():
-            if not questdb.wal_applied(table):
-                return None
-            rows = questdb.query(f"SELECT ts, open, high, low, close, closed FROM {table} ORDER BY ts")
-            return rows if len(rows) == len(expected) and rows[-1][4] == expected[-1][4] else None
-
-        rows = questdb.wait_for(settled, 40, "candles settled")
-        assert [r[5] for r in rows] == [True] * (len(expected) - 1) + [False]  # the last one is still open
-        assert [r[:5] for r in rows[:-1]] == expected[:-1]
+        assert_one_second_candles_equal_the_truth(questdb, sim, f"{table_prefix}candles")
         assert_stored_equal(questdb, f"{table_prefix}trades", "binance", {"BTCUSDT": sim.truth("binance", "BTCUSDT")})
         assert proc.stop() == 0
+
+
+def test_candles_that_close_while_the_process_is_down_come_back_after_its_restart(service, questdb, table_prefix):
+    """SIGKILL, then over 2 s down while 1-second candles close: the restart fetches them from the newest stored row."""
+    with Simulator(["binance"], ["BTCUSDT"], rate=200, count=1400, seed=10, clock_paused=True) as sim:
+        settings = {"symbols": ["BTCUSDT"], "channels": ["kline_1s"]}
+        first = service([feed(sim, **settings)])
+        sim.wait_connections("binance", 1, timeout=30)
+        sim.start_clock()
+        table = f"{table_prefix}candles"
+        questdb.wait_for(lambda: questdb.wal_applied(table) and questdb.query(
+            f"SELECT count() FROM {table} WHERE closed")[0][0], 30, "a closed candle stored")
+        first.kill()
+        down_at = sim.emitted("binance")
+        sim.wait_emitted(down_at + 500, timeout=30)  # 2.5 s of market: two or three candles close meanwhile
+        second = service([feed(sim, **settings)])
+        sim.wait_emitted(1400, timeout=30)
+        assert_one_second_candles_equal_the_truth(questdb, sim, table)
+        assert second.stop() == 0
 
 
 def test_a_hole_left_in_the_stored_history_is_backfilled_at_start(service, questdb, table_prefix):
