@@ -45,6 +45,11 @@ EXIT_OK, EXIT_GAVE_UP = 0, 1
 GC_THRESHOLDS = (70_000, 10, 10)
 
 
+def stream_of(protocol, exchange: str, symbol: str) -> str:
+    """The id sequence (FeedProtocol.stream_key) of the stored trades of (exchange, symbol)."""
+    return protocol.stream_key(Trade(0, exchange, symbol, 0, 0.0, 0.0, "", 0))
+
+
 class Service:
     def __init__(self, config: Config, notifier: Notifier | None = None):
         self.config = config
@@ -131,8 +136,7 @@ class Service:
         protocols = [(f, p) for f, p in protocols if p.contiguous_ids]
         for f, protocol in protocols:
             self.memories[f.name].last_ids.update({
-                protocol.stream_key(Trade(0, label, symbol, stored[(label, symbol)], 0.0, 0.0, "", 0)):
-                    stored[(label, symbol)]
+                stream_of(protocol, label, symbol): stored[(label, symbol)]
                 for label in protocol.trade_labels() for symbol in f.symbols if (label, symbol) in stored})
         event(log, "last_ids_recovered", feeds={name: m.last_ids for name, m in self.memories.items()})
         if q.hole_scan_h:
@@ -150,7 +154,7 @@ class Service:
         for f, protocol in protocols:
             self.memories[f.name].stored_holes = [
                 Gap(hole.symbol, hole.first_id, hole.last_id, since_ns=hole.before_ns - 1,
-                    stream=protocol.stream_key(Trade(0, hole.exchange, hole.symbol, hole.first_id, 0.0, 0.0, "", 0)))
+                    stream=stream_of(protocol, hole.exchange, hole.symbol))
                 for hole in holes if hole.exchange in protocol.trade_labels() and hole.symbol in f.symbols]
         if holes:
             event(log, "stored_holes_found", logging.WARNING, holes=len(holes),

@@ -99,7 +99,7 @@ class BinanceProtocol(FeedProtocol):
 
     def backfill_request(self, gap: Gap) -> HttpRequest:
         if KLINE in gap.stream:
-            query = urlencode({"symbol": gap.symbol, "interval": gap.stream.rsplit(KLINE, 1)[1],
+            query = urlencode({"symbol": gap.symbol, "interval": _kline_interval(gap),
                                "startTime": gap.since_ns // _MS, "endTime": gap.until_ns // _MS,
                                "limit": BACKFILL_PAGE})
             return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/klines?{query}")
@@ -136,7 +136,7 @@ class BinanceProtocol(FeedProtocol):
         """Closed candles of a klines page: those that closed before the live stream resumed (until_ns).
 
         The one still open then comes closed over the live stream, as every later one does."""
-        interval = gap.stream.rsplit(KLINE, 1)[1]
+        interval = _kline_interval(gap)
         try:
             page = orjson.loads(body)
             candles = [Candle(int(k[0]) * _MS, "binance", gap.symbol, interval, float(k[1]), float(k[2]),
@@ -149,6 +149,10 @@ class BinanceProtocol(FeedProtocol):
         # A full page, all closed: the next one starts after its last candle.
         return candles, Gap(gap.symbol, since_ns=candles[-1].ts_ns + INTERVAL_MS[interval] * _MS,
                              until_ns=gap.until_ns, stream=gap.stream)
+
+
+def _kline_interval(gap: Gap) -> str:
+    return gap.stream.rsplit(KLINE, 1)[1]
 
 
 PROTOCOL = BinanceProtocol

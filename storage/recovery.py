@@ -12,15 +12,14 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
-from storage.schema import table_name
+from storage.schema import existing_tables, table_name
 
 
 def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
     """{(exchange, symbol): highest stored trade id}; empty when the table does not exist yet."""
     trades = table_name(prefix, "trades")
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM tables() WHERE table_name = %s", (trades,))
-        if not cur.fetchall():
+        if trades not in existing_tables(cur):
             return {}
         cur.execute(f"SELECT exchange, symbol, max(trade_id) FROM {trades}")
         ids = {(exchange, symbol): last for exchange, symbol, last in cur.fetchall() if last is not None}
@@ -32,8 +31,7 @@ def newest_stored_ns(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
     process's downtime began for feeds whose ids cannot show it (time windows, candles)."""
     newest: dict[tuple[str, str], int] = {}
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM tables()")
-        existing = {row[0] for row in cur.fetchall()}
+        existing = existing_tables(cur)
         for table in (table_name(prefix, "trades"), table_name(prefix, "candles")):
             if table in existing:
                 cur.execute(f"SELECT exchange, symbol, max(ts) FROM {table}")
@@ -63,8 +61,7 @@ def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], window_s:
     if not exchanges:
         return []
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM tables() WHERE table_name = %s", (trades,))
-        if not cur.fetchall():
+        if trades not in existing_tables(cur):
             return []
         cur.execute(f"SELECT max(ts) FROM {trades}")
         newest = cur.fetchall()  # an empty table answers no row at all

@@ -43,6 +43,12 @@ def table_name(prefix: str, table: str) -> str:
     return f"{prefix}{table}"
 
 
+def existing_tables(cur) -> set[str]:
+    """The names of the tables QuestDB has (a cursor of an open connection)."""
+    cur.execute("SELECT table_name FROM tables()")
+    return {row[0] for row in cur.fetchall()}
+
+
 def refresh_clause(refresh: str) -> str:
     """The REFRESH clause for questdb.ohlcv_refresh: "immediate" or an interval such as "1m"."""
     if refresh not in REFRESH_CHOICES:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg2
 
 from feeds.base import protocol_class
-from storage.schema import table_name
+from storage.schema import existing_tables, table_name
 
 SAMPLES = 10  # duplicate ids and gap ranges listed per series
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -61,7 +61,7 @@ def contiguous(exchange: str) -> bool:
 def verify(pg_dsn: str, prefix: str, since: datetime | None = None) -> list[SeriesReport]:
     where = "" if since is None else f"WHERE ts >= '{since.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}'"
     with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
-        existing = _tables(cur)
+        existing = existing_tables(cur)
         reports = []
         trades = table_name(prefix, "trades")
         if trades in existing:
@@ -71,11 +71,6 @@ def verify(pg_dsn: str, prefix: str, since: datetime | None = None) -> list[Seri
             reports += _check_candles(cur, candles, where)
     conn.close()
     return reports
-
-
-def _tables(cur) -> set[str]:
-    cur.execute("SELECT table_name FROM tables()")
-    return {r[0] for r in cur.fetchall()}
 
 
 def _check_trades(cur, table: str, where: str) -> list[SeriesReport]:
