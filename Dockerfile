@@ -8,6 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /opt/marketfeed
 COPY setup.cfg pyproject.toml README.md ./
 COPY actors actors
+COPY bin bin
 COPY cli cli
 COPY config config
 COPY feeds feeds

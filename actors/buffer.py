@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import pykka
 
-from config.schema import Config
-from storage.batching import Batcher
-from storage.writer import FlushWorker, SinkReport, spool_enabled
-from supervision.scheduler import scheduler
-from supervision.supervisor import ChildContext, Supervised
-from telemetry import metrics
-from telemetry.logs import event
+from marketfeed.config.schema import Config
+from marketfeed.storage.batching import Batcher
+from marketfeed.storage.writer import FlushWorker, SinkReport, spool_enabled
+from marketfeed.supervision.scheduler import scheduler
+from marketfeed.supervision.supervisor import ChildContext, Supervised
+from marketfeed.telemetry import metrics
+from marketfeed.telemetry.logs import event
 
 log = logging.getLogger("marketfeed.buffer")
 

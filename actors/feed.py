@@ -10,22 +10,22 @@ import threading
 import time
 from dataclasses import dataclass
 
-from actors.buffer import RowBatch, SinkDirectory
-from actors.feed_io import Backfiller, FeedReader
-from config.schema import FeedConfig
-from feeds.base import Gap, MalformedFrame, ParsedRows, protocol_class
-from feeds.dedup import DedupWindow
-from feeds.rows import Candle
-from feeds.sequence import SequenceTracker
-from feeds.validation import RateCeiling, RowValidator, SampleGate, sample_row
-from storage.deadletter import DeadLetters
-from supervision.backoff import Backoff
-from supervision.breaker import CircuitBreaker
-from supervision.reconnect import CONNECTED, FAILED, ReconnectPolicy, Retry
-from supervision.scheduler import scheduler
-from supervision.supervisor import ABNORMAL, ChildContext, Supervised
-from telemetry import metrics
-from telemetry.logs import event, scrub
+from marketfeed.actors.buffer import RowBatch, SinkDirectory
+from marketfeed.actors.feed_io import Backfiller, FeedReader
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Gap, MalformedFrame, ParsedRows, protocol_class
+from marketfeed.feeds.dedup import DedupWindow
+from marketfeed.feeds.rows import Candle
+from marketfeed.feeds.sequence import SequenceTracker
+from marketfeed.feeds.validation import RateCeiling, RowValidator, SampleGate, sample_row
+from marketfeed.storage.deadletter import DeadLetters
+from marketfeed.supervision.backoff import Backoff
+from marketfeed.supervision.breaker import CircuitBreaker
+from marketfeed.supervision.reconnect import CONNECTED, FAILED, ReconnectPolicy, Retry
+from marketfeed.supervision.scheduler import scheduler
+from marketfeed.supervision.supervisor import ABNORMAL, ChildContext, Supervised
+from marketfeed.telemetry import metrics
+from marketfeed.telemetry.logs import event, scrub
 
 log = logging.getLogger("marketfeed.feed")
 

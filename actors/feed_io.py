@@ -17,10 +17,10 @@ import urllib.request
 
 import websocket
 
-from feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.wsframes import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig, ProtocolViolation
-from supervision.backoff import Backoff
-from telemetry.logs import event
+from marketfeed.feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.wsframes import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig, ProtocolViolation
+from marketfeed.supervision.backoff import Backoff
+from marketfeed.telemetry.logs import event
 
 log = logging.getLogger("marketfeed.feed")
 STATUS_PROTOCOL_ERROR, STATUS_MESSAGE_TOO_BIG = 1002, 1009
@@ -62,7 +62,7 @@ class FeedReader(threading.Thread):
             ws.send(text)
 
     def run(self) -> None:
-        from actors.feed import Connected, Disconnected, SubscriptionRefused
+        from marketfeed.actors.feed import Connected, Disconnected, SubscriptionRefused
 
         error, bad_stream = "closed", False
         try:
@@ -98,7 +98,7 @@ class FeedReader(threading.Thread):
                 pass
 
     def _receive(self, ws: websocket.WebSocket) -> str:
-        from actors.feed import FrameBatch, ShutdownAnnounced
+        from marketfeed.actors.feed import FrameBatch, ShutdownAnnounced
 
         parse = self.protocol.parse
         sock = ws.sock
@@ -202,7 +202,7 @@ class Backfiller(threading.Thread):
         self.gaps.put(None)
 
     def run(self) -> None:
-        from actors.feed import BackfillDone, BackfillRows
+        from marketfeed.actors.feed import BackfillDone, BackfillRows
 
         while (gap := self.gaps.get()) is not None:
             requested, fetched, error = gap, 0, ""

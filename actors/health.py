@@ -18,13 +18,13 @@ import orjson
 import psutil
 import pykka
 
-from config.schema import Config
-from supervision.scheduler import scheduler
-from supervision.supervisor import ChildContext, GetChildren, GetStatus, Supervised, leaked_thread_count
-from telemetry import metrics
-from telemetry.health_rules import OK, SEVERITY, AlertRules, summary
-from telemetry.logs import event, scrub
-from telemetry.sdnotify import Notifier
+from marketfeed.config.schema import Config
+from marketfeed.supervision.scheduler import scheduler
+from marketfeed.supervision.supervisor import ChildContext, GetChildren, GetStatus, Supervised, leaked_thread_count
+from marketfeed.telemetry import metrics
+from marketfeed.telemetry.health_rules import OK, SEVERITY, AlertRules, summary
+from marketfeed.telemetry.logs import event, scrub
+from marketfeed.telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.health")
 

@@ -7,9 +7,9 @@ import orjson
 import websocket
 from questdb import Sender
 
-from feeds.base import ParsedRows
-from feeds.binance import BinanceProtocol
-from storage.schema import append_trades
+from marketfeed.feeds.base import ParsedRows
+from marketfeed.feeds.binance import BinanceProtocol
+from marketfeed.storage.schema import append_trades
 
 ROWS_PER_BUFFER = 10_000  # as the sink's default max_rows: one HTTP request each
 

@@ -11,10 +11,10 @@ import sys
 import time
 from array import array
 
-import actors.buffer
-from cli.service import run
-from config.loader import load
-from storage.writer import FlushWorker
+import marketfeed.actors.buffer
+from marketfeed.cli.service import run
+from marketfeed.config.loader import load
+from marketfeed.storage.writer import FlushWorker
 
 ACKS = array("q")  # trade id, ack ns, trade id, ack ns, …
 
@@ -30,7 +30,7 @@ class AckRecordingWorker(FlushWorker):
 
 
 def main(config_path: str, ack_path: str) -> int:
-    actors.buffer.FlushWorker = AckRecordingWorker
+    marketfeed.actors.buffer.FlushWorker = AckRecordingWorker
     code = run(load(config_path))
     with open(ack_path, "wb") as f:
         ACKS.tofile(f)

@@ -23,11 +23,11 @@ import orjson
 import psutil
 
 from bench import ceilings, report
-from config.loader import to_toml
-from config.schema import FeedConfig, SinkConfig
-from feeds.binance import BinanceProtocol
-from storage.schema import create_tables
-from sim.market import ID_BLOCK  # symbol k's trade i has id (k + 1) * ID_BLOCK + i
+from marketfeed.config.loader import to_toml
+from marketfeed.config.schema import FeedConfig, SinkConfig
+from marketfeed.feeds.binance import BinanceProtocol
+from marketfeed.storage.schema import create_tables
+from marketfeed.sim.market import ID_BLOCK  # symbol k's trade i has id (k + 1) * ID_BLOCK + i
 from tests.support.questdb import REPO, QuestDB
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT"]

@@ -12,8 +12,8 @@ import time
 
 import orjson
 
-from sim import Simulator
-from sim.market import MAX_MS_RATE
+from marketfeed.sim import Simulator
+from marketfeed.sim.market import MAX_MS_RATE
 
 
 def main(spec: dict) -> None:

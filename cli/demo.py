@@ -4,15 +4,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import psycopg2
 
-from cli.service import run
-from config.loader import from_dict, to_toml
-from sim import Simulator
+from marketfeed.cli.service import run
+from marketfeed.config.loader import from_dict, to_toml
+from marketfeed.sim import Simulator
 
-REPO = Path(__file__).resolve().parents[1]
 # Every simulated exchange, with the symbols it names its markets by and feed settings of its own.
 DEMO_FEEDS = {
     "binance": (["BTCUSDT", "ETHUSDT"], {}),
@@ -25,7 +25,8 @@ DEMO_FEEDS = {
 def demo(duration_s: float | None, rate: float, http_listen: str, state_dir: str) -> int:
     http_port = int(os.environ.get("QDB_HTTP_PORT", "9000"))
     pg_port = int(os.environ.get("QDB_PG_PORT", "8812"))
-    subprocess.run([str(REPO / "bin/questdb"), "start"], check=True)
+    questdb = Path(str(files("marketfeed.bin") / "questdb"))  # package data: a wheel's install has it too
+    subprocess.run(["bash", str(questdb), "start"], check=True)
     var = Path(state_dir).resolve()
     var.mkdir(parents=True, exist_ok=True)
     sim = Simulator(list(DEMO_FEEDS), {ex: symbols for ex, (symbols, _) in DEMO_FEEDS.items()}, rate=rate).start()
@@ -54,11 +55,11 @@ marketfeed demo: simulated {', '.join(DEMO_FEEDS)} ({rate:g} trades/s per symbol
         code = run(config, duration_s)
     finally:
         sim.stop()
-    _summary(pg_dsn)
+    _summary(pg_dsn, questdb)
     return code
 
 
-def _summary(pg_dsn: str) -> None:
+def _summary(pg_dsn: str, questdb: Path) -> None:
     try:
         with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
             cur.execute("SELECT exchange, symbol, count(*), count_distinct(trade_id) "
@@ -71,7 +72,12 @@ def _summary(pg_dsn: str) -> None:
     print("stored in QuestDB (demo_trades):")
     for exchange, symbol, count, distinct in rows:
         print(f"  {exchange:9} {symbol:8} {count:7} rows, {distinct:7} distinct trade ids")
-    print("QuestDB keeps running for you to explore; stop it with: bin/questdb stop")
+    print(f"QuestDB keeps running for you to explore; stop it with: {_stop_command(questdb)}")
+
+
+def _stop_command(questdb: Path) -> str:
+    checkout = questdb.parent.parent
+    return "bin/questdb stop" if (checkout / "setup.cfg").is_file() and Path.cwd() == checkout else f"bash {questdb} stop"
 
 
 def _write_config(path: Path, raw: dict) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from config.schema import Config
-from telemetry.health_rules import CRITICAL, DEGRADED, OK
+from marketfeed.config.schema import Config
+from marketfeed.telemetry.health_rules import CRITICAL, DEGRADED, OK
 
 EXIT_CODES = {OK: 0, DEGRADED: 1, CRITICAL: 2}
 UNKNOWN = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config.loader import ConfigError, load
+from marketfeed.config.loader import ConfigError, load
 
 DEFAULT_CONFIG = "marketfeed.toml"
 
@@ -22,14 +22,14 @@ def _config(args) -> object:
 
 def _hide_secrets(config) -> None:
     """No log line of this process may show a secret of its config (README, Security)."""
-    from config.secrets import secret_values
-    from telemetry import logs
+    from marketfeed.config.secrets import secret_values
+    from marketfeed.telemetry import logs
 
     logs.hide(secret_values(config))
 
 
 def cmd_run(args) -> int:
-    from cli.service import run
+    from marketfeed.cli.service import run
 
     return run(_config(args))
 
@@ -41,7 +41,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_health(args) -> int:
-    from cli.health import UNKNOWN, health
+    from marketfeed.cli.health import UNKNOWN, health
 
     try:
         config = load(args.config)
@@ -53,19 +53,19 @@ def cmd_health(args) -> int:
 
 
 def cmd_top(args) -> int:
-    from cli.top import top
+    from marketfeed.cli.top import top
 
     return top(_config(args))
 
 
 def cmd_verify(args) -> int:
-    from cli.verify import run as verify
+    from marketfeed.cli.verify import run as verify
 
     return verify(_config(args), args.since, args.json)
 
 
 def cmd_demo(args) -> int:
-    from cli.demo import demo
+    from marketfeed.cli.demo import demo
 
     return demo(args.duration, args.rate, args.http_listen, args.state_dir)
 
@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:  # the simulator parses its own options: a REMAINDER argument would refuse them
-        from sim.cli import main as sim_main
+        from marketfeed.sim.cli import main as sim_main
 
         return sim_main(argv[1:])
     args = parser().parse_args(argv)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from config.schema import Config, FeedConfig, ServiceConfig
+from marketfeed.config.schema import Config, FeedConfig, ServiceConfig
 
 # Service keys the running process picks up on reload; any other change needs a restart.
 LIVE_SERVICE_KEYS = ("health_interval_s", "status_interval_s", "log_level")

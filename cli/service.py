@@ -17,22 +17,22 @@ from pathlib import Path
 
 import psycopg2
 
-from actors.buffer import BufferActor, SinkDirectory
-from actors.feed import FeedActor, FeedMemory
-from actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
-from cli.reload import applied, plan
-from config.loader import ConfigError, load
-from config.secrets import secret_values
-from config.schema import Config, FeedConfig
-from feeds.base import Gap, protocol_class
-from feeds.rows import Trade
-from storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
-from storage.schema import TABLES
-from supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
-from telemetry import logs
-from telemetry.http import OpsServer
-from telemetry.logs import event
-from telemetry.sdnotify import Notifier
+from marketfeed.actors.buffer import BufferActor, SinkDirectory
+from marketfeed.actors.feed import FeedActor, FeedMemory
+from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
+from marketfeed.cli.reload import applied, plan
+from marketfeed.config.loader import ConfigError, load
+from marketfeed.config.secrets import secret_values
+from marketfeed.config.schema import Config, FeedConfig
+from marketfeed.feeds.base import Gap, protocol_class
+from marketfeed.feeds.rows import Trade
+from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
+from marketfeed.storage.schema import TABLES
+from marketfeed.supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
+from marketfeed.telemetry import logs
+from marketfeed.telemetry.http import OpsServer
+from marketfeed.telemetry.logs import event
+from marketfeed.telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.service")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from cli.health import read_report
-from config.schema import Config
+from marketfeed.cli.health import read_report
+from marketfeed.config.schema import Config
 
 REFRESH_S = 0.5
 LOG_LINES = 6

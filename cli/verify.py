@@ -9,8 +9,8 @@ import sys
 import orjson
 import psycopg2
 
-from config.schema import Config
-from storage.verify import SeriesReport, as_dict, parse_since, verify
+from marketfeed.config.schema import Config
+from marketfeed.storage.verify import SeriesReport, as_dict, parse_since, verify
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 

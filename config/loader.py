@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from config.schema import Config, FeedConfig
-from config.secrets import SECRET_KEYS, conf_items
+from marketfeed.config.schema import Config, FeedConfig
+from marketfeed.config.secrets import SECRET_KEYS, conf_items
 
 ENV_PREFIX = "MARKETFEED_"
 SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("feeds", "source")}
@@ -207,7 +207,7 @@ def _type_name(hint) -> str:
 
 
 def _check_feed(feed: FeedConfig, source: str, problems: list[str]) -> None:
-    from feeds.base import protocol_class
+    from marketfeed.feeds.base import protocol_class
 
     where = f"{source}: feeds ({feed.name})"
     try:

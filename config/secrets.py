@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from config.schema import Config
+    from marketfeed.config.schema import Config
 
 REDACTED = "***"
 # Keys whose whole value is secret, as "section.key" ("feeds.key" for every feed).

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 
-from feeds.rows import Candle, Trade
+from marketfeed.feeds.rows import Candle, Trade
 
 if TYPE_CHECKING:
-    from config.schema import FeedConfig
+    from marketfeed.config.schema import FeedConfig
 
 
 class Control(enum.Enum):
@@ -142,7 +142,7 @@ def load_json(frame: bytes | str, shape: type) -> dict | list:
 def protocol_class(exchange: str) -> type[FeedProtocol]:
     """feeds/<exchange>.py defines PROTOCOL; a new exchange is one new file."""
     try:
-        module = importlib.import_module(f"feeds.{exchange}")
+        module = importlib.import_module(f"marketfeed.feeds.{exchange}")
     except ModuleNotFoundError as exc:
         raise ValueError(f"unknown exchange {exchange!r}") from exc
     return module.PROTOCOL

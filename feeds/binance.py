@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 
 import orjson
 
-from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
+from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
-from feeds.rows import Candle, Trade, new_trade
+from marketfeed.feeds.rows import Candle, Trade, new_trade
 
 BACKFILL_PAGE = 1000  # historicalTrades', aggTrades' and klines' maximum limit
 AGG_EXCHANGE = "binance-agg"  # exchange label of aggregate trades in the trades table

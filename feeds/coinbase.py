@@ -29,8 +29,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.rows import Trade, new_trade
+from marketfeed.feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.rows import Trade, new_trade
 
 BACKFILL_PAGE = 1000  # the trades endpoint's maximum limit
 CHANNELS = ("matches", "heartbeat")

@@ -53,9 +53,9 @@ from urllib.parse import urlencode
 
 import orjson
 
-from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
+from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
-from feeds.rows import Candle, Trade, new_trade
+from marketfeed.feeds.rows import Candle, Trade, new_trade
 
 OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
 OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval

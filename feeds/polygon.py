@@ -41,9 +41,9 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
-from feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
+from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
-from feeds.rows import Trade, new_trade
+from marketfeed.feeds.rows import Trade, new_trade
 
 EXCHANGE = "polygon"
 UNKNOWN_SIDE = "unknown"  # Polygon's trades do not name the aggressor

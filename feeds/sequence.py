@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from feeds.base import Gap
+from marketfeed.feeds.base import Gap
 
 
 class SequenceTracker:

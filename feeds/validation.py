@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from feeds.rows import Candle, Trade
+from marketfeed.feeds.rows import Candle, Trade
 
 MIN_TS_NS = 1_230_768_000 * 10**9  # 2009-01-01T00:00:00Z: no exchange we ingest traded before
 INT64_MAX = 2**63 - 1  # QuestDB LONG

@@ -1,6 +1,6 @@
 """Exchange simulator: real wire formats over real sockets, from deterministic ground truth.
 
-    from sim import Simulator
+    from marketfeed.sim import Simulator
     with Simulator(["binance"], ["BTCUSDT", "ETHUSDT"], rate=100, seed=1) as sim:
         url = sim.url("binance")                    # ws://127.0.0.1:PORT; REST on the same port
         conn = sim.wait_connections("binance", 1)[0]
@@ -29,6 +29,6 @@ max_connection_age (the exchange's connection lifetime cut, e.g. Binance's 24 h)
 Session(style, streams, symbols): `symbols` routes trades to the connection; `style` picks the rendering.
 The server provides the clock, history, connection tracking and every fault, for every twin.
 """
-from sim.server import Connection, ConnectionCounters, ExchangeFaults, Simulator
+from marketfeed.sim.server import Connection, ConnectionCounters, ExchangeFaults, Simulator
 
 __all__ = ["Connection", "ConnectionCounters", "ExchangeFaults", "Simulator"]

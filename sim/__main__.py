@@ -1,5 +1,5 @@
 import sys
 
-from sim.cli import main
+from marketfeed.sim.cli import main
 
 sys.exit(main(sys.argv[1:]))

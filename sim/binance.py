@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from sim.market import SymbolMarket, Trade
-from sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.market import SymbolMarket, Trade
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
 
 COMBINED, RAW = "combined", "raw"
 DEFAULT_LIMIT, MAX_LIMIT = 500, 1000

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import orjson
 
-from sim.server import ExchangeFaults, Simulator
+from marketfeed.sim.server import ExchangeFaults, Simulator
 
 TICK_S = 0.01  # how often periodic faults are checked
 

@@ -21,8 +21,8 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from sim.market import SymbolMarket, Trade
-from sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.market import SymbolMarket, Trade
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
 
 STYLE = "feed"
 CHANNELS = ("matches", "heartbeat")

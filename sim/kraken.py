@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from sim.market import ExchangeMarket, SymbolMarket, Trade, fixed
-from sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade, fixed
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
 
 INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
 TRADE_SNAPSHOT = 50  # "The snapshot reflects the most recent 50 trades."

@@ -26,8 +26,8 @@ from urllib.parse import unquote
 
 import orjson
 
-from sim.market import ExchangeMarket, Trade
-from sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.market import ExchangeMarket, Trade
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
 
 OPTIONS_PREFIX = "O:"
 CLUSTERS = ("stocks", "options")

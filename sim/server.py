@@ -24,9 +24,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from sim.faults import FaultPlan, garbage_frames
-from sim.market import ExchangeMarket, Trade
-from sim.twin import Rejected, RestResponse, Session, Twin, twin_class
+from marketfeed.sim.faults import FaultPlan, garbage_frames
+from marketfeed.sim.market import ExchangeMarket, Trade
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, twin_class
 
 log = logging.getLogger("sim")
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import orjson
 
-from sim.market import ExchangeMarket, Trade
+from marketfeed.sim.market import ExchangeMarket, Trade
 
 
 class Rejected(Exception):
@@ -109,7 +109,7 @@ class Twin:
 def twin_class(exchange: str) -> type[Twin]:
     """sim/<exchange>.py defines TWIN; a new exchange is one new file."""
     try:
-        module = importlib.import_module(f"sim.{exchange}")
+        module = importlib.import_module(f"marketfeed.sim.{exchange}")
     except ModuleNotFoundError as exc:
         if exc.name != f"sim.{exchange}":
             raise

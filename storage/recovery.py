@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
-from storage.schema import existing_tables, table_name
+from marketfeed.storage.schema import existing_tables, table_name
 
 
 def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:

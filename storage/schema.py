@@ -10,8 +10,8 @@ from __future__ import annotations
 import psycopg2
 from questdb import QuestDBError, TimestampNanos
 
-from config.schema import REFRESH_CHOICES, QuestDBConfig
-from feeds.rows import Candle, Trade
+from marketfeed.config.schema import REFRESH_CHOICES, QuestDBConfig
+from marketfeed.feeds.rows import Candle, Trade
 
 TABLES = ("trades", "candles")
 

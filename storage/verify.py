@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
-from feeds.base import protocol_class
-from storage.schema import existing_tables, table_name
+from marketfeed.feeds.base import protocol_class
+from marketfeed.storage.schema import existing_tables, table_name
 
 SAMPLES = 10  # duplicate ids and gap ranges listed per series
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

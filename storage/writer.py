@@ -23,14 +23,14 @@ from dataclasses import dataclass
 import psycopg2
 from questdb import QuestDBError, Sender
 
-from config.schema import Config
-from feeds.rows import Candle, Trade
-from storage.deadletter import DeadLetters
-from storage.schema import APPEND, create_tables, table_name
-from storage.spool import Spool, SpoolFull
-from supervision.backoff import Backoff
-from supervision.breaker import CircuitBreaker
-from telemetry.logs import event
+from marketfeed.config.schema import Config
+from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.storage.deadletter import DeadLetters
+from marketfeed.storage.schema import APPEND, create_tables, table_name
+from marketfeed.storage.spool import Spool, SpoolFull
+from marketfeed.supervision.backoff import Backoff
+from marketfeed.supervision.breaker import CircuitBreaker
+from marketfeed.telemetry.logs import event
 
 log = logging.getLogger("marketfeed.sink")
 

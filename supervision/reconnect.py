@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supervision.backoff import Backoff
-from supervision.breaker import OPEN, CircuitBreaker
+from marketfeed.supervision.backoff import Backoff
+from marketfeed.supervision.breaker import OPEN, CircuitBreaker
 
 CONNECTED, RETRYING, FAILED = "connected", "retrying", "failed"
 

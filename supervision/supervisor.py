@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import pykka
 from pykka._envelope import Envelope
 
-from supervision.backoff import Backoff, RestartIntensity
-from supervision.scheduler import Timer, scheduler
-from telemetry import metrics
-from telemetry.logs import event
+from marketfeed.supervision.backoff import Backoff, RestartIntensity
+from marketfeed.supervision.scheduler import Timer, scheduler
+from marketfeed.telemetry import metrics
+from marketfeed.telemetry.logs import event
 
 log = logging.getLogger("marketfeed.supervisor")
 

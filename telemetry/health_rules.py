@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from config.schema import AlertConfig
+from marketfeed.config.schema import AlertConfig
 
 OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"
 SEVERITY = {OK: 0, DEGRADED: 1, CRITICAL: 2}

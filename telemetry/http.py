@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from telemetry.health_rules import liveness, readiness
-from telemetry.logs import event
+from marketfeed.telemetry.health_rules import liveness, readiness
+from marketfeed.telemetry.logs import event
 
 log = logging.getLogger("marketfeed.http")
 

@@ -1,10 +1,10 @@
 import orjson
 import pytest
 
-from config.schema import FeedConfig
-from feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.binance import BinanceProtocol
-from feeds.rows import Candle, Trade
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.binance import BinanceProtocol
+from marketfeed.feeds.rows import Candle, Trade
 
 FEED = FeedConfig(name="b", exchange="binance", url="wss://x:9443", rest_url="https://api.x",
                   symbols=("BTCUSDT", "ETHUSDT"))

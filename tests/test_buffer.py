@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from actors.buffer import BufferActor, RowBatch, SinkDirectory
-from config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
-from feeds.rows import Trade
-from supervision.supervisor import GetStatus
+from marketfeed.actors.buffer import BufferActor, RowBatch, SinkDirectory
+from marketfeed.config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
+from marketfeed.feeds.rows import Trade
+from marketfeed.supervision.supervisor import GetStatus
 from tests.support.polling import poll
 
 

@@ -1,7 +1,7 @@
 """End to end: Coinbase Exchange twin with faults → `marketfeed run` (a real process) → real QuestDB."""
 import pytest
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 from tests.support.service import ServiceProcess, service_config
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]

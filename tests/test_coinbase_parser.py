@@ -5,11 +5,11 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from config.schema import FeedConfig
-from feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.coinbase import PROTOCOL, rfc3339_ns
-from feeds.rows import Trade
-from feeds.sequence import SequenceTracker
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.coinbase import PROTOCOL, rfc3339_ns
+from marketfeed.feeds.rows import Trade
+from marketfeed.feeds.sequence import SequenceTracker
 
 FEED = FeedConfig("coinbase", "coinbase", "wss://ws-feed.exchange.coinbase.com", ("BTC-USD", "ETH-USD"),
                   rest_url="https://api.exchange.coinbase.com")

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from config.loader import ConfigError, from_dict, load
+from marketfeed.config.loader import ConfigError, from_dict, load
 
 FEED = {"name": "binance-spot", "exchange": "binance", "url": "wss://stream.binance.com:9443",
         "rest_url": "https://api.binance.com", "symbols": ["BTCUSDT"]}

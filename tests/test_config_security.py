@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from config.loader import ConfigError, load, to_toml
-from telemetry.http import OpsServer
+from marketfeed.config.loader import ConfigError, load, to_toml
+from marketfeed.telemetry.http import OpsServer
 
 FEED = {"name": "b", "exchange": "binance", "url": "wss://stream.example:9443", "symbols": ["BTCUSDT"]}
 

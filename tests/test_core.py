@@ -3,13 +3,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.base import Gap
-from feeds.dedup import DedupWindow
-from feeds.rows import Trade
-from feeds.sequence import SequenceTracker
-from storage.batching import Batcher
-from supervision.backoff import Backoff, RestartIntensity
-from supervision.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from marketfeed.feeds.base import Gap
+from marketfeed.feeds.dedup import DedupWindow
+from marketfeed.feeds.rows import Trade
+from marketfeed.feeds.sequence import SequenceTracker
+from marketfeed.storage.batching import Batcher
+from marketfeed.supervision.backoff import Backoff, RestartIntensity
+from marketfeed.supervision.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 def trade(symbol: str, trade_id: int) -> Trade:

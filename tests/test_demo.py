@@ -11,7 +11,7 @@ def test_demo_stores_trades_of_every_simulated_exchange(tmp_path):
            "QDB_PG_PORT": str(free_port())}
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "cli.main", "demo", "--duration", "6", "--rate", "20",
+            [sys.executable, "-m", "marketfeed.cli.main", "demo", "--duration", "6", "--rate", "20",
              "--http-listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "var")],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     finally:

@@ -5,10 +5,10 @@ import time
 import orjson
 import pytest
 
-from cli.service import Service
-from config.loader import from_dict
-from sim import Simulator
-from supervision.supervisor import GetChildren, GetStatus
+from marketfeed.cli.service import Service
+from marketfeed.config.loader import from_dict
+from marketfeed.sim import Simulator
+from marketfeed.supervision.supervisor import GetChildren, GetStatus
 from tests.support.service import ServiceProcess, service_config
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

@@ -5,10 +5,10 @@ from datetime import datetime, timezone
 import pytest
 from questdb import Sender
 
-from feeds.rows import Trade
-from sim import Simulator
-from sim.binance import agg_id
-from storage.schema import append_trades, create_tables
+from marketfeed.feeds.rows import Trade
+from marketfeed.sim import Simulator
+from marketfeed.sim.binance import agg_id
+from marketfeed.storage.schema import append_trades, create_tables
 from tests.support.service import ServiceProcess, service_config
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

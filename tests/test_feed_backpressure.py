@@ -2,11 +2,11 @@
 import pykka
 import pytest
 
-from actors.buffer import RowBatch, SinkDirectory
-from actors.feed import FeedActor, FeedMemory
-from config.schema import FeedConfig
-from sim import Simulator
-from supervision.supervisor import GetStatus
+from marketfeed.actors.buffer import RowBatch, SinkDirectory
+from marketfeed.actors.feed import FeedActor, FeedMemory
+from marketfeed.config.schema import FeedConfig
+from marketfeed.sim import Simulator
+from marketfeed.supervision.supervisor import GetStatus
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 

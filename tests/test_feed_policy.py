@@ -1,11 +1,11 @@
 """The feed actor's pure parts: reconnect policy, latest-wins candles, stream-keyed sequences."""
-from actors.feed import LiveCandles
-from feeds.base import Gap
-from feeds.rows import Candle, Trade
-from feeds.sequence import SequenceTracker
-from supervision.backoff import Backoff
-from supervision.breaker import CircuitBreaker
-from supervision.reconnect import FAILED, RETRYING, ReconnectPolicy
+from marketfeed.actors.feed import LiveCandles
+from marketfeed.feeds.base import Gap
+from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.feeds.sequence import SequenceTracker
+from marketfeed.supervision.backoff import Backoff
+from marketfeed.supervision.breaker import CircuitBreaker
+from marketfeed.supervision.reconnect import FAILED, RETRYING, ReconnectPolicy
 
 
 def policy(urls=("ws://a", "ws://b"), failures=3, reset_s=60.0):

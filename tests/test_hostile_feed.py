@@ -17,14 +17,14 @@ import pykka
 import pytest
 from prometheus_client import REGISTRY
 
-from actors.buffer import RowBatch, SinkDirectory
-from actors.feed import BackfillDone, FeedActor, FeedMemory
-from actors.feed_io import Backfiller
-from config.schema import FeedConfig
-from feeds.base import Gap, protocol_class
-from sim import Simulator
-from storage.deadletter import read as read_dead_letters
-from supervision.supervisor import GetStatus
+from marketfeed.actors.buffer import RowBatch, SinkDirectory
+from marketfeed.actors.feed import BackfillDone, FeedActor, FeedMemory
+from marketfeed.actors.feed_io import Backfiller
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Gap, protocol_class
+from marketfeed.sim import Simulator
+from marketfeed.storage.deadletter import read as read_dead_letters
+from marketfeed.supervision.supervisor import GetStatus
 from tests.support.polling import poll as wait_for
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

@@ -19,17 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import feeds
-from config.schema import FeedConfig
-from feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.rows import Trade
-from feeds.validation import INT64_MAX, MIN_TS_NS, RowValidator
-from sim.market import ExchangeMarket, fixed
-from sim.market import Trade as SimTrade
-from sim.twin import twin_class
+import marketfeed.feeds
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.rows import Trade
+from marketfeed.feeds.validation import INT64_MAX, MIN_TS_NS, RowValidator
+from marketfeed.sim.market import ExchangeMarket, fixed
+from marketfeed.sim.market import Trade as SimTrade
+from marketfeed.sim.twin import twin_class
 
-EXCHANGES = sorted(name for _, name, _ in pkgutil.iter_modules(feeds.__path__)
-                   if hasattr(importlib.import_module(f"feeds.{name}"), "PROTOCOL"))
+EXCHANGES = sorted(name for _, name, _ in pkgutil.iter_modules(marketfeed.feeds.__path__)
+                   if hasattr(importlib.import_module(f"marketfeed.feeds.{name}"), "PROTOCOL"))
 SYMBOL = {"binance": "BTCUSDT", "coinbase": "BTC-USD", "kraken": "BTC/USD", "polygon": "AAPL"}  # the exchange's naming
 API_KEY = "test-key"
 RECEIVED_NS = 1_700_000_000_123_456_789
@@ -51,7 +51,7 @@ def feed_config(exchange: str) -> FeedConfig:
 
 @functools.cache
 def protocol(exchange: str) -> FeedProtocol:
-    return importlib.import_module(f"feeds.{exchange}").PROTOCOL(feed_config(exchange))
+    return importlib.import_module(f"marketfeed.feeds.{exchange}").PROTOCOL(feed_config(exchange))
 
 
 def parse_survives(proto: FeedProtocol, frame: bytes | str) -> ParsedRows:
@@ -74,7 +74,7 @@ def parse_survives(proto: FeedProtocol, frame: bytes | str) -> ParsedRows:
 
 @pytest.mark.parametrize("exchange", EXCHANGES)
 def test_every_exchange_module_is_discovered(exchange):
-    assert issubclass(importlib.import_module(f"feeds.{exchange}").PROTOCOL, FeedProtocol)
+    assert issubclass(importlib.import_module(f"marketfeed.feeds.{exchange}").PROTOCOL, FeedProtocol)
     assert {"binance", "coinbase"} <= set(EXCHANGES)
 
 
@@ -99,7 +99,7 @@ def test_arbitrary_json_never_escapes(exchange, value):
 @functools.cache
 def twin_frames(exchange: str):
     """(twin, session) set up the way the feed connects: its URL path, then its subscribe messages."""
-    twin_module = importlib.import_module(f"sim.{exchange}")
+    twin_module = importlib.import_module(f"marketfeed.sim.{exchange}")
     market = ExchangeMarket(exchange, [SYMBOL.get(exchange, "BTCUSDT")], seed=1, rate=1, start_ms=1_700_000_000_000,
                             id_block=twin_module.TWIN.id_block)
     try:

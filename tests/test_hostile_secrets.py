@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from config.loader import load, to_toml
-from config.secrets import conf_items, redact_conf, redact_dsn, secret_values
-from sim import Simulator
-from telemetry import logs
+from marketfeed.config.loader import load, to_toml
+from marketfeed.config.secrets import conf_items, redact_conf, redact_dsn, secret_values
+from marketfeed.sim import Simulator
+from marketfeed.telemetry import logs
 from tests.support.questdb import REPO
 from tests.support.service import ServiceProcess
 from tests.support.top import top_screen
@@ -96,7 +96,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                     pages.append(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode())
                 except urllib.error.HTTPError as exc:  # 503 while QuestDB is down: its body counts too
                     pages.append(exc.read().decode())
-            commands = {name: subprocess.run([sys.executable, "-m", "cli.main", name, "-c", str(proc.config_path)],
+            commands = {name: subprocess.run([sys.executable, "-m", "marketfeed.cli.main", name, "-c", str(proc.config_path)],
                                              cwd=REPO, capture_output=True, text=True, env={**os.environ, **env},
                                              timeout=60)
                         for name in ("health", "verify")}  # verify: QuestDB unreachable, its error is shown
@@ -108,7 +108,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
             proc.wait_event("config_reload_rejected")
         finally:
             proc.stop()
-        check = subprocess.run([sys.executable, "-m", "cli.main", "check-config", "-c", str(proc.config_path)],
+        check = subprocess.run([sys.executable, "-m", "marketfeed.cli.main", "check-config", "-c", str(proc.config_path)],
                                cwd=REPO, capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"})
     outputs = {"log": "".join(proc.raw), "status file": status_file.read_text(), "http": "\n".join(pages),
                "check-config": check.stdout + check.stderr, "top": screen,

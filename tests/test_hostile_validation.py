@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from feeds.rows import Candle, Trade
-from feeds.validation import (ANCIENT_TS, BAD_PRICE, BAD_SIDE, BAD_SIZE, BAD_TRADE_ID, BAD_TYPE, FUTURE_TS,
+from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.feeds.validation import (ANCIENT_TS, BAD_PRICE, BAD_SIDE, BAD_SIZE, BAD_TRADE_ID, BAD_TYPE, FUTURE_TS,
                               OVERSIZED_STRING, UNKNOWN_SYMBOL, RateCeiling, RowValidator, SampleGate, sample_row)
 
 NOW = 1_700_000_000 * 10**9

@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from feeds.kraken import OHLC_INTERVALS
-from sim import Simulator
+from marketfeed.feeds.kraken import OHLC_INTERVALS
+from marketfeed.sim import Simulator
 from tests.support.service import ServiceProcess, service_config
 
 SYMBOLS = ["BTC/USD", "ETH/USD"]

@@ -2,10 +2,10 @@
 import orjson
 import pytest
 
-from config.schema import FeedConfig
-from feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.kraken import KrakenProtocol, channels, rest_pair, rfc3339_ns
-from feeds.rows import Candle, Trade
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.kraken import KrakenProtocol, channels, rest_pair, rfc3339_ns
+from marketfeed.feeds.rows import Candle, Trade
 
 
 def feed(**extra) -> FeedConfig:

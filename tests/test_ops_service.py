@@ -16,8 +16,8 @@ import uuid
 import orjson
 import pytest
 
-from config.loader import to_toml
-from sim import Simulator
+from marketfeed.config.loader import to_toml
+from marketfeed.sim import Simulator
 from tests.support.questdb import REPO, free_port
 from tests.support.service import ServiceProcess, service_config
 from tests.support.top import top_screen
@@ -35,7 +35,7 @@ def binance_feed(sim: Simulator, name: str, **extra) -> dict:
 
 
 def marketfeed(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "marketfeed.cli.main", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -6,14 +6,14 @@ import uuid
 import pykka
 import pytest
 
-from cli.health import EXIT_CODES, UNKNOWN, fresh_report, perfdata, render
-from cli.reload import applied, plan
-from cli.top import Dashboard, LogTail
-from config.loader import from_dict
-from config.schema import AlertConfig, Config, ServiceConfig
-from supervision.supervisor import AddChild, ChildSpec, GetChildren, GetStatus, RemoveChild, Supervised, Supervisor
-from telemetry.health_rules import CRITICAL, DEGRADED, OK, AlertRules, liveness, readiness, summary
-from telemetry.sdnotify import Notifier, socket_address
+from marketfeed.cli.health import EXIT_CODES, UNKNOWN, fresh_report, perfdata, render
+from marketfeed.cli.reload import applied, plan
+from marketfeed.cli.top import Dashboard, LogTail
+from marketfeed.config.loader import from_dict
+from marketfeed.config.schema import AlertConfig, Config, ServiceConfig
+from marketfeed.supervision.supervisor import AddChild, ChildSpec, GetChildren, GetStatus, RemoveChild, Supervised, Supervisor
+from marketfeed.telemetry.health_rules import CRITICAL, DEGRADED, OK, AlertRules, liveness, readiness, summary
+from marketfeed.telemetry.sdnotify import Notifier, socket_address
 
 MB = 1024 * 1024
 

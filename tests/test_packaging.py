@@ -28,17 +28,19 @@ def test_the_images_pip_install_carries_every_module_and_a_working_marketfeed_co
     env = {**os.environ, "PYTHONPATH": str(site)}  # the dependencies come from this venv, as pip would install them
     env.update(re.findall(r"(MARKETFEED_\w+)=(\S+)", DOCKERFILE))  # the image's ENV
 
-    packages = ("actors", "cli", "config", "feeds", "sim", "storage", "supervision", "telemetry")
-    modules = sorted(".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    packages = ("actors", "bin", "cli", "config", "feeds", "sim", "storage", "supervision", "telemetry")
+    modules = sorted("marketfeed." + ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
                      for package in packages for path in (REPO / package).rglob("*.py")
                      if path.name != "__main__.py")  # __main__ would run the program
     imported = subprocess.run([sys.executable, "-c", f"import importlib\nfor m in {modules!r}:\n"
                                "    assert importlib.import_module(m).__file__.startswith(" + repr(str(site)) + "), m"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert imported.returncode == 0, imported.stderr
+    # One package: nothing generic (config, cli, sim…) at the top of site-packages.
+    assert sorted(p.name for p in site.iterdir() if not p.name.endswith((".dist-info", ".egg-info"))) == ["bin", "marketfeed"]
 
     # The image copies the example config to /etc/marketfeed/marketfeed.toml and runs `marketfeed run -c` on it.
-    example = site / "config" / "marketfeed.example.toml"
+    example = site / "marketfeed" / "config" / "marketfeed.example.toml"
     assert example.read_bytes() == (REPO / "config/marketfeed.example.toml").read_bytes()
     command = [str(site / "bin" / "marketfeed")]
     checked = subprocess.run([*command, "check-config", "-c", str(example)], cwd=tmp_path, env=env,

@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
-from feeds.polygon import event_trade
-from sim import Simulator
-from sim.polygon import is_option, trade_event
+from marketfeed.feeds.polygon import event_trade
+from marketfeed.sim import Simulator
+from marketfeed.sim.polygon import is_option, trade_event
 from tests.support.questdb import free_port
 from tests.support.service import ServiceProcess, service_config
 

@@ -2,9 +2,9 @@
 import orjson
 import pytest
 
-from config.schema import FeedConfig
-from feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from feeds.polygon import (
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.polygon import (
     BACKFILL_PAGE,
     PolygonProtocol,
     option_trade_id,

@@ -3,7 +3,7 @@ import signal
 
 import orjson
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 from tests.support.questdb import free_port
 from tests.support.service import ServiceProcess, service_config
 

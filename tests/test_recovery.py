@@ -1,9 +1,9 @@
 """Recovery at start against the real QuestDB: where stored history ends, and the holes below that."""
 from questdb import Sender
 
-from feeds.rows import Candle, Trade
-from storage.recovery import StoredHole, last_trade_ids, newest_stored_ns, stored_holes
-from storage.schema import append_candles, append_trades, create_tables
+from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.storage.recovery import StoredHole, last_trade_ids, newest_stored_ns, stored_holes
+from marketfeed.storage.schema import append_candles, append_trades, create_tables
 
 BASE_NS = 1_700_000_000_000_000_000
 

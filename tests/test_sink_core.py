@@ -3,12 +3,12 @@ import os
 
 import pytest
 
-from config.loader import from_dict
-from config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
-from feeds.rows import Trade
-from storage import deadletter
-from storage.spool import Spool, SpoolFull
-from storage.writer import BadData, Unavailable, client_store_and_forward, isolate_bad_rows, sender_conf, spool_enabled
+from marketfeed.config.loader import from_dict
+from marketfeed.config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
+from marketfeed.feeds.rows import Trade
+from marketfeed.storage import deadletter
+from marketfeed.storage.spool import Spool, SpoolFull
+from marketfeed.storage.writer import BadData, Unavailable, client_store_and_forward, isolate_bad_rows, sender_conf, spool_enabled
 
 
 def trades(first: int, n: int) -> list[Trade]:

@@ -3,14 +3,14 @@ import time
 
 import pytest
 
-from actors.buffer import BufferActor, RowBatch, SinkDirectory
-from config.loader import ConfigError, load
-from config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
-from feeds.rows import Trade
-from storage import deadletter
-from storage.schema import create_tables
-from storage.writer import FlushWorker
-from supervision.supervisor import GetStatus
+from marketfeed.actors.buffer import BufferActor, RowBatch, SinkDirectory
+from marketfeed.config.loader import ConfigError, load
+from marketfeed.config.schema import Config, QuestDBConfig, SinkConfig, SpoolConfig
+from marketfeed.feeds.rows import Trade
+from marketfeed.storage import deadletter
+from marketfeed.storage.schema import create_tables
+from marketfeed.storage.writer import FlushWorker
+from marketfeed.supervision.supervisor import GetStatus
 from tests.support.polling import poll
 
 

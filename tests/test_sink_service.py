@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 from tests.support.questdb import REPO, QuestDB
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -72,7 +72,7 @@ stale_after_s = 5
     def start(self) -> None:
         self.runs += 1
         log = open(self.tmp / f"run-{self.runs}.log", "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "-c", str(self.config)],
+        self.process = subprocess.Popen([sys.executable, "-m", "marketfeed.cli.main", "run", "-c", str(self.config)],
                                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

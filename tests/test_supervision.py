@@ -16,8 +16,8 @@ import pykka
 import pytest
 from prometheus_client import REGISTRY
 
-from supervision import supervisor as sup_mod
-from supervision.supervisor import (
+from marketfeed.supervision import supervisor as sup_mod
+from marketfeed.supervision.supervisor import (
     ABNORMAL,
     NORMAL,
     ONE_FOR_ALL,

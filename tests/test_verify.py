@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 import orjson
 from questdb import Sender
 
-from storage.schema import APPEND, create_tables
-from storage.verify import parse_since, verify
+from marketfeed.storage.schema import APPEND, create_tables
+from marketfeed.storage.verify import parse_since, verify
 from tests.support.questdb import REPO
-from feeds.rows import Trade
+from marketfeed.feeds.rows import Trade
 
 BASE = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 
@@ -32,7 +32,7 @@ def trade(symbol: str, trade_id: int, ts_ns: int | None = None) -> Trade:
 def run_cli(tmp_path, questdb, prefix: str, *args: str) -> subprocess.CompletedProcess:
     config = tmp_path / "verify.toml"
     config.write_text(f'[questdb]\npg_dsn = "{questdb.pg_dsn}"\ntable_prefix = "{prefix}"\n')
-    return subprocess.run([sys.executable, "-m", "cli.main", "verify", "-c", str(config), *args],
+    return subprocess.run([sys.executable, "-m", "marketfeed.cli.main", "verify", "-c", str(config), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

@@ -4,7 +4,7 @@ import websocket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feeds.wsframes import (OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig,
+from marketfeed.feeds.wsframes import (OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig,
                             ProtocolViolation)
 
 

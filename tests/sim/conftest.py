@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from simclient import COMBINED_PATH, PING_INTERVAL, PONG_TIMEOUT, SYMBOLS, Client
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 
 
 @pytest.fixture(scope="session")

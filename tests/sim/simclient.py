@@ -7,7 +7,7 @@ import urllib.request
 import orjson
 import websocket
 
-from sim import Connection, Simulator
+from marketfeed.sim import Connection, Simulator
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 COMBINED_PATH = "/stream?streams=btcusdt@trade/ethusdt@trade"

@@ -24,7 +24,7 @@ def test_standalone_run_serves_and_stops_on_sigterm():
 
 
 def test_symbols_can_be_given_per_exchange():
-    from sim.cli import symbols_by_exchange
+    from marketfeed.sim.cli import symbols_by_exchange
 
     exchanges = ["binance", "kraken", "coinbase"]
     assert symbols_by_exchange(["SOLUSDT", "kraken=BTC/USD, ETH/USD"], exchanges) == {
@@ -36,7 +36,7 @@ def test_symbols_can_be_given_per_exchange():
 
 
 def test_marketfeed_sim_serves_each_exchange_its_own_symbols():
-    argv = [sys.executable, "-m", "cli.main", "sim", "--exchange", "binance", "--exchange", "kraken",
+    argv = [sys.executable, "-m", "marketfeed.cli.main", "sim", "--exchange", "binance", "--exchange", "kraken",
             "--symbols", "SOLUSDT", "--symbols", "kraken=ETH/USD", "--rate", "50"]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
         urls = orjson.loads(process.stdout.readline())

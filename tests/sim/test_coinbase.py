@@ -10,10 +10,10 @@ import pytest
 import websocket
 from simclient import backfill
 
-from config.schema import FeedConfig
-from feeds.base import Gap
-from feeds.coinbase import PROTOCOL
-from sim import Simulator
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import Gap
+from marketfeed.feeds.coinbase import PROTOCOL
+from marketfeed.sim import Simulator
 
 PRODUCTS = ["BTC-USD", "ETH-USD"]
 SUBSCRIBE = {"type": "subscribe", "product_ids": PRODUCTS, "channels": ["matches", "heartbeat"]}

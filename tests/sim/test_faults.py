@@ -8,7 +8,7 @@ import websocket
 from simclient import PING_INTERVAL, PONG_TIMEOUT, by_symbol, get
 from websocket import ABNF
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 
 
 def test_skipped_trades_are_missing_from_the_stream_but_served_over_rest(sim, connect):

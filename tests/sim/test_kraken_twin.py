@@ -6,10 +6,10 @@ import orjson
 import pytest
 import websocket
 
-from feeds.kraken import rfc3339_ns
-from sim import Simulator
-from sim.kraken import OHLC_MAX_ENTRIES, KrakenTwin
-from sim.market import ExchangeMarket
+from marketfeed.feeds.kraken import rfc3339_ns
+from marketfeed.sim import Simulator
+from marketfeed.sim.kraken import OHLC_MAX_ENTRIES, KrakenTwin
+from marketfeed.sim.market import ExchangeMarket
 
 SYMBOLS = ["BTC/USD", "ETH/USD"]
 MINUTE_MS = 60_000

@@ -3,8 +3,8 @@ from decimal import Decimal
 
 from simclient import get
 
-from sim import Simulator
-from sim.market import ExchangeMarket
+from marketfeed.sim import Simulator
+from marketfeed.sim.market import ExchangeMarket
 
 
 def market(seed: int, rate: float = 100.0) -> ExchangeMarket:

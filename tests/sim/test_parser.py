@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import websocket
 
-from feeds.base import Control, Gap, MalformedFrame, ParsedRows
-from feeds.binance import BinanceProtocol
-from feeds.rows import Trade
+from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows
+from marketfeed.feeds.binance import BinanceProtocol
+from marketfeed.feeds.rows import Trade
 
 
 def expected_rows(sim, symbol: str, ids: list[int]) -> list[tuple]:

@@ -7,10 +7,10 @@ import pytest
 import websocket
 from simclient import backfill, get
 
-from config.schema import FeedConfig
-from feeds.polygon import PolygonProtocol, event_trade
-from sim import Simulator
-from sim.polygon import rest_result, sip_ns, trade_event
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.polygon import PolygonProtocol, event_trade
+from marketfeed.sim import Simulator
+from marketfeed.sim.polygon import rest_result, sip_ns, trade_event
 
 KEY = "PK-twin-key"
 OPTION = "O:SPY251219C00650000"

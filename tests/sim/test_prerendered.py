@@ -5,7 +5,7 @@ import orjson
 import pytest
 from simclient import COMBINED_PATH, SYMBOLS, Client, by_symbol
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 
 COUNT = 300
 

@@ -2,7 +2,7 @@
 import pytest
 from simclient import by_symbol, get
 
-from sim import Simulator
+from marketfeed.sim import Simulator
 
 REST_KEYS = ["id", "price", "qty", "quoteQty", "time", "isBuyerMaker", "isBestMatch"]
 

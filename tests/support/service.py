@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from config.loader import to_toml
+from marketfeed.config.loader import to_toml
 from tests.support.questdb import REPO
 
 
@@ -40,7 +40,7 @@ class ServiceProcess:
         self.raw: list[str] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "run", "-c", str(config_path)],
+            [sys.executable, "-m", "marketfeed.cli.main", "run", "-c", str(config_path)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})},
         )
