@@ -14,6 +14,7 @@ import pykka
 
 from marketfeed.config.schema import Config
 from marketfeed.storage.batching import Batcher
+from marketfeed.storage.tables import TABLES
 from marketfeed.storage.writer import FlushWorker, SinkReport, spool_enabled
 from marketfeed.supervision.scheduler import scheduler
 from marketfeed.supervision.supervisor import ChildContext, Supervised
@@ -91,7 +92,7 @@ class BufferActor(Supervised):
     def __init__(self, ctx: ChildContext | None, table: str, config: Config, directory: SinkDirectory):
         super().__init__(ctx)
         self.table, self.config, self.directory = table, config, directory
-        self.batcher = Batcher(*config.sink.policy(table))
+        self.batcher = Batcher(*TABLES[table].flush_policy(config.sink))
         self.high_water = config.spool.high_water_rows
         self.behind = False  # rows waiting here and in the writer above half the high-water mark
         self.pause_on_full = config.spool.on_full == "pause_feeds"

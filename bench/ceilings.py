@@ -9,7 +9,7 @@ from questdb import Sender
 
 from marketfeed.feeds.base import ParsedRows
 from marketfeed.feeds.binance import BinanceProtocol
-from marketfeed.storage.schema import append_trades
+from marketfeed.storage.tables import TRADES
 
 ROWS_PER_BUFFER = 10_000  # as the sink's default max_rows: one HTTP request each
 
@@ -54,7 +54,7 @@ def row_building(conf: str, table: str, rows: list) -> float:
     with Sender.from_conf(conf) as sender:
         started = time.perf_counter()
         for start in range(0, len(rows), ROWS_PER_BUFFER):
-            append_trades(sender.new_buffer(), table, rows[start:start + ROWS_PER_BUFFER])
+            TRADES.append(sender.new_buffer(), table, rows[start:start + ROWS_PER_BUFFER])
         return len(rows) / (time.perf_counter() - started)
 
 
@@ -66,7 +66,7 @@ def ingest(conf: str, table: str, rows: list, repeats: int) -> float:
             shifted = [row._replace(trade_id=row.trade_id + r * 10_000_000) for row in rows]
             for start in range(0, len(shifted), ROWS_PER_BUFFER):
                 buffer = sender.new_buffer()
-                append_trades(buffer, table, shifted[start:start + ROWS_PER_BUFFER])
+                TRADES.append(buffer, table, shifted[start:start + ROWS_PER_BUFFER])
                 buffers.append((buffer, len(shifted[start:start + ROWS_PER_BUFFER])))
         started = time.perf_counter()
         for buffer, _ in buffers:

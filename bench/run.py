@@ -27,6 +27,7 @@ from marketfeed.config.loader import to_toml
 from marketfeed.config.schema import FeedConfig, SinkConfig
 from marketfeed.feeds.binance import BinanceProtocol
 from marketfeed.storage.schema import create_tables
+from marketfeed.storage.tables import TRADES
 from marketfeed.sim.market import ID_BLOCK  # symbol k's trade i has id (k + 1) * ID_BLOCK + i
 from tests.support.questdb import REPO, QuestDB
 
@@ -131,7 +132,7 @@ class Bench:
             "feeds": feed_list,
         }
         (run_dir / "marketfeed.toml").write_text(to_toml(config))
-        create_tables(self.questdb.pg_dsn, prefix, ("trades",))  # not part of the measured window
+        create_tables(self.questdb.pg_dsn, prefix, (TRADES,))  # not part of the measured window
         proc = subprocess.Popen([sys.executable, "-m", "bench.probe", str(run_dir / "marketfeed.toml"),
                                  str(run_dir / "acks.bin")], cwd=REPO)
         return proc, run_dir
@@ -166,14 +167,15 @@ class Bench:
         rates = [run["rate"] for run in runs]
         parser_rate, rows = ceilings.protocol_parse(protocol, frames)
         prefix = self.table_prefix()
-        create_tables(self.questdb.pg_dsn, prefix, ("trades",))
+        table = TRADES.name_in_db(prefix)
+        create_tables(self.questdb.pg_dsn, prefix, (TRADES,))
         return {
             "raw_receive_msgs_s": statistics.median(rates),
             "raw_receive_runs_msgs_s": rates,
             "orjson_parse_msgs_s": ceilings.orjson_parse(frames),
             "binance_parser_msgs_s": parser_rate,
-            "row_building_rows_s": ceilings.row_building(self.questdb.conf, f"{prefix}trades", rows),
-            "questdb_ingest_rows_s": ceilings.ingest(self.questdb.conf, f"{prefix}trades", rows, plan.ingest_repeats),
+            "row_building_rows_s": ceilings.row_building(self.questdb.conf, table, rows),
+            "questdb_ingest_rows_s": ceilings.ingest(self.questdb.conf, table, rows, plan.ingest_repeats),
         }
 
     def raw_receive(self, protocol: BinanceProtocol) -> dict:
@@ -204,6 +206,7 @@ class Bench:
         per_symbol = max(1000, int(expected_rate * self.plan.max_rate_s / len(symbols)))
         total = per_symbol * len(symbols)
         prefix = self.table_prefix()
+        table = TRADES.name_in_db(prefix)
         sim = SimProcess(symbols=symbols, count=per_symbol)
         proc, run_dir = self.start_service(prefix, sim, feeds)
         try:
@@ -212,10 +215,10 @@ class Bench:
             cpu_before = psutil.Process(proc.pid).cpu_times()
             began = time.monotonic()
             sim.ask(start=True)
-            samples, visible_at = self.watch(proc, f"{prefix}trades", total, max(60.0, 10 * self.plan.max_rate_s))
+            samples, visible_at = self.watch(proc, table, total, max(60.0, 10 * self.plan.max_rate_s))
         finally:
             sim.stop()
-        complete = visible_at is not None and self.ids_complete(f"{prefix}trades", symbols, per_symbol)
+        complete = visible_at is not None and self.ids_complete(table, symbols, per_symbol)
         self.stop_service(proc, run_dir)
         cpu = samples.cpu_s[-1] - (cpu_before.user + cpu_before.system)
         elapsed = (visible_at or samples.at[-1]) - began
@@ -228,6 +231,7 @@ class Bench:
         symbols = SYMBOLS[:SYMBOLS_PER_FEED]
         per_symbol = int(rate / len(symbols) * self.plan.latency_s)
         prefix = self.table_prefix()
+        table = TRADES.name_in_db(prefix)
         per_symbol_rate = rate / len(symbols)
         sim = SimProcess(symbols=symbols, count=per_symbol, rate=per_symbol_rate)  # paced, pre-rendered
         proc, run_dir = self.start_service(prefix, sim, 1)
@@ -236,7 +240,7 @@ class Bench:
             time.sleep(1.0)
             began = time.monotonic()
             started_ns = sim.ask(start=True)["started_ns"]
-            samples, visible_at = self.watch(proc, f"{prefix}trades", per_symbol * len(symbols),
+            samples, visible_at = self.watch(proc, table, per_symbol * len(symbols),
                                              self.plan.latency_s + 60)
         finally:
             sim.stop()
@@ -255,6 +259,7 @@ class Bench:
         run_s = plan.outage_warmup_s + plan.outage_s + plan.outage_warmup_s
         per_symbol = int(rate / len(symbols) * run_s)
         prefix = self.table_prefix()
+        table = TRADES.name_in_db(prefix)
         sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols))
         proc, run_dir = self.start_service(prefix, sim, 1)
         marks: dict[str, float] = {}
@@ -273,13 +278,13 @@ class Bench:
             time.sleep(1.0)
             marks["began"] = time.monotonic()
             sim.ask(start=True)
-            samples, visible_at = self.watch(proc, f"{prefix}trades", per_symbol * len(symbols), run_s + 180,
+            samples, visible_at = self.watch(proc, table, per_symbol * len(symbols), run_s + 180,
                                              outage_control)
         finally:
             sim.stop()
             if "down" in marks and "up" not in marks:
                 self.questdb.start()
-        complete = visible_at is not None and self.ids_complete(f"{prefix}trades", symbols, per_symbol)
+        complete = visible_at is not None and self.ids_complete(table, symbols, per_symbol)
         self.stop_service(proc, run_dir)
         during = samples.between(marks["down"], marks["up"])
         return {"rate": rate, "outage_s": marks["up"] - marks["down"], "ids_complete_after": complete,

@@ -27,7 +27,7 @@ from marketfeed.config.schema import Config, FeedConfig
 from marketfeed.feeds.base import Gap, protocol_class
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
-from marketfeed.storage.schema import TABLES
+from marketfeed.storage.tables import TABLES
 from marketfeed.supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
 from marketfeed.telemetry import logs
 from marketfeed.telemetry.http import OpsServer

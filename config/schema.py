@@ -64,12 +64,6 @@ class SinkConfig:
     breaker_reset_s: float = bounded(30.0, min=0.0)  # open → half-open (one trial flush) after this long
     dead_letter_dir: str = "var/deadletter"  # rows QuestDB rejects: <dir>/<table>.jsonl, one JSON line each
 
-    def policy(self, table: str) -> tuple[int, float]:
-        """(max_rows, flush_interval_s) of one table."""
-        if table == "candles":
-            return (self.candles_max_rows or self.max_rows, self.candles_flush_interval_s or self.flush_interval_s)
-        return self.max_rows, self.flush_interval_s
-
 
 @dataclass(frozen=True)
 class SpoolConfig:

@@ -33,5 +33,3 @@ class Candle(NamedTuple):
 # The streaming parsers' hot path: new_trade((ts_ns, exchange, …)) is the same Trade without the Python-level
 # __new__ a NamedTuple call runs, at a third of the cost per row.
 new_trade = partial(tuple.__new__, Trade)
-
-TABLE_OF = {Trade: "trades", Candle: "candles"}

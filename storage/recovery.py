@@ -12,12 +12,13 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
-from marketfeed.storage.schema import existing_tables, table_name
+from marketfeed.storage.schema import existing_tables
+from marketfeed.storage.tables import TABLES, TRADES
 
 
 def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
     """{(exchange, symbol): highest stored trade id}; empty when the table does not exist yet."""
-    trades = table_name(prefix, "trades")
+    trades = TRADES.name_in_db(prefix)
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
         if trades not in existing_tables(cur):
             return {}
@@ -32,7 +33,7 @@ def newest_stored_ns(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
     newest: dict[tuple[str, str], int] = {}
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
         existing = existing_tables(cur)
-        for table in (table_name(prefix, "trades"), table_name(prefix, "candles")):
+        for table in (t.name_in_db(prefix) for t in TABLES.values()):
             if table in existing:
                 cur.execute(f"SELECT exchange, symbol, max(ts) FROM {table}")
                 for exchange, symbol, ts in cur.fetchall():
@@ -57,7 +58,7 @@ def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], window_s:
     """Missing trade ids between stored ones, for exchanges with contiguous ids, among the trades of the
     window_s before the newest stored one: where a process killed mid-backfill left its hole, however
     long it then stayed down. A count per series comes first; only a series short of ids is walked."""
-    trades = table_name(prefix, "trades")
+    trades = TRADES.name_in_db(prefix)
     if not exchanges:
         return []
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:

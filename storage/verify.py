@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 import psycopg2
 
 from marketfeed.feeds.base import protocol_class
-from marketfeed.storage.schema import existing_tables, table_name
+from marketfeed.storage.schema import existing_tables
+from marketfeed.storage.tables import CANDLES, TRADES
 
 SAMPLES = 10  # duplicate ids and gap ranges listed per series
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -63,12 +64,9 @@ def verify(pg_dsn: str, prefix: str, since: datetime | None = None) -> list[Seri
     with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
         existing = existing_tables(cur)
         reports = []
-        trades = table_name(prefix, "trades")
-        if trades in existing:
-            reports += _check_trades(cur, trades, where)
-        candles = table_name(prefix, "candles")
-        if candles in existing:
-            reports += _check_candles(cur, candles, where)
+        for table, check in ((TRADES, _check_trades), (CANDLES, _check_candles)):
+            if table.name_in_db(prefix) in existing:
+                reports += check(cur, table.name_in_db(prefix), where)
     conn.close()
     return reports
 
@@ -79,7 +77,7 @@ def _check_trades(cur, table: str, where: str) -> list[SeriesReport]:
     reports = []
     for exchange, symbol, rows, distinct, first, last in cur.fetchall():
         missing = (last - first + 1 - distinct) if contiguous(exchange) else None
-        report = SeriesReport("trades", exchange, symbol, "", rows, rows - distinct, missing, first, last)
+        report = SeriesReport(TRADES.name, exchange, symbol, "", rows, rows - distinct, missing, first, last)
         series = f"exchange = '{_quote(exchange)}' AND symbol = '{_quote(symbol)}'"
         scope = f"{where} AND {series}" if where else f"WHERE {series}"
         if report.duplicates:
@@ -99,7 +97,7 @@ def _check_trades(cur, table: str, where: str) -> list[SeriesReport]:
 def _check_candles(cur, table: str, where: str) -> list[SeriesReport]:
     cur.execute(f"""SELECT exchange, symbol, interval, count(), count_distinct(ts)
                     FROM {table} {where} ORDER BY exchange, symbol, interval""")
-    return [SeriesReport("candles", exchange, symbol, interval, rows, rows - distinct, None)
+    return [SeriesReport(CANDLES.name, exchange, symbol, interval, rows, rows - distinct, None)
             for exchange, symbol, interval, rows, distinct in cur.fetchall()]
 
 

@@ -24,17 +24,16 @@ import psycopg2
 from questdb import QuestDBError, Sender
 
 from marketfeed.config.schema import Config
-from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.storage.deadletter import DeadLetters
-from marketfeed.storage.schema import APPEND, create_tables, table_name
+from marketfeed.storage.schema import create_tables
 from marketfeed.storage.spool import Spool, SpoolFull
+from marketfeed.storage.tables import TABLES
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.supervision.breaker import CircuitBreaker
 from marketfeed.telemetry.logs import event
 
 log = logging.getLogger("marketfeed.sink")
 
-ROW_TYPE = {"trades": Trade, "candles": Candle}
 GROUP_COMMIT_FACTOR = 4  # a request carries at most this many max_rows batches that queued up
 QWP_ACK_TIMEOUT_MS = 10_000  # QWP without store-and-forward: a batch counts once the server acked it
 
@@ -127,8 +126,9 @@ def isolate_bad_rows(rows: list, write: Callable[[list], None]) -> list[tuple[ob
 class FlushWorker(threading.Thread):
     def __init__(self, table: str, config: Config, report: Callable[[SinkReport], None]):
         q, sink, spool = config.questdb, config.sink, config.spool
-        super().__init__(name=f"flush-{q.table_prefix}{table}", daemon=True)
-        self.table, self.name_in_db = table, table_name(q.table_prefix, table)
+        self.table = TABLES[table]
+        self.name_in_db = self.table.name_in_db(q.table_prefix)
+        super().__init__(name=f"flush-{self.name_in_db}", daemon=True)
         self.conf, self.pg_dsn, self.prefix = sender_conf(q.conf), q.pg_dsn, q.table_prefix
         self.ohlcv_refresh = q.ohlcv_refresh
         self.qwp, self.client_sf = is_qwp(q.conf), client_store_and_forward(q.conf)
@@ -221,7 +221,7 @@ class FlushWorker(threading.Thread):
             self._report(SinkReport(len(rows), error=str(exc)[:300], **self._to_spool(rows)))
 
     def _replay_oldest(self) -> None:
-        rows = self.spool.oldest(ROW_TYPE[self.table])
+        rows = self.spool.oldest(self.table.row_type)
         try:
             outcome = self._write(rows)
         except Unavailable as exc:
@@ -290,7 +290,7 @@ class FlushWorker(threading.Thread):
         try:
             self._ensure_ready()
             buffer = self.sender.new_buffer()
-            refused = APPEND[self.table](buffer, self.name_in_db, rows)
+            refused = self.table.append(buffer, self.name_in_db, rows)
             if refused:  # the client itself refused to encode a row (bad timestamp, bad name…)
                 raise BadData(refused[0])
             if not self.qwp:

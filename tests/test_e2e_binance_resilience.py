@@ -8,7 +8,8 @@ from questdb import Sender
 from marketfeed.feeds.rows import Trade
 from marketfeed.sim import Simulator
 from marketfeed.sim.binance import agg_id
-from marketfeed.storage.schema import append_trades, create_tables
+from marketfeed.storage.schema import create_tables
+from marketfeed.storage.tables import TRADES
 from tests.support.service import ServiceProcess, service_config
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -191,10 +192,10 @@ def test_a_hole_left_in_the_stored_history_is_backfilled_at_start(service, quest
         left = [Trade(t.time_ms * 1_000_000, "binance", t.symbol, t.trade_id, float(t.price), float(t.qty),
                       "sell" if t.buyer_is_maker else "buy", 0) for t in truth[:200] + truth[300:]]
         table = f"{table_prefix}trades"
-        create_tables(questdb.pg_dsn, table_prefix, ("trades",))
+        create_tables(questdb.pg_dsn, table_prefix, (TRADES,))
         with Sender.from_conf(questdb.conf) as sender:
             buffer = sender.new_buffer()
-            append_trades(buffer, table, left)
+            TRADES.append(buffer, table, left)
             sender.flush(buffer, transactional=True)
         proc = service([feed(sim, symbols=["BTCUSDT"])])
         assert_stored_equal(questdb, table, "binance", {"BTCUSDT": sim.truth("binance", "BTCUSDT")})

@@ -3,7 +3,8 @@ from questdb import Sender
 
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.storage.recovery import StoredHole, last_trade_ids, newest_stored_ns, stored_holes
-from marketfeed.storage.schema import append_candles, append_trades, create_tables
+from marketfeed.storage.schema import create_tables
+from marketfeed.storage.tables import CANDLES, TRADES
 
 BASE_NS = 1_700_000_000_000_000_000
 
@@ -11,7 +12,7 @@ BASE_NS = 1_700_000_000_000_000_000
 def store(questdb, table: str, rows: list[Trade]) -> None:
     with Sender.from_conf(questdb.conf) as sender:
         buffer = sender.new_buffer()
-        assert append_trades(buffer, table, rows) == []
+        assert TRADES.append(buffer, table, rows) == []
         sender.flush(buffer, transactional=True)
     questdb.wait_for(lambda: questdb.wal_applied(table), 30, f"{table} applied")
 
@@ -21,7 +22,7 @@ def trade(exchange: str, symbol: str, trade_id: int) -> Trade:
 
 
 def test_holes_below_the_last_stored_id_are_found_per_series_with_the_time_before_them(questdb, table_prefix):
-    create_tables(questdb.pg_dsn, table_prefix, ("trades",))
+    create_tables(questdb.pg_dsn, table_prefix, (TRADES,))
     table = f"{table_prefix}trades"
     ids = {("binance", "BTCUSDT"): [*range(1, 11), *range(15, 21), 40],  # holes 11..14 and 21..39
            ("binance", "ETHUSDT"): list(range(1, 30)),  # none
@@ -44,19 +45,19 @@ def test_holes_below_the_last_stored_id_are_found_per_series_with_the_time_befor
 def test_no_table_or_an_empty_one_means_no_holes(questdb, table_prefix):
     assert stored_holes(questdb.pg_dsn, f"{table_prefix}absent_", ("binance",), window_s=3600) == []
     assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}absent_") == {}
-    create_tables(questdb.pg_dsn, f"{table_prefix}empty_", ("trades",))  # as after a first start with no trade yet
+    create_tables(questdb.pg_dsn, f"{table_prefix}empty_", (TRADES,))  # as after a first start with no trade yet
     assert stored_holes(questdb.pg_dsn, f"{table_prefix}empty_", ("binance",), window_s=3600) == []
     assert last_trade_ids(questdb.pg_dsn, f"{table_prefix}empty_") == {}
 
 
 def test_the_newest_stored_row_per_series_spans_trades_and_candles(questdb, table_prefix):
     prefix = f"{table_prefix}newest_"
-    create_tables(questdb.pg_dsn, prefix, ("trades", "candles"))
+    create_tables(questdb.pg_dsn, prefix, (TRADES, CANDLES))
     store(questdb, f"{prefix}trades", [trade("polygon", "AAPL", 5), trade("polygon", "AAPL", 2),
                                        trade("kraken", "X", 1)])
     with Sender.from_conf(questdb.conf) as sender:
         buffer = sender.new_buffer()
-        assert append_candles(buffer, f"{prefix}candles", [
+        assert CANDLES.append(buffer, f"{prefix}candles", [
             Candle(BASE_NS + 60_000_000_000, "kraken", "X", "1m", 1.0, 1.0, 1.0, 1.0, 1.0, False, BASE_NS)]) == []
         sender.flush(buffer, transactional=True)
     questdb.wait_for(lambda: questdb.wal_applied(f"{prefix}candles"), 30, "candles applied")

@@ -8,6 +8,7 @@ from marketfeed.config.schema import Config, QuestDBConfig, SinkConfig, SpoolCon
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage import deadletter
 from marketfeed.storage.spool import Spool, SpoolFull
+from marketfeed.storage.tables import CANDLES, TRADES
 from marketfeed.storage.writer import BadData, Unavailable, client_store_and_forward, isolate_bad_rows, sender_conf, spool_enabled
 
 
@@ -105,7 +106,7 @@ def test_dead_letters_are_json_lines_with_the_error(tmp_path):
 def test_flush_policy_per_table_and_new_config_keys_load():
     config = from_dict({"sink": {"max_rows": 5000, "candles_flush_interval_s": 2.0, "breaker_failures": 3},
                         "spool": {"dir": "/data/spool", "max_bytes": 1 << 20, "on_full": "pause_feeds"}})
-    assert config.sink.policy("trades") == (5000, 0.1)
-    assert config.sink.policy("candles") == (5000, 2.0)
+    assert TRADES.flush_policy(config.sink) == (5000, 0.1)
+    assert CANDLES.flush_policy(config.sink) == (5000, 2.0)
     assert config.spool.on_full == "pause_feeds" and config.sink.breaker_failures == 3
-    assert SinkConfig().policy("candles") == SinkConfig().policy("trades")
+    assert CANDLES.flush_policy(SinkConfig()) == TRADES.flush_policy(SinkConfig())

@@ -9,6 +9,7 @@ from marketfeed.config.schema import Config, QuestDBConfig, SinkConfig, SpoolCon
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage import deadletter
 from marketfeed.storage.schema import create_tables
+from marketfeed.storage.tables import TRADES
 from marketfeed.storage.writer import FlushWorker
 from marketfeed.supervision.supervisor import GetStatus
 from tests.support.polling import poll
@@ -72,15 +73,15 @@ def test_views_refresh_on_a_timer_by_default_and_follow_a_changed_setting(buffer
     timers = refresh_of_views(questdb, table)
     assert [row[:4] for row in timers] == [(f"{table}_ohlcv_1h", "timer", 1, "MINUTE"),
                                            (f"{table}_ohlcv_1m", "timer", 1, "MINUTE")]
-    create_tables(questdb.pg_dsn, table_prefix, ("trades",))
+    create_tables(questdb.pg_dsn, table_prefix, (TRADES,))
     assert refresh_of_views(questdb, table) == timers  # same setting: views left alone, timers not restarted
 
     def refresh_is(*state):  # another setting at the next start: the existing views follow it
         return {row[1:4] for row in refresh_of_views(questdb, table)} == {state}
 
-    create_tables(questdb.pg_dsn, table_prefix, ("trades",), ohlcv_refresh="immediate")
+    create_tables(questdb.pg_dsn, table_prefix, (TRADES,), ohlcv_refresh="immediate")
     questdb.wait_for(lambda: refresh_is("immediate", 0, None), what="views refreshed immediately")
-    create_tables(questdb.pg_dsn, table_prefix, ("trades",), ohlcv_refresh="2h")
+    create_tables(questdb.pg_dsn, table_prefix, (TRADES,), ohlcv_refresh="2h")
     questdb.wait_for(lambda: refresh_is("timer", 2, "HOUR"), what="views refreshed every 2h")
 
 

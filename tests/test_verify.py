@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 import orjson
 from questdb import Sender
 
-from marketfeed.storage.schema import APPEND, create_tables
+from marketfeed.storage.schema import create_tables
+from marketfeed.storage.tables import TRADES
 from marketfeed.storage.verify import parse_since, verify
 from tests.support.questdb import REPO
 from marketfeed.feeds.rows import Trade
@@ -15,11 +16,11 @@ BASE = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 
 
 def plant(questdb, prefix: str, rows: list[Trade]) -> None:
-    create_tables(questdb.pg_dsn, prefix, ("trades",))
+    create_tables(questdb.pg_dsn, prefix, (TRADES,))
     table = f"{prefix}trades"
     with Sender.from_conf(questdb.conf + "protocol_version=2;") as sender:
         buffer = sender.new_buffer()
-        APPEND["trades"](buffer, table, rows)
+        TRADES.append(buffer, table, rows)
         sender.flush(buffer)
     questdb.wait_for(lambda: questdb.wal_applied(table) and len(questdb.trade_ids(table)) == len(rows),
                      what="planted rows")

@@ -1,0 +1,125 @@
+"""The tables: one descriptor each, holding everything that differs between them.
+
+Every table is WAL with DEDUP UPSERT KEYS, so a replayed batch never duplicates a row. Trades come with
+materialized views of 1-minute and 1-hour OHLCV bars (SAMPLE BY). Creating them in QuestDB is
+storage/schema.py; this module only says what they are and how a row of each is encoded over ILP.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from questdb import QuestDBError, TimestampNanos
+
+from marketfeed.config.schema import SinkConfig
+from marketfeed.feeds.rows import Candle, Trade
+
+# The client refuses a row it cannot encode and leaves the buffer as before that row.
+ENCODING_ERRORS = (QuestDBError, TypeError, ValueError, OverflowError)
+
+
+# The appenders are written out by hand, not derived from the columns: they are the hot path of every flush.
+def append_trades(buffer, name: str, rows: list[Trade]) -> list[str]:
+    """Encode rows into the buffer; returns the errors of rows the client refused (left out)."""
+    row, refused = buffer.row, []
+    for t in rows:
+        try:
+            row(
+                name,
+                symbols={"exchange": t.exchange, "symbol": t.symbol, "side": t.side},
+                columns={"trade_id": t.trade_id, "price": t.price, "amount": t.amount,
+                         "received_at": TimestampNanos(t.received_ns)},
+                at=TimestampNanos(t.ts_ns),
+            )
+        except ENCODING_ERRORS as exc:
+            refused.append(f"{type(exc).__name__}: {exc}")
+    return refused
+
+
+def append_candles(buffer, name: str, rows: list[Candle]) -> list[str]:
+    row, refused = buffer.row, []
+    for c in rows:
+        try:
+            row(
+                name,
+                symbols={"exchange": c.exchange, "symbol": c.symbol, "interval": c.interval},
+                columns={"open": c.open, "high": c.high, "low": c.low, "close": c.close, "volume": c.volume,
+                         "closed": c.closed, "received_at": TimestampNanos(c.received_ns)},
+                at=TimestampNanos(c.ts_ns),
+            )
+        except ENCODING_ERRORS as exc:
+            refused.append(f"{type(exc).__name__}: {exc}")
+    return refused
+
+
+OHLCV_VIEW = """CREATE MATERIALIZED VIEW IF NOT EXISTS {view} {refresh} AS (
+        SELECT ts, exchange, symbol, first(price) AS open, max(price) AS high, min(price) AS low,
+               last(price) AS close, sum(amount) AS volume, count() AS trades
+        FROM {name} SAMPLE BY {interval}
+    ) PARTITION BY {partition}"""
+
+
+@dataclass(frozen=True)
+class OhlcvView:
+    """OHLCV bars of a trades table (price, amount) as a materialized view."""
+
+    interval: str  # SAMPLE BY
+    partition: str  # PARTITION BY: bars of an hour fill a day partition slowly
+
+    def name_in_db(self, table_in_db: str) -> str:
+        return f"{table_in_db}_ohlcv_{self.interval}"
+
+    def ddl(self, table_in_db: str, refresh: str) -> str:
+        """`refresh`: the REFRESH clause (storage.schema.refresh_clause)."""
+        return OHLCV_VIEW.format(view=self.name_in_db(table_in_db), refresh=refresh, name=table_in_db,
+                                 interval=self.interval, partition=self.partition)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # the key of buffer actors, SinkDirectory, metrics labels; in QuestDB behind the table prefix
+    row_type: type  # the NamedTuple of feeds/rows.py the feeds produce and the spool stores
+    columns: tuple[tuple[str, str], ...]  # (column, QuestDB type); ts, the designated timestamp, first
+    dedup_keys: tuple[str, ...]  # DEDUP UPSERT KEYS, ts first
+    append: Callable[[object, str, list], list[str]]  # ILP encoder: (buffer, name in db, rows) → refused rows' errors
+    views: tuple[OhlcvView, ...] = ()
+    # This table's own sink keys (max_rows, flush_interval_s); 0 in either: the sink-wide value.
+    own_flush_policy: Callable[[SinkConfig], tuple[int, float]] | None = None
+
+    def name_in_db(self, prefix: str) -> str:
+        return f"{prefix}{self.name}"
+
+    def ddl(self, name_in_db: str) -> str:
+        columns = ", ".join(f"{column} {kind}" for column, kind in self.columns)
+        return (f"CREATE TABLE IF NOT EXISTS {name_in_db} ({columns}) TIMESTAMP(ts) PARTITION BY DAY WAL "
+                f"DEDUP UPSERT KEYS({', '.join(self.dedup_keys)})")
+
+    def flush_policy(self, sink: SinkConfig) -> tuple[int, float]:
+        """(max_rows, flush_interval_s) of this table's buffer actor."""
+        rows, interval = self.own_flush_policy(sink) if self.own_flush_policy is not None else (0, 0.0)
+        return rows or sink.max_rows, interval or sink.flush_interval_s
+
+
+TRADES = Table(
+    name="trades",
+    row_type=Trade,
+    columns=(("ts", "TIMESTAMP_NS"), ("exchange", "SYMBOL"), ("symbol", "SYMBOL"), ("trade_id", "LONG"),
+             ("price", "DOUBLE"), ("amount", "DOUBLE"), ("side", "SYMBOL"), ("received_at", "TIMESTAMP_NS")),
+    dedup_keys=("ts", "exchange", "symbol", "trade_id"),
+    append=append_trades,
+    views=(OhlcvView("1m", "DAY"), OhlcvView("1h", "MONTH")),
+)
+
+CANDLES = Table(
+    name="candles",
+    row_type=Candle,
+    columns=(("ts", "TIMESTAMP_NS"), ("exchange", "SYMBOL"), ("symbol", "SYMBOL"), ("interval", "SYMBOL"),
+             ("open", "DOUBLE"), ("high", "DOUBLE"), ("low", "DOUBLE"), ("close", "DOUBLE"), ("volume", "DOUBLE"),
+             ("closed", "BOOLEAN"), ("received_at", "TIMESTAMP_NS")),
+    dedup_keys=("ts", "exchange", "symbol", "interval"),
+    append=append_candles,
+    # The low-volume table: sink.candles_max_rows / candles_flush_interval_s may batch it differently.
+    own_flush_policy=lambda sink: (sink.candles_max_rows, sink.candles_flush_interval_s),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (TRADES, CANDLES)}
