@@ -1,5 +1,6 @@
-# The two README commands: `make demo` and `make test`.
-.PHONY: demo test bench venv questdb-stop clean
+# The two README commands: `make demo` and `make test`; `make test-fast` runs the tests that need no QuestDB
+# and no service process (those marked integration by tests/conftest.py are left out).
+.PHONY: demo test test-fast bench venv questdb-stop clean
 
 venv:
 	bin/bootstrap
@@ -11,6 +12,10 @@ test: venv
 	bin/questdb fetch >/dev/null
 	bin/test-deps
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	bin/test-deps
+	.venv/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: venv
 	bin/questdb fetch >/dev/null

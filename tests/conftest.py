@@ -4,8 +4,17 @@ import os
 import pytest
 
 from tests.support.questdb import QuestDB
+from tests.support.service import Services
 
 _prefixes = itertools.count()
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the session QuestDB (so every `service` test too) is an integration test, so that
+    `-m "not integration"` runs the fast core alone. Tests starting a QuestDB of their own say so themselves."""
+    for item in items:
+        if "questdb" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +31,11 @@ def questdb(tmp_path_factory):
 def table_prefix(request) -> str:
     name = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
     return f"t{os.getpid()}_{next(_prefixes)}_{name}_"
+
+
+@pytest.fixture
+def service(tmp_path, questdb, table_prefix):
+    """service(feeds, env=None, **config sections) starts `marketfeed run` against the session QuestDB;
+    service.simulator(...) starts a simulator. Every process is killed, then every simulator stopped, after the test."""
+    with Services(tmp_path, questdb, table_prefix) as services:
+        yield services

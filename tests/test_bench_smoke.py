@@ -3,8 +3,11 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from tests.support.questdb import REPO
+
+pytestmark = pytest.mark.integration  # the benchmark starts a QuestDB and the service of its own
 
 
 def test_quick_benchmark_writes_json_markdown_and_chart(tmp_path):

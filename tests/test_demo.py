@@ -3,7 +3,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.questdb import REPO, free_port
+
+pytestmark = pytest.mark.integration  # the demo starts a QuestDB and the service of its own
 
 
 def test_demo_stores_trades_of_every_simulated_exchange(tmp_path):

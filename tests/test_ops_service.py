@@ -12,26 +12,20 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from functools import partial
 
 import orjson
 import pytest
 
 from marketfeed.config.loader import to_toml
-from marketfeed.sim import Simulator
-from tests.support.questdb import REPO, free_port
-from tests.support.service import ServiceProcess, service_config
-from tests.support.top import top_screen
 from tests.support.polling import poll
+from tests.support.questdb import REPO, free_port
+from tests.support.service import ServiceProcess, Services, sim_feed
+from tests.support.top import top_screen
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 QUICK = {"status_interval_s": 0.3, "http_listen": "127.0.0.1:0"}
-
-
-def binance_feed(sim: Simulator, name: str, **extra) -> dict:
-    return {"name": name, "exchange": "binance", "url": sim.url("binance"), "rest_url": sim.rest_url("binance"),
-            "symbols": SYMBOLS, **extra}
-
-
+binance_feed = partial(sim_feed, "binance", symbols=SYMBOLS)
 
 
 def marketfeed(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -49,27 +43,15 @@ def status_file(proc: ServiceProcess) -> dict | None:
 
 
 @pytest.fixture
-def sim():
-    simulator = Simulator(["binance"], SYMBOLS, rate=50, seed=3).start()
-    yield simulator
-    simulator.stop()
+def service(tmp_path, questdb, table_prefix):
+    """As conftest's, but every service writes its status file every 0.3 s and serves HTTP on a free port."""
+    with Services(tmp_path, questdb, table_prefix, service=QUICK) as services:
+        yield services
 
 
 @pytest.fixture
-def service(tmp_path, questdb, table_prefix):
-    started = []
-
-    def start(feeds: list[dict], env: dict | None = None, **sections) -> ServiceProcess:
-        config = service_config(tmp_path, questdb, table_prefix, feeds, service=QUICK)
-        for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
-        process = ServiceProcess.start(tmp_path, config, env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+def sim(service):
+    return service.simulator(["binance"], SYMBOLS, rate=50, seed=3)
 
 
 def connected(proc: ServiceProcess, n: int = 1) -> dict:
@@ -87,7 +69,7 @@ def connected(proc: ServiceProcess, n: int = 1) -> dict:
 
 
 def test_health_is_ok_then_degraded_when_a_feed_stalls(sim, service):
-    proc = service([binance_feed(sim, "spot")], alerts={"no_data_s": 1.0})
+    proc = service([binance_feed(sim, name="spot")], alerts={"no_data_s": 1.0})
     connected(proc)
     ok = health(proc)
     assert ok.returncode == 0, ok.stdout + proc.tail()
@@ -103,9 +85,8 @@ def test_health_is_ok_then_degraded_when_a_feed_stalls(sim, service):
 
 
 def test_health_is_critical_while_questdb_is_down(sim, service):
-    dead = f"http::addr=127.0.0.1:{free_port()};"
-    proc = service([binance_feed(sim, "spot")], questdb={"conf": dead, "pg_dsn": f"host=127.0.0.1 port={free_port()}"},
-                   alerts={"sink_stalled_s": 1.0})
+    down = {"conf": f"http::addr=127.0.0.1:{free_port()};", "pg_dsn": f"host=127.0.0.1 port={free_port()}"}
+    proc = service([binance_feed(sim, name="spot")], questdb=down, alerts={"sink_stalled_s": 1.0})
     result = poll(lambda: (r := health(proc)).returncode == 2 and r, 30, "critical health")
     assert result.stdout.startswith("MARKETFEED CRITICAL - 1/1 feeds connected")
     assert "sink_stalled" in result.stdout or "breaker_open" in result.stdout
@@ -120,25 +101,24 @@ def test_health_without_a_process_is_unknown(tmp_path):
     assert result.stdout.startswith("MARKETFEED UNKNOWN - no marketfeed process")
 
 
-def test_health_answers_in_time_while_the_simulator_floods_the_service(service, questdb):
-    with Simulator(["binance"], SYMBOLS, rate=20_000, seed=5) as flood:
-        # Binance times are whole ms and the simulator keeps them strictly increasing, so at 20k trades/s
-        # simulated time runs ahead of the clock: the future-timestamp check would (rightly) reject it all.
-        proc = service([binance_feed(flood, "flood", max_future_skew_s=1e9)])
-        connected(proc)
-        poll(lambda: status_file(proc)["feeds"]["feed-flood"]["messages"] > 20_000, 30, "the flood arriving")
-        for _ in range(3):
-            began = time.monotonic()
-            result = health(proc, "--timeout", "5")
-            assert result.returncode in (0, 1), result.stdout + proc.tail()
-            assert time.monotonic() - began < 5.0 + 2.0  # its own timeout plus interpreter start
-        report = orjson.loads(health(proc, "--json", "--timeout", "5").stdout)
-        assert report["feeds"]["feed-flood"]["state"] == "connected"
-        proc.kill()  # the client goes first: the simulator's stop waits for its open connections
+def test_health_answers_in_time_while_the_simulator_floods_the_service(service):
+    flood = service.simulator(["binance"], SYMBOLS, rate=20_000, seed=5)
+    # Binance times are whole ms and the simulator keeps them strictly increasing, so at 20k trades/s
+    # simulated time runs ahead of the clock: the future-timestamp check would (rightly) reject it all.
+    proc = service([binance_feed(flood, name="flood", max_future_skew_s=1e9)])
+    connected(proc)
+    poll(lambda: status_file(proc)["feeds"]["feed-flood"]["messages"] > 20_000, 30, "the flood arriving")
+    for _ in range(3):
+        began = time.monotonic()
+        result = health(proc, "--timeout", "5")
+        assert result.returncode in (0, 1), result.stdout + proc.tail()
+        assert time.monotonic() - began < 5.0 + 2.0  # its own timeout plus interpreter start
+    report = orjson.loads(health(proc, "--json", "--timeout", "5").stdout)
+    assert report["feeds"]["feed-flood"]["state"] == "connected"
 
 
 def test_http_metrics_health_and_ready(sim, service):
-    proc = service([binance_feed(sim, "spot")])
+    proc = service([binance_feed(sim, name="spot")])
     port = proc.wait_event("http_listening")["port"]
     connected(proc)
     base = f"http://127.0.0.1:{port}"
@@ -177,12 +157,12 @@ def test_http_metrics_health_and_ready(sim, service):
 
 
 def test_sighup_adds_a_feed_without_touching_the_running_one(sim, service, tmp_path):
-    proc = service([binance_feed(sim, "first")])
+    proc = service([binance_feed(sim, name="first")])
     connected(proc)
     (first,) = sim.connections("binance")
 
     text = proc.config_path.read_text()
-    proc.config_path.write_text(text + to_toml({"feeds": [binance_feed(sim, "second")]}))  # one more feed
+    proc.config_path.write_text(text + to_toml({"feeds": [binance_feed(sim, name="second")]}))  # one more feed
     proc.signal(signal.SIGHUP)
     reloaded = proc.wait_event("config_reloaded")
     assert reloaded["added"] == ["second"] and reloaded["removed"] == [] and reloaded["changed"] == []
@@ -204,7 +184,7 @@ def test_notify_socket_gets_ready_then_watchdog_then_stopping(sim, service):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(b"\0" + name[1:].encode())
         server.settimeout(20)
-        proc = service([binance_feed(sim, "spot")], env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "1000000"})
+        proc = service([binance_feed(sim, name="spot")], env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "1000000"})
         messages = []
 
         def receive(prefix):
@@ -227,7 +207,7 @@ def test_notify_socket_gets_ready_then_watchdog_then_stopping(sim, service):
 
 
 def test_top_renders_the_feeds_on_screen(sim, service, tmp_path):
-    proc = service([binance_feed(sim, "spot-a"), binance_feed(sim, "spot-b")])
+    proc = service([binance_feed(sim, name="spot-a"), binance_feed(sim, name="spot-b")])
     connected(proc, 2)
     top_screen(proc.config_path, ("feed-spot-a", "feed-spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS"))
 

@@ -3,21 +3,16 @@ import signal
 
 import orjson
 
-from marketfeed.sim import Simulator
 from tests.support.questdb import free_port
-from tests.support.service import ServiceProcess, service_config
+from tests.support.service import sim_feed
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
-def test_feed_failing_every_connect_makes_the_root_give_up_and_the_process_exit_1(tmp_path, questdb, table_prefix):
-    dead = {"name": "dead", "exchange": "binance", "url": f"ws://127.0.0.1:{free_port()}",  # nothing listens
-            "symbols": SYMBOLS, "max_connect_failures": 2, "reconnect_min_s": 0.01, "reconnect_max_s": 0.02,
-            "backfill": False}
-    config = service_config(tmp_path, questdb, table_prefix, [dead],
-                            supervisor={"max_restarts": 2, "within_s": 60, "min_backoff_s": 0.01,
-                                        "max_backoff_s": 0.05})
-    proc = ServiceProcess.start(tmp_path, config)
+def test_feed_failing_every_connect_makes_the_root_give_up_and_the_process_exit_1(service):
+    dead = sim_feed("binance", None, SYMBOLS, name="dead", url=f"ws://127.0.0.1:{free_port()}",  # nothing listens
+                    max_connect_failures=2, reconnect_min_s=0.01, reconnect_max_s=0.02, backfill=False)
+    proc = service([dead], supervisor={"max_restarts": 2, "within_s": 60, "min_backoff_s": 0.01, "max_backoff_s": 0.05})
     assert proc.wait(60) == 1, proc.tail()
     # Intensity 2: the feed supervisor restarts its feed twice and gives up at the third failure; the root
     # restarts the feed supervisor twice and gives up at its third give-up.
@@ -31,29 +26,26 @@ def test_feed_failing_every_connect_makes_the_root_give_up_and_the_process_exit_
     assert proc.events("service_stopped")[-1]["exit_code"] == 1
 
 
-def test_sigterm_mid_stream_exits_0_with_every_received_row_in_questdb(tmp_path, questdb, table_prefix):
-    with Simulator(["binance"], SYMBOLS, rate=300, seed=11) as sim:
-        feed = {"name": "binance-spot", "exchange": "binance", "url": sim.url("binance"),
-                "rest_url": sim.rest_url("binance"), "symbols": SYMBOLS}
-        # Buffers would only flush after 30 s: every row in QuestDB below got there through the shutdown flush.
-        config = service_config(tmp_path, questdb, table_prefix, [feed],
-                                sink={"max_rows": 1_000_000, "flush_interval_s": 30.0})
-        proc = ServiceProcess.start(tmp_path, config)
-        connection = sim.wait_connections("binance", 1, timeout=30)[0]
-        sim.wait_until(lambda: connection.counters.trades_sent >= 300, 30, "trades streaming")
+def test_sigterm_mid_stream_exits_0_with_every_received_row_in_questdb(service, tmp_path, questdb, table_prefix):
+    sim = service.simulator(["binance"], SYMBOLS, rate=300, seed=11)
+    # Buffers would only flush after 30 s: every row in QuestDB below got there through the shutdown flush.
+    proc = service([sim_feed("binance", sim, SYMBOLS, name="binance-spot")],
+                   sink={"max_rows": 1_000_000, "flush_interval_s": 30.0})
+    connection = sim.wait_connections("binance", 1, timeout=30)[0]
+    sim.wait_until(lambda: connection.counters.trades_sent >= 300, 30, "trades streaming")
 
-        proc.signal(signal.SIGUSR2)  # every thread's stack into the log; the process carries on
-        stacks = proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"] == "MainThread")
-        assert "dump_thread_stacks" in stacks["stack"]
-        proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"].startswith("reader-"))
-        assert proc.proc.poll() is None
+    proc.signal(signal.SIGUSR2)  # every thread's stack into the log; the process carries on
+    stacks = proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"] == "MainThread")
+    assert "dump_thread_stacks" in stacks["stack"]
+    proc.wait_event("thread_stack", timeout=10, where=lambda e: e["thread"].startswith("reader-"))
+    assert proc.proc.poll() is None
 
-        status_file = tmp_path / "status.json"  # a report gathered from the running actors exists
-        sim.wait_until(lambda: status_file.exists() and orjson.loads(status_file.read_bytes())["feeds"], 30,
-                       "a report with the feed in it")
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, proc.tail()
-        truth = {s: sim.truth("binance", s) for s in SYMBOLS}
+    status_file = tmp_path / "status.json"  # a report gathered from the running actors exists
+    sim.wait_until(lambda: status_file.exists() and orjson.loads(status_file.read_bytes())["feeds"], 30,
+                   "a report with the feed in it")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.tail()
+    truth = {s: sim.truth("binance", s) for s in SYMBOLS}
 
     received = proc.events("feed_stopped")[-1]["data_messages"]
     assert received >= 300

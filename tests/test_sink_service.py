@@ -14,6 +14,7 @@ import pytest
 from marketfeed.sim import Simulator
 from tests.support.questdb import REPO, QuestDB
 
+pytestmark = pytest.mark.integration  # a QuestDB of its own, and the service
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 HIGH_WATER_ROWS = 1000
 CLIENT_RETRY_MS = 1000  # the questdb client's own retry window; every outage here is several times longer

@@ -57,10 +57,12 @@ class QuestDB:
         assert not suspended, f"WAL of {table} is suspended"
         return writer == sequencer
 
-    def trade_ids(self, table: str, symbol: str | None = None) -> list[int]:
+    def trade_ids(self, table: str, symbol: str | None = None, exchange: str | None = None) -> list[int]:
         """Stored trade ids (with repeats, so duplicates show), once the WAL is applied."""
-        where, params = ("WHERE symbol = %s", (symbol,)) if symbol else ("", None)
-        return [r[0] for r in self.query(f"SELECT trade_id FROM {table} {where} ORDER BY trade_id", params)]
+        filters = {column: value for column, value in (("symbol", symbol), ("exchange", exchange)) if value}
+        where = f"WHERE {' AND '.join(f'{column} = %s' for column in filters)}" if filters else ""
+        rows = self.query(f"SELECT trade_id FROM {table} {where} ORDER BY trade_id", tuple(filters.values()) or None)
+        return [r[0] for r in rows]
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
         """Poll until predicate() is truthy; returns its value."""
@@ -76,20 +78,21 @@ class QuestDB:
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
-    def wait_trade_ids(self, table: str, expected: list[int], symbol: str | None = None, timeout: float = 30.0):
+    def wait_trade_ids(self, table: str, expected: list[int], symbol: str | None = None, timeout: float = 30.0,
+                       exchange: str | None = None):
         """Wait until the WAL is applied and the stored ids cover `expected`; returns the stored ids."""
         want = len(expected)
 
         def ready():
             if not self.wal_applied(table):
                 return None
-            ids = self.trade_ids(table, symbol)
+            ids = self.trade_ids(table, symbol, exchange)
             return ids if len(ids) >= want else None
 
         try:
             return self.wait_for(ready, timeout, f"{want} rows in {table}")
         except AssertionError:
-            return self.trade_ids(table, symbol) if self._exists(table) else []
+            return self.trade_ids(table, symbol, exchange) if self._exists(table) else []
 
     def _exists(self, table: str) -> bool:
         return bool(self.query("SELECT table_name FROM tables() WHERE table_name = %s", (table,)))

@@ -7,12 +7,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import orjson
 
 from marketfeed.config.loader import to_toml
-from tests.support.questdb import REPO
+from marketfeed.sim import Simulator
+from tests.support.questdb import REPO, QuestDB
+
+
+def sim_feed(exchange: str, sim: Simulator | None, symbols: Sequence[str], *, name: str | None = None,
+             **settings) -> dict:
+    """One [[feeds]] entry reading the exchange's twin in sim, named after the exchange unless `name` says.
+    settings add keys or replace any of these; with sim None (nothing listening yet) they carry the URLs."""
+    urls = {"url": sim.url(exchange), "rest_url": sim.rest_url(exchange)} if sim is not None else {}
+    return {"name": name or exchange, "exchange": exchange, **urls, "symbols": list(symbols), **settings}
 
 
 def service_config(tmp_path: Path, questdb, table_prefix: str, feeds: list[dict], **sections) -> dict:
@@ -26,13 +36,18 @@ def service_config(tmp_path: Path, questdb, table_prefix: str, feeds: list[dict]
         "supervisor": {"min_backoff_s": 0.1, "max_backoff_s": 1.0, "liveness_interval_s": 1.0},
         "feeds": feeds,
     }
+    return overlay(config, sections)
+
+
+def overlay(config: dict, sections: Mapping[str, Mapping]) -> dict:
+    """config, each of whose sections takes the keys `sections` give it (a section it lacks is added)."""
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     return config
 
 
 class ServiceProcess:
-    """Runs `python -m cli.main run -c FILE`, collecting its log lines as they come."""
+    """Runs `python -m marketfeed.cli.main run -c FILE`, collecting its log lines as they come."""
 
     def __init__(self, config_path: Path, env: dict | None = None):
         self.config_path = config_path
@@ -106,3 +121,38 @@ class ServiceProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class Services:
+    """The simulators and `marketfeed run` processes of one test, against one QuestDB: each
+    service(feeds, env, **sections) starts a process on a config from service_config, with `sections` over
+    the ones given here; close() kills every process still running, then stops every simulator (a
+    simulator's stop waits for its open connections to close)."""
+
+    def __init__(self, tmp_path: Path, questdb: QuestDB, table_prefix: str, **sections: dict):
+        self.tmp_path, self.questdb, self.table_prefix, self.sections = tmp_path, questdb, table_prefix, sections
+        self.processes: list[ServiceProcess] = []
+        self.simulators: list[Simulator] = []
+
+    def simulator(self, *args, **options) -> Simulator:
+        """A started Simulator(*args, **options), stopped at close()."""
+        self.simulators.append(Simulator(*args, **options).start())
+        return self.simulators[-1]
+
+    def __call__(self, feeds: list[dict], env: dict | None = None, **sections) -> ServiceProcess:
+        config = overlay(service_config(self.tmp_path, self.questdb, self.table_prefix, feeds, **self.sections),
+                         sections)
+        self.processes.append(ServiceProcess.start(self.tmp_path, config, env))
+        return self.processes[-1]
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for sim in self.simulators:
+            sim.stop()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

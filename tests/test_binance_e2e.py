@@ -1,63 +1,37 @@
 """End to end: simulator → `marketfeed run` (a real process) → real QuestDB."""
 import signal
 import time
+from functools import partial
 
 import orjson
 import pytest
 
 from marketfeed.cli.service import Service
 from marketfeed.config.loader import from_dict
-from marketfeed.sim import Simulator
 from marketfeed.supervision.supervisor import GetChildren, GetStatus
-from tests.support.service import ServiceProcess, service_config
+from tests.support.service import service_config, sim_feed
+from tests.support.truth import assert_trade_ids, truth
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
-
-
-def binance_feed(sim: Simulator, name: str = "binance-spot", **extra) -> dict:
-    return {"name": name, "exchange": "binance", "url": sim.url("binance"), "rest_url": sim.rest_url("binance"),
-            "symbols": SYMBOLS, **extra}
+binance_feed = partial(sim_feed, "binance", symbols=SYMBOLS, name="binance-spot")
 
 
 @pytest.fixture
-def sim():
-    simulator = Simulator(["binance"], SYMBOLS, rate=200, count=600, seed=7, clock_paused=True).start()
-    yield simulator
-    simulator.stop()
+def sim(service):
+    return service.simulator(["binance"], SYMBOLS, rate=200, count=600, seed=7, clock_paused=True)
 
 
-@pytest.fixture
-def service(tmp_path, questdb, table_prefix):
-    started = []
-
-    def start(config: dict) -> ServiceProcess:
-        process = ServiceProcess.start(tmp_path, config)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-
-
-def assert_ids_equal_truth(questdb, sim, table, timeout=60.0):
-    for symbol in SYMBOLS:
-        truth = sim.truth("binance", symbol)
-        stored = questdb.wait_trade_ids(table, truth, symbol, timeout)
-        assert stored == truth, f"{symbol}: {len(stored)} stored vs {len(truth)} sent"
-
-
-def test_simulated_trades_land_exactly_once(sim, service, questdb, table_prefix, tmp_path):
-    proc = service(service_config(tmp_path, questdb, table_prefix, [binance_feed(sim)]))
+def test_simulated_trades_land_exactly_once(sim, service, questdb, table_prefix):
+    proc = service([binance_feed(sim)])
     sim.wait_connections("binance", 1, timeout=30)
     sim.start_clock()
     sim.wait_emitted(600, timeout=30)
-    assert_ids_equal_truth(questdb, sim, f"{table_prefix}trades")
+    assert_trade_ids(questdb, f"{table_prefix}trades", truth(sim, "binance", SYMBOLS))
     assert proc.stop() == 0
 
 
-def test_cut_connection_is_restored_and_the_stream_resumes(sim, service, questdb, table_prefix, tmp_path):
-    proc = service(service_config(tmp_path, questdb, table_prefix, [binance_feed(sim, reconnect_min_s=0.1)]))
+def test_cut_connection_is_restored_and_the_stream_resumes(sim, service, questdb, table_prefix):
+    proc = service([binance_feed(sim, reconnect_min_s=0.1)])
     first = sim.wait_connections("binance", 1, timeout=30)[0]
     sim.start_clock()
     sim.wait_emitted(150, timeout=30)
@@ -66,7 +40,7 @@ def test_cut_connection_is_restored_and_the_stream_resumes(sim, service, questdb
     proc.wait_event("feed_connected", after=1)
     sim.wait_emitted(600, timeout=30)
     # Trades sent while disconnected come back over REST backfill; everything after the reconnect streams.
-    assert_ids_equal_truth(questdb, sim, f"{table_prefix}trades")
+    assert_trade_ids(questdb, f"{table_prefix}trades", truth(sim, "binance", SYMBOLS))
     assert proc.events("feed_disconnected")
 
 
@@ -87,7 +61,7 @@ def test_crashed_feed_actor_is_restarted_by_its_supervisor(sim, questdb, table_p
         assert status["restarts"] == 1 and "TypeError" in status["last_failure"]
         sim.wait_emitted(600, timeout=30)
         # every id sent after the restart lands (and the outage is backfilled: the tracker outlives the actor)
-        assert_ids_equal_truth(questdb, sim, f"{table_prefix}trades")
+        assert_trade_ids(questdb, f"{table_prefix}trades", truth(sim, "binance", SYMBOLS))
     finally:
         service.shutdown()
 
@@ -96,9 +70,8 @@ def child(supervisor, child_id):
     return next((ref for cid, ref, _ in supervisor.ask(GetChildren(), timeout=5) if cid == child_id), None)
 
 
-def test_sigusr1_yields_a_fresh_health_report_within_a_second(sim, service, questdb, table_prefix, tmp_path):
-    feeds = [binance_feed(sim, "binance-a"), binance_feed(sim, "binance-b")]
-    proc = service(service_config(tmp_path, questdb, table_prefix, feeds))
+def test_sigusr1_yields_a_fresh_health_report_within_a_second(sim, service, tmp_path):
+    proc = service([binance_feed(sim, name="binance-a"), binance_feed(sim, name="binance-b")])
     sim.wait_connections("binance", 2, timeout=30)
     sim.start_clock()
     proc.wait_event("feed_connected", where=lambda e: e["feed"] == "binance-b")
