@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
 from marketfeed.actors.feed_io import Backfiller, FeedReader
 from marketfeed.config.schema import FeedConfig
-from marketfeed.feeds.base import Gap, MalformedFrame, ParsedRows, protocol_class
+from marketfeed.feeds import registry
+from marketfeed.feeds.base import Gap, MalformedFrame, ParsedRows
 from marketfeed.feeds.dedup import DedupWindow
 from marketfeed.feeds.rows import Candle
 from marketfeed.feeds.sequence import SequenceTracker
@@ -149,7 +150,7 @@ class FeedActor(Supervised):
         self.rejected: dict[str, int] = {}  # rows refused by validation, by reason
         self.reject_samples, self.dead_letter_dir = SampleGate(REJECT_SAMPLE_INTERVAL_S), dead_letter_dir
         self.rate_ceiling = RateCeiling(feed.max_messages_per_s)
-        self.protocol = protocol_class(feed.exchange)(feed)
+        self.protocol = registry.exchange(feed.exchange).protocol(feed)
         self.reconnect = ReconnectPolicy(
             (feed.url, *feed.alt_urls),
             Backoff(feed.reconnect_min_s, feed.reconnect_max_s),

@@ -24,7 +24,8 @@ from marketfeed.cli.reload import applied, plan
 from marketfeed.config.loader import ConfigError, load
 from marketfeed.config.secrets import secret_values
 from marketfeed.config.schema import Config, FeedConfig
-from marketfeed.feeds.base import Gap, protocol_class
+from marketfeed.feeds import registry
+from marketfeed.feeds.base import Gap
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
 from marketfeed.storage.tables import TABLES
@@ -127,7 +128,7 @@ class Service:
         except psycopg2.Error as exc:  # QuestDB down at start: feeds start from the live stream
             event(log, "last_ids_unavailable", logging.WARNING, error=str(exc).strip()[:300])
             return
-        protocols = [(f, protocol_class(f.exchange)(f)) for f in self.config.feeds]
+        protocols = [(f, registry.exchange(f.exchange).protocol(f)) for f in self.config.feeds]
         for f, protocol in protocols:
             labels = {protocol.exchange, *protocol.trade_labels()}
             self.memories[f.name].last_event_ns = max(

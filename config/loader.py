@@ -1,9 +1,16 @@
-"""Load and validate the TOML config; every problem is reported at once, naming file and key.
+"""Load and validate the TOML config; every problem is reported at once, naming file and key
+(or the environment variable the value came from).
 
-Environment overrides: MARKETFEED_<SECTION>__<KEY>=value, e.g. MARKETFEED_QUESTDB__CONF=...
-(values are parsed as TOML scalars when they parse, else taken as strings). Secrets can stay out of
-both: MARKETFEED_<SECTION>__<KEY>_FILE=path reads the value from a file (a systemd credential,
-$CREDENTIALS_DIRECTORY/…), and a feed's api_key_file does the same for its api_key.
+Environment overrides: MARKETFEED_<SECTION>__<KEY>=value, e.g. MARKETFEED_QUESTDB__CONF=..., and
+MARKETFEED_FEEDS__<n>__<KEY> for the n-th [[feeds]] table (from 0, as problems count them); values are
+parsed as TOML scalars when they parse, else taken as strings. Secrets can stay out of both:
+MARKETFEED_<SECTION>__<KEY>_FILE=path reads the value from a file (a systemd credential,
+$CREDENTIALS_DIRECTORY/…). A secret exchange option (feeds/<exchange>.py, schema.secret) comes from
+the option, else the file its <key>_file option names, else the exchange's variable, else the file
+its _FILE variable names (Polygon's api_key: api_key_file, $POLYGON_API_KEY, $POLYGON_API_KEY_FILE).
+
+A [[feeds]] table is flat: the common keys (FeedConfig) and its exchange's own options side by side;
+the exchange's options type (feeds/registry.py) validates the latter.
 
 A config or secret file anyone may write is refused: whoever can edit it can point the service at
 their own QuestDB or exchange. Secret values are never echoed in a problem message.
@@ -22,9 +29,15 @@ import orjson
 
 from marketfeed.config.schema import Config, FeedConfig
 from marketfeed.config.secrets import SECRET_KEYS, conf_items
+from marketfeed.feeds import registry
 
 ENV_PREFIX = "MARKETFEED_"
 SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("feeds", "source")}
+# The keys every [[feeds]] table may hold; the others belong to its exchange's options.
+COMMON_FEED_KEYS = frozenset(f.name for f in dataclasses.fields(FeedConfig)) - {"options"}
+FEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FeedConfig) if f.default is not dataclasses.MISSING}
+# Where a value came from when not from the file: table ("sink", "feeds[1]") → key → environment variable.
+Origins = Mapping[str, Mapping[str, str]]
 
 
 class ConfigError(Exception):
@@ -47,11 +60,11 @@ def load(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
     problems: list[str] = []
-    _apply_env(raw, env, problems)
-    _read_key_files(raw, source, problems)
+    origins = _apply_env(raw, env, problems)
+    _resolve_secret_options(raw, env, source, origins, problems)
     if problems:
         raise ConfigError(problems)
-    return from_dict(raw, source)
+    return from_dict(raw, source, origins)
 
 
 def _read_private(path: Path) -> str:
@@ -63,10 +76,15 @@ def _read_private(path: Path) -> str:
     return path.read_text()
 
 
-def _read_secret(path: str, what: str, problems: list[str]) -> str | None:
-    """The text of a secret file, without its trailing newline; a problem naming `what` if unreadable."""
+def _read_secret(path: str, what: str, problems: list[str], nonempty: bool = False) -> str | None:
+    """The text of a secret file, without its trailing newline; a problem naming `what` if unreadable
+    (or, when `nonempty`, empty: a key file with no key in it is a mistake, not a choice)."""
     try:
-        return _read_private(Path(path)).rstrip("\r\n")
+        text = _read_private(Path(path)).rstrip("\r\n")
+        if nonempty and not text:
+            problems.append(f"{what}: file {path!r} is empty")
+            return None
+        return text
     except FileNotFoundError:
         problems.append(f"{what}: file {path!r} not found")
     except (PermissionError, IsADirectoryError) as exc:
@@ -76,22 +94,37 @@ def _read_secret(path: str, what: str, problems: list[str]) -> str | None:
     return None
 
 
-def _read_key_files(raw: dict, source: str, problems: list[str]) -> None:
-    """feeds[i].api_key_file → feeds[i].api_key."""
+def _resolve_secret_options(raw: dict, env: Mapping[str, str], source: str, origins: Origins,
+                            problems: list[str]) -> None:
+    """Fill every secret exchange option of every feed: the option, else the file <key>_file names,
+    else $<env>, else the file $<env>_FILE names (schema.secret). Kept out of the protocols: one place
+    reads secrets, and a missing or unreadable file is a config problem, not a failed connection."""
     feeds = raw.get("feeds")
     for i, feed in enumerate(feeds if isinstance(feeds, list) else []):
-        if not isinstance(feed, dict) or not feed.get("api_key_file"):
-            continue
-        where = f"{source}: feeds[{i}] ({feed.get('name', '?')}).api_key_file"
-        if not isinstance(feed["api_key_file"], str):
-            continue  # reported by from_dict as a type problem
-        if feed.get("api_key"):
-            problems.append(f"{where}: set api_key or api_key_file, not both")
-        elif (key := _read_secret(feed["api_key_file"], where, problems)) is not None:
-            feed["api_key"] = key
+        name = feed.get("exchange") if isinstance(feed, dict) else None
+        if (entry := registry.EXCHANGES.get(name) if isinstance(name, str) else None) is None:
+            continue  # reported by from_dict
+        where = f"feeds[{i}] ({feed.get('name', '?')})"
+        for option in dataclasses.fields(entry.options):
+            if not (var := option.metadata.get("env")):
+                continue
+            key, key_file = option.name, f"{option.name}_file"
+            path, what = feed.get(key_file), _label(source, origins.get(f"feeds[{i}]", {}), where, key_file)
+            if path and feed.get(key):
+                problems.append(f"{what}: set {key} or {key_file}, not both")
+                continue
+            if not path and not feed.get(key):
+                path, what = env.get(f"{var}_FILE"), f"${var}_FILE (for {where}.{key})"
+                if env.get(var):
+                    feed[key], path = env[var].strip(), None
+            if isinstance(path, str) and path:  # not a string: a type problem from_dict reports
+                if (value := _read_secret(path, what, problems, nonempty=True)) is not None:
+                    feed[key] = value
 
 
-def from_dict(raw: dict, source: str = "<dict>") -> Config:
+def from_dict(raw: dict, source: str = "<dict>", origins: Origins | None = None) -> Config:
+    """The config of a dict shaped like the TOML file; origins: which values came from the environment."""
+    origins = origins or {}
     problems: list[str] = []
     hints = typing.get_type_hints(Config)
     built: dict = {"source": source}
@@ -102,8 +135,8 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
             problems.append(f"{source}: unknown section [{key}]")
         elif not isinstance(value, dict):
             problems.append(f"{source}: [{key}] must be a table")
-        else:
-            built[key] = _build(hints[key], value, f"{key}", source, problems)
+        elif (values := _checked(hints[key], value, key, source, problems, origins.get(key, {}))) is not None:
+            built[key] = hints[key](**values)
     feeds = raw.get("feeds", [])
     if not isinstance(feeds, list):
         problems.append(f"{source}: feeds must be an array of tables ([[feeds]])")
@@ -112,16 +145,11 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
     for i, feed in enumerate(feeds):
         if not isinstance(feed, dict):
             problems.append(f"{source}: feeds[{i}] must be a table")
-            continue
-        where = f"feeds[{i}]" if "name" not in feed else f"feeds[{i}] ({feed['name']})"
-        built_feed = _build(FeedConfig, feed, where, source, problems)
-        if built_feed is not None:
+        elif (built_feed := _build_feed(feed, i, source, problems, origins.get(f"feeds[{i}]", {}))) is not None:
             built_feeds.append(built_feed)
     names = [f.name for f in built_feeds]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{source}: feeds: name {dup!r} is used twice")
-    for feed in built_feeds:
-        _check_feed(feed, source, problems)
     _check_tls(built, built_feeds, source, problems)
     if problems:
         raise ConfigError(problems)
@@ -147,35 +175,82 @@ def _check_tls(built: dict, feeds: list[FeedConfig], source: str, problems: list
             problems.append(f"{source}: questdb.conf: tls_roots file {path!r} not found")
 
 
-def _build(cls, values: dict, where: str, source: str, problems: list[str]):
+def _label(source: str, origins: Mapping[str, str], where: str, key: str) -> str:
+    """How a problem names a key: the environment variable it came from, or the file."""
+    return f"${origins[key]}: {where}.{key}" if key in origins else f"{source}: {where}.{key}"
+
+
+def _checked(cls, values: dict, where: str, source: str, problems: list[str], origins: Mapping[str, str]):
+    """The keyword arguments of `cls` that `values` give, converted and checked; None after a problem."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     before = len(problems)
     for key, value in values.items():
+        at = _label(source, origins, where, key)
         if key not in fields:
-            problems.append(f"{source}: {where}.{key}: unknown key")
+            problems.append(f"{at}: unknown key")
             continue
         converted = _convert(hints[key], value)
         if converted is _INVALID:
             secret = f"{where.split('[', 1)[0]}.{key}" in SECRET_KEYS
             got = f"a value of type {type(value).__name__} (not shown: it is a secret)" if secret else repr(value)
-            problems.append(f"{source}: {where}.{key}: expected {_type_name(hints[key])}, got {got}")
+            problems.append(f"{at}: expected {_type_name(hints[key])}, got {got}")
             continue
         meta = fields[key].metadata
         if meta.get("min") is not None and converted < meta["min"]:
-            problems.append(f"{source}: {where}.{key}: {converted!r} is below the minimum {meta['min']}")
+            problems.append(f"{at}: {converted!r} is below the minimum {meta['min']}")
         elif meta.get("max") is not None and converted > meta["max"]:
-            problems.append(f"{source}: {where}.{key}: {converted!r} is above the maximum {meta['max']}")
+            problems.append(f"{at}: {converted!r} is above the maximum {meta['max']}")
         elif meta.get("choices") and converted not in meta["choices"]:
-            problems.append(f"{source}: {where}.{key}: {converted!r} is not one of {', '.join(meta['choices'])}")
+            problems.append(f"{at}: {converted!r} is not one of {', '.join(meta['choices'])}")
         kwargs[key] = converted
     for name, f in fields.items():
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in values:
             problems.append(f"{source}: {where}.{name}: required key is missing")
-    if len(problems) > before:
+    return None if len(problems) > before else kwargs
+
+
+def _build_feed(values: dict, i: int, source: str, problems: list[str],
+                origins: Mapping[str, str]) -> FeedConfig | None:
+    """One [[feeds]] table: the common keys → FeedConfig, the others → its exchange's options."""
+    where = f"feeds[{i}]" if "name" not in values else f"feeds[{i}] ({values['name']})"
+    name, entry = values.get("exchange"), None
+    if isinstance(name, str):
+        try:
+            entry = registry.exchange(name)
+        except registry.UnknownExchange as exc:
+            # Named as the checks of a whole feed name it (_check_feed): "feeds (name).exchange".
+            named = f"feeds ({values['name']})" if "name" in values else f"feeds[{i}]"
+            problems.append(f"{_label(source, origins, named, 'exchange')}: {exc}")
+    own = [f.name for f in dataclasses.fields(entry.options)] if entry else []
+    for key in values if entry else ():  # a feed of an unknown exchange: which keys are its own is unknown
+        if key not in COMMON_FEED_KEYS and key not in own:
+            problems.append(f"{_label(source, origins, where, key)}: {_not_a_key(key, name, own)}")
+    common = _checked(FeedConfig, {k: v for k, v in values.items() if k in COMMON_FEED_KEYS}, where, source,
+                      problems, origins)
+    options = _checked(entry.options, {k: v for k, v in values.items() if k in own}, where, source, problems,
+                       origins) if entry else None
+    if common is None:
         return None
-    return cls(**kwargs)
+    _check_feed({**FEED_DEFAULTS, **common}, source, problems)
+    if options is None:
+        return None
+    feed = FeedConfig(**common, options=entry.options(**options))
+    try:
+        entry.protocol(feed)  # the exchange module checks its own settings (channels, intervals)
+    except ValueError as exc:
+        problems.append(f"{source}: feeds ({feed.name}).channels: {exc}")
+    return feed
+
+
+def _not_a_key(key: str, exchange: str, own: list[str]) -> str:
+    """Why a key is refused in a feed of `exchange`, and which keys of its own that exchange takes."""
+    owners = [other for other, entry in registry.EXCHANGES.items()
+              if key in {f.name for f in dataclasses.fields(entry.options)}]
+    what = f"a key of {' and '.join(owners)} feeds, not of {exchange}" if owners else "unknown key"
+    takes = f"the common keys and {', '.join(own)}" if own else "the common keys only"
+    return f"{what} (a {exchange} feed takes {takes})"
 
 
 _INVALID = object()
@@ -206,45 +281,51 @@ def _type_name(hint) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
-def _check_feed(feed: FeedConfig, source: str, problems: list[str]) -> None:
-    from marketfeed.feeds.base import protocol_class
-
-    where = f"{source}: feeds ({feed.name})"
-    try:
-        protocol = protocol_class(feed.exchange)
-    except ValueError:
-        problems.append(f"{where}.exchange: unknown exchange {feed.exchange!r}")
-    else:
-        try:
-            protocol(feed)  # the exchange module checks its own settings (channels, intervals)
-        except ValueError as exc:
-            problems.append(f"{where}.channels: {exc}")
-    if not feed.symbols:
+def _check_feed(feed: dict, source: str, problems: list[str]) -> None:
+    """Checks across the common keys of one feed, given as checked keyword arguments of FeedConfig with
+    its defaults: they hold for a feed of an unknown exchange too, which has no FeedConfig."""
+    where = f"{source}: feeds ({feed['name']})"
+    if not feed["symbols"]:
         problems.append(f"{where}.symbols: at least one symbol is needed")
-    for key in ("url", *(() if not feed.rest_url else ("rest_url",))):
-        url = getattr(feed, key)
+    for key in ("url", *(() if not feed["rest_url"] else ("rest_url",))):
+        url = feed[key]
         if not url.split("://", 1)[0] in ("ws", "wss", "http", "https"):
             problems.append(f"{where}.{key}: {url!r} is not a ws://, wss://, http:// or https:// URL")
-    if feed.reconnect_max_s < feed.reconnect_min_s:
+    if feed["reconnect_max_s"] < feed["reconnect_min_s"]:
         problems.append(f"{where}.reconnect_max_s: below reconnect_min_s")
 
 
-def _apply_env(raw: dict, env: Mapping[str, str], problems: list[str]) -> None:
+def _apply_env(raw: dict, env: Mapping[str, str], problems: list[str]) -> dict[str, dict[str, str]]:
+    """MARKETFEED_* overrides into `raw`; returns which key of which table each variable set."""
+    origins: dict[str, dict[str, str]] = {}
     for name, value in sorted(env.items()):  # sorted: KEY before KEY_FILE, so the file wins
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        if section not in SECTIONS:
-            continue
-        if key.endswith("_file") and key not in typing.get_type_hints(SECTIONS[section]):
-            if (text := _read_secret(value, f"${name}", problems)) is not None:
-                raw.setdefault(section, {})[key[:-len("_file")]] = text  # taken as is: a secret is a string
+        if section == "feeds":
+            index, _, key = key.partition("__")
+            feeds = raw.get("feeds")
+            count = len(feeds) if isinstance(feeds, list) else 0
+            if not index.isdigit() or int(index) >= count or not isinstance(feeds[int(index)], dict):
+                problems.append(f"${name}: the config has no feeds[{index}] "
+                                f"(its {count} [[feeds]] tables count from 0)")
+                continue
+            table, path = feeds[int(index)], f"feeds[{int(index)}]"
+        elif section in SECTIONS:
+            table, path = raw.setdefault(section, {}), section
+            if key.endswith("_file") and key not in typing.get_type_hints(SECTIONS[section]):
+                if (text := _read_secret(value, f"${name}", problems)) is not None:
+                    table[key[:-len("_file")]] = text  # taken as is: a secret is a string
+                    origins.setdefault(path, {})[key[:-len("_file")]] = name
+                continue
+        else:
             continue
         try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
+            table[key] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
-            parsed = value
-        raw.setdefault(section, {})[key] = parsed
+            table[key] = value
+        origins.setdefault(path, {})[key] = name
+    return origins
 
 
 def to_toml(raw: dict) -> str:

@@ -12,6 +12,17 @@ def bounded(default, *, min=None, max=None, choices=None):  # noqa: A002 - reads
     return field(default=default, metadata={"min": min, "max": max, "choices": choices})
 
 
+def secret(*, env: str):
+    """A secret string option: hidden from repr. The loader fills it from the option itself, else the file
+    its `<name>_file` option names, else $<env>, else the file $<env>_FILE names."""
+    return field(default="", repr=False, metadata={"env": env})
+
+
+@dataclass(frozen=True)
+class ExchangeOptions:
+    """Base of the options one exchange adds to its [[feeds]] tables (feeds/<exchange>.py, feeds/registry.py)."""
+
+
 class RefreshChoices:
     """Choices by pattern: "immediate" or a QuestDB refresh interval <n>m, <n>h, <n>d (it refuses seconds)."""
 
@@ -113,13 +124,7 @@ class FeedConfig:
     batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…
     batch_linger_s: float = bounded(0.005, min=0.0)  # …or once the oldest waited this long
     backfill: bool = True
-    snapshot: bool = True  # Kraken v2: ask every channel for its snapshot on (re)subscribe, sent explicitly
-    # Polygon. The key is a secret: hidden from repr, never logged; empty → $POLYGON_API_KEY or $POLYGON_API_KEY_FILE.
-    api_key: str = field(default="", repr=False)
-    min_trade_value: float = bounded(0.0, min=0.0)  # store only trades worth price × size × multiplier ≥ this
-    contract_multiplier: float = bounded(0.0, min=0.0)  # 0: 100 for options (O: tickers), 1 for stocks
-    # Hostile input and secrets (README, Security). The loader reads api_key_file into api_key.
-    api_key_file: str = ""  # a file holding the key (systemd credential), instead of api_key in this file
+    # Hostile input and secrets (README, Security).
     ca_file: str = ""  # CA bundle for wss:// and https:// (empty: service.ca_file, else the system's)
     max_frame_bytes: int = bounded(16 << 20, min=1024)  # a bigger WebSocket message closes the connection
     max_json_bytes: int = bounded(4 << 20, min=64)  # a bigger message is a malformed frame, never parsed
@@ -127,6 +132,19 @@ class FeedConfig:
     max_backfill_bytes: int = bounded(16 << 20, min=1024)  # a bigger REST response fails that backfill
     max_future_skew_s: float = bounded(60.0, min=0.0)  # rows stamped later than now + this are rejected
     max_string_len: int = bounded(64, min=1)  # longer symbols (or other strings) in a row are rejected
+    # The exchange's own keys, which sit beside these in the TOML table; None: that exchange's defaults.
+    options: ExchangeOptions | None = None
+
+    def __post_init__(self) -> None:
+        # Imported here: the registry imports every exchange module, and they import this one.
+        from marketfeed.feeds.registry import exchange
+
+        options = exchange(self.exchange).options
+        if self.options is None:
+            object.__setattr__(self, "options", options())
+        elif type(self.options) is not options:
+            raise TypeError(f"feed {self.name!r}: exchange {self.exchange!r} takes {options.__name__}, "
+                            f"not {type(self.options).__name__}")
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,22 @@
 """Which config values are secrets, and how to show a config string without them.
 
-Secrets: feed API keys, and the credentials inside the QuestDB client string (username, password,
-token, token_x, token_y) and the PostgreSQL DSN (password). They may come from the config file,
-MARKETFEED_* variables or the files *_FILE variables name; wherever they came from, they are
+Secrets: feed API keys (secret exchange options), and the credentials inside the QuestDB client string
+(username, password, token, token_x, token_y) and the PostgreSQL DSN (password). They may come from the
+config file, MARKETFEED_* variables, an exchange's own variables ($POLYGON_API_KEY) or the files *_FILE
+variables and *_file keys name; the loader resolves all of them into the config, and from there they are
 registered with the log formatter (telemetry.logs.hide) so no log line, report or message shows them.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import re
-from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from marketfeed.config.schema import Config
 
 REDACTED = "***"
-# Keys whose whole value is secret, as "section.key" ("feeds.key" for every feed).
+# Keys whose whole value is secret, as "section.key" ("feeds.key" for every feed, an exchange option included).
 SECRET_KEYS = frozenset(("questdb.conf", "questdb.pg_dsn", "feeds.api_key"))
 CONF_SECRET_KEYS = frozenset(("username", "password", "token", "token_x", "token_y"))
 _DSN_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)""")
@@ -70,21 +69,12 @@ def dsn_password(dsn: str) -> str:
     return value[1:-1] if value.startswith("'") else value
 
 
-def secret_values(config: Config, env: Mapping[str, str] | None = None) -> set[str]:
+def secret_values(config: Config) -> set[str]:
     """Every secret string a config holds, for the log formatter to hide. Values shorter than 6 are
     skipped: hiding QuestDB's public default password 'quest' would mangle every 'questdb' in the log,
-    and so short a secret protects nothing anyway. Keys an exchange module reads from its own
-    environment variables (`*_API_KEY`, `*_API_KEY_FILE`) are hidden too."""
-    env = os.environ if env is None else env
+    and so short a secret protects nothing anyway."""
     values = {v for k, v in conf_items(config.questdb.conf) if k in CONF_SECRET_KEYS - {"username"}}
     values.add(dsn_password(config.questdb.pg_dsn))
-    values.update(f.api_key for f in config.feeds)
-    for name, value in env.items():
-        if name.endswith("_API_KEY"):
-            values.add(value.strip())
-        elif name.endswith("_API_KEY_FILE"):
-            try:
-                values.add(Path(value).read_text().strip())
-            except OSError:
-                pass  # the feed reports an unreadable key file itself
+    values.update(getattr(feed.options, option.name) for feed in config.feeds
+                  for option in dataclasses.fields(feed.options) if f"feeds.{option.name}" in SECRET_KEYS)
     return {v for v in values if len(v) >= 6}

@@ -6,7 +6,6 @@ actor's reader thread hands it frames, and its backfill thread hands it REST bod
 from __future__ import annotations
 
 import enum
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -78,7 +77,7 @@ class Gap:
 
 
 class FeedProtocol:
-    """Base class of one exchange's protocol. Subclasses live in feeds/<exchange>.py as PROTOCOL."""
+    """Base class of one exchange's protocol. Subclasses live in feeds/<exchange>.py, named in feeds/registry.py."""
 
     exchange: ClassVar[str]
     contiguous_ids: ClassVar[bool] = False  # trade ids without holes: gaps are detectable
@@ -137,15 +136,6 @@ def load_json(frame: bytes | str, shape: type) -> dict | list:
     if not isinstance(value, shape):
         raise MalformedFrame(f"not a JSON {'object' if shape is dict else 'array'}", frame)
     return value
-
-
-def protocol_class(exchange: str) -> type[FeedProtocol]:
-    """feeds/<exchange>.py defines PROTOCOL; a new exchange is one new file."""
-    try:
-        module = importlib.import_module(f"marketfeed.feeds.{exchange}")
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"unknown exchange {exchange!r}") from exc
-    return module.PROTOCOL
 
 
 def ms_to_ns(ms: int) -> int:

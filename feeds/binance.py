@@ -15,10 +15,12 @@ trade_id) keeps them apart and `verify` checks each sequence on its own.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import orjson
 
+from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
 from marketfeed.feeds.rows import Candle, Trade, new_trade
@@ -153,6 +155,11 @@ class BinanceProtocol(FeedProtocol):
 
 def _kline_interval(gap: Gap) -> str:
     return gap.stream.rsplit(KLINE, 1)[1]
+
+
+@dataclass(frozen=True)
+class BinanceOptions(ExchangeOptions):
+    """Binance feeds take the common keys only."""
 
 
 PROTOCOL = BinanceProtocol

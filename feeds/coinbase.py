@@ -24,11 +24,13 @@ the backfiller's request spacing stays below that.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 import orjson
 
+from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
 from marketfeed.feeds.rows import Trade, new_trade
 
@@ -112,6 +114,11 @@ class CoinbaseProtocol(FeedProtocol):
         if oldest is None or oldest <= gap.first_id:
             return rows, None
         return rows, Gap(gap.symbol, gap.first_id, oldest - 1, stream=gap.stream)
+
+
+@dataclass(frozen=True)
+class CoinbaseOptions(ExchangeOptions):
+    """Coinbase feeds take the common keys only."""
 
 
 PROTOCOL = CoinbaseProtocol

@@ -53,6 +53,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
 from marketfeed.feeds.rows import Candle, Trade, new_trade
@@ -94,7 +95,7 @@ class KrakenProtocol(FeedProtocol):
         # Candles held may have missed their last updates: their final state comes from the snapshot or
         # /0/public/OHLC, never from what was held when the next interval began.
         self._candles.clear()
-        symbols, snapshot = list(self.feed.symbols), self.feed.snapshot
+        symbols, snapshot = list(self.feed.symbols), self.feed.options.snapshot
         params = [{"channel": "trade", "symbol": symbols, "snapshot": snapshot}] if self.trade_channel else []
         params += [{"channel": "ohlc", "symbol": symbols, "interval": interval, "snapshot": snapshot}
                    for interval in self.ohlc_intervals]
@@ -306,6 +307,11 @@ def _integer(value: object) -> int:
     if type(value) is int:
         return value
     raise TypeError(f"not an integer: {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KrakenOptions(ExchangeOptions):
+    snapshot: bool = True  # ask every channel for its snapshot on (re)subscribe, sent explicitly
 
 
 PROTOCOL = KrakenProtocol

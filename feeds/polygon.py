@@ -26,21 +26,20 @@ How that maps onto a Trade (choices, because Polygon's model differs from a cryp
 - side: Polygon does not say who the aggressor was: "unknown".
 - amount: the size in shares or contracts; the optional minimum trade value compares
   price × size × multiplier (100 for O: tickers unless contract_multiplier says otherwise).
-The API key comes from the feed's api_key, else $POLYGON_API_KEY, else the file named by
-$POLYGON_API_KEY_FILE. It is sent in the auth message and the REST query only: no log line,
-status, metric or exception text built here contains it.
+The API key (PolygonOptions.api_key) is resolved by the config loader: the feed's api_key, else
+api_key_file, else $POLYGON_API_KEY, else the file $POLYGON_API_KEY_FILE names. It is sent in the
+auth message and the REST query only: no log line, status, metric or exception text built here
+contains it.
 """
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Mapping
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
+from marketfeed.config.schema import ExchangeOptions, bounded, secret
 from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
 from marketfeed.feeds.rows import Trade, new_trade
@@ -50,24 +49,9 @@ UNKNOWN_SIDE = "unknown"  # Polygon's trades do not name the aggressor
 OPTIONS_PREFIX = "O:"
 OPTIONS_MULTIPLIER = 100.0  # one US equity option contract = 100 shares
 BACKFILL_PAGE = 50_000  # v3 trades' maximum limit
-KEY_ENV, KEY_FILE_ENV = "POLYGON_API_KEY", "POLYGON_API_KEY_FILE"
+KEY_ENV = "POLYGON_API_KEY"
+NO_KEY = f"no API key: set api_key, api_key_file, ${KEY_ENV} or ${KEY_ENV}_FILE"
 _MS = 1_000_000
-
-
-def resolve_api_key(configured: str, env: Mapping[str, str]) -> tuple[str, str]:
-    """(key, problem): the configured key, else $POLYGON_API_KEY, else the file $POLYGON_API_KEY_FILE names."""
-    if configured:
-        return configured, ""
-    if env.get(KEY_ENV):
-        return env[KEY_ENV].strip(), ""
-    path = env.get(KEY_FILE_ENV)
-    if not path:
-        return "", f"no API key: set api_key, ${KEY_ENV} or ${KEY_FILE_ENV}"
-    try:
-        key = Path(path).read_text().strip()
-    except OSError as exc:
-        return "", f"${KEY_FILE_ENV}: cannot read {path}: {exc.strerror}"
-    return (key, "") if key else ("", f"${KEY_FILE_ENV}: {path} is empty")
 
 
 def stock_trade_id(exchange_id: int, trf_id: int | None, trade_id: str) -> int:
@@ -118,10 +102,10 @@ class PolygonProtocol(FeedProtocol):
     exchange = EXCHANGE
     contiguous_ids = False  # ids are per venue and `q` has holes: outages are found by time
 
-    def __init__(self, feed, env: Mapping[str, str] | None = None):
+    def __init__(self, feed):
         super().__init__(feed)
-        self._key, self._key_problem = resolve_api_key(feed.api_key, os.environ if env is None else env)
-        self.min_value = feed.min_trade_value
+        self._key, self._key_problem = feed.options.api_key, "" if feed.options.api_key else NO_KEY
+        self.min_value = feed.options.min_trade_value
         self.page_limit = BACKFILL_PAGE
         self._multipliers: dict[str, float] = {}
 
@@ -182,7 +166,7 @@ class PolygonProtocol(FeedProtocol):
             return True
         multiplier = self._multipliers.get(trade.symbol)
         if multiplier is None:
-            multiplier = self._multipliers[trade.symbol] = self.feed.contract_multiplier or (
+            multiplier = self._multipliers[trade.symbol] = self.feed.options.contract_multiplier or (
                 OPTIONS_MULTIPLIER if trade.symbol.startswith(OPTIONS_PREFIX) else 1.0)
         return trade.price * trade.amount * multiplier >= self.min_value
 
@@ -222,6 +206,15 @@ class PolygonProtocol(FeedProtocol):
         # Only the path and cursor are taken from next_url: the key goes nowhere but the configured host.
         url = urlsplit(next_url)
         return rows, replace(gap, page=f"{url.path}?{url.query}" if url.query else url.path)
+
+
+@dataclass(frozen=True)
+class PolygonOptions(ExchangeOptions):
+    # The key is a secret: hidden from repr, never logged; the loader resolves it (module docstring).
+    api_key: str = secret(env=KEY_ENV)
+    api_key_file: str = ""  # a file holding the key (systemd credential), instead of api_key in the config file
+    min_trade_value: float = bounded(0.0, min=0.0)  # store only trades worth price × size × multiplier ≥ this
+    contract_multiplier: float = bounded(0.0, min=0.0)  # 0: 100 for options (O: tickers), 1 for stocks
 
 
 PROTOCOL = PolygonProtocol

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg2
 
-from marketfeed.feeds.base import protocol_class
+from marketfeed.feeds import registry
 from marketfeed.storage.schema import existing_tables
 from marketfeed.storage.tables import CANDLES, TRADES
 
@@ -54,7 +54,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 def contiguous(exchange: str) -> bool:
     try:
-        return protocol_class(exchange).contiguous_ids
+        return registry.exchange(exchange).protocol.contiguous_ids
     except ValueError:
         return False
 

@@ -9,6 +9,7 @@ from marketfeed.config.loader import ConfigError, load, to_toml
 from marketfeed.telemetry.http import OpsServer
 
 FEED = {"name": "b", "exchange": "binance", "url": "wss://stream.example:9443", "symbols": ["BTCUSDT"]}
+KEYED_FEED = {**FEED, "exchange": "polygon"}  # an exchange with an API key
 
 
 def write(tmp_path, raw: dict, name="marketfeed.toml", mode=0o600):
@@ -54,16 +55,17 @@ def test_unreadable_or_world_writable_secret_files_are_problems_naming_the_varia
 def test_a_feed_api_key_comes_from_api_key_file(tmp_path):
     key = tmp_path / "key"
     key.write_text("k-123456\n")
-    config = load(write(tmp_path, {"feeds": [{**FEED, "api_key_file": str(key)}]}), env={})
-    assert config.feeds[0].api_key == "k-123456" and "k-123456" not in repr(config)
-    path = write(tmp_path, {"feeds": [{**FEED, "api_key_file": str(key), "api_key": "inline"},
-                                      {**FEED, "name": "c", "api_key_file": str(tmp_path / "nope")}]})
+    config = load(write(tmp_path, {"feeds": [{**KEYED_FEED, "api_key_file": str(key)}]}), env={})
+    assert config.feeds[0].options.api_key == "k-123456" and "k-123456" not in repr(config)
+    path = write(tmp_path, {"feeds": [{**KEYED_FEED, "api_key_file": str(key), "api_key": "inline"},
+                                      {**KEYED_FEED, "name": "c", "api_key_file": str(tmp_path / "nope")}]})
     assert problems(path) == [f"{path}: feeds[0] (b).api_key_file: set api_key or api_key_file, not both",
                               f"{path}: feeds[1] (c).api_key_file: file {str(tmp_path / 'nope')!r} not found"]
 
 
 def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path):
-    path = write(tmp_path, {"questdb": {"pg_dsn": ["password=hunter22"]}, "feeds": [{**FEED, "api_key": 123456789}]})
+    path = write(tmp_path, {"questdb": {"pg_dsn": ["password=hunter22"]},
+                            "feeds": [{**KEYED_FEED, "api_key": 123456789}]})
     found = problems(path)
     hidden = "(not shown: it is a secret)"
     assert found == [f"{path}: questdb.pg_dsn: expected a string, got a value of type list {hidden}",

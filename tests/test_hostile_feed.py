@@ -21,7 +21,8 @@ from marketfeed.actors.buffer import RowBatch, SinkDirectory
 from marketfeed.actors.feed import BackfillDone, FeedActor, FeedMemory
 from marketfeed.actors.feed_io import Backfiller
 from marketfeed.config.schema import FeedConfig
-from marketfeed.feeds.base import Gap, protocol_class
+from marketfeed.feeds import registry
+from marketfeed.feeds.base import Gap
 from marketfeed.sim import Simulator
 from marketfeed.storage.deadletter import read as read_dead_letters
 from marketfeed.supervision.supervisor import GetStatus
@@ -154,7 +155,7 @@ def backfill(sim: Simulator, **extra) -> BackfillDone:
 
     allowed = threading.Event()
     allowed.set()
-    backfiller = Backfiller(feed.name, protocol_class("binance")(feed), Inbox(), allowed, min_interval_s=0.0,
+    backfiller = Backfiller(feed.name, registry.exchange("binance").protocol(feed), Inbox(), allowed, min_interval_s=0.0,
                             attempts=1)
     backfiller.start()
     backfiller.gaps.put(Gap("BTCUSDT", sim.truth("binance", "BTCUSDT")[0], sim.truth("binance", "BTCUSDT")[-1]))

@@ -1,7 +1,7 @@
 """Every exchange parser against hostile input: arbitrary bytes and JSON never escape as anything but
 MalformedFrame (a counted reject), and frames the simulator's twin renders give exactly its trades.
 
-Exchanges are discovered: every feeds/<exchange>.py defining PROTOCOL is covered, so a parser added
+Exchanges come from the registry: every exchange of feeds/registry.py is covered, so a parser added
 later is tested without touching this file. Bounded: few hundred examples, no deadline flakiness.
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 import importlib.util
 import math
-import pkgutil
 import functools
 from urllib.parse import urlsplit
 
@@ -19,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import marketfeed.feeds
 from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds import registry
 from marketfeed.feeds.base import Control, FeedProtocol, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from marketfeed.feeds.rows import Trade
 from marketfeed.feeds.validation import INT64_MAX, MIN_TS_NS, RowValidator
@@ -28,8 +27,7 @@ from marketfeed.sim.market import ExchangeMarket, fixed
 from marketfeed.sim.market import Trade as SimTrade
 from marketfeed.sim.twin import twin_class
 
-EXCHANGES = sorted(name for _, name, _ in pkgutil.iter_modules(marketfeed.feeds.__path__)
-                   if hasattr(importlib.import_module(f"marketfeed.feeds.{name}"), "PROTOCOL"))
+EXCHANGES = sorted(registry.EXCHANGES)
 SYMBOL = {"binance": "BTCUSDT", "coinbase": "BTC-USD", "kraken": "BTC/USD", "polygon": "AAPL"}  # the exchange's naming
 API_KEY = "test-key"
 RECEIVED_NS = 1_700_000_000_123_456_789
@@ -45,13 +43,15 @@ json_values = st.recursive(
 
 
 def feed_config(exchange: str) -> FeedConfig:
+    options = registry.exchange(exchange).options
+    keyed = {"api_key": API_KEY} if "api_key" in {f.name for f in dataclasses.fields(options)} else {}
     return FeedConfig(name=f"{exchange}-test", exchange=exchange, url="ws://127.0.0.1:1", rest_url="http://127.0.0.1:1",
-                      symbols=(SYMBOL.get(exchange, "BTCUSDT"),), api_key=API_KEY)
+                      symbols=(SYMBOL.get(exchange, "BTCUSDT"),), options=options(**keyed))
 
 
 @functools.cache
 def protocol(exchange: str) -> FeedProtocol:
-    return importlib.import_module(f"marketfeed.feeds.{exchange}").PROTOCOL(feed_config(exchange))
+    return registry.exchange(exchange).protocol(feed_config(exchange))
 
 
 def parse_survives(proto: FeedProtocol, frame: bytes | str) -> ParsedRows:
@@ -74,7 +74,7 @@ def parse_survives(proto: FeedProtocol, frame: bytes | str) -> ParsedRows:
 
 @pytest.mark.parametrize("exchange", EXCHANGES)
 def test_every_exchange_module_is_discovered(exchange):
-    assert issubclass(importlib.import_module(f"marketfeed.feeds.{exchange}").PROTOCOL, FeedProtocol)
+    assert issubclass(registry.exchange(exchange).protocol, FeedProtocol)
     assert {"binance", "coinbase"} <= set(EXCHANGES)
 
 

@@ -41,7 +41,7 @@ def test_dsn_passwords_are_redacted(dsn):
 def test_secret_values_of_a_config_skip_public_defaults(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(to_toml({"questdb": {"conf": f"http::addr=h:1;username=admin;password={MARKER};"},
-                             "feeds": [{"name": "p", "exchange": "binance", "url": "ws://h", "symbols": ["A"],
+                             "feeds": [{"name": "p", "exchange": "polygon", "url": "ws://h", "symbols": ["A"],
                                         "api_key": KEY_MARKER}]}))
     assert secret_values(load(path, env={})) == {MARKER, KEY_MARKER}  # not "admin", not the default "quest"
 
@@ -73,14 +73,14 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
     conf_file.write_text(f"http::addr=127.0.0.1:{dead};username=ingest;password={MARKER};\n")
     key_file.write_text(KEY_MARKER + "\n")
     status_file = tmp_path / "status.json"
-    with Simulator(["binance"], ["BTCUSDT"], rate=50, seed=1) as sim:
+    with Simulator(["polygon"], ["AAPL"], rate=50, seed=1) as sim:
         config = {
             "service": {"status_file": str(status_file), "pid_file": str(tmp_path / "pid"),
                         "http_listen": "127.0.0.1:0", "status_interval_s": 0.2, "shutdown_timeout_s": 3.0},
             "questdb": {"pg_dsn": f"host=127.0.0.1 port={dead} user=admin password={MARKER} connect_timeout=1"},
             "sink": {"flush_interval_s": 0.05, "retry_min_s": 0.05, "retry_max_s": 0.2},
-            "feeds": [{"name": "marker", "exchange": "binance", "url": sim.url("binance"), "symbols": ["BTCUSDT"],
-                       "api_key_file": str(key_file)}],
+            "feeds": [{"name": "marker", "exchange": "polygon", "url": sim.url("polygon"), "symbols": ["AAPL"],
+                       "rest_url": sim.rest_url("polygon"), "api_key_file": str(key_file)}],
         }
         env = {"MARKETFEED_QUESTDB__CONF_FILE": str(conf_file)}
         proc = ServiceProcess.start(tmp_path, config, env)

@@ -4,7 +4,7 @@ import pytest
 
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from marketfeed.feeds.kraken import KrakenProtocol, channels, rest_pair, rfc3339_ns
+from marketfeed.feeds.kraken import KrakenOptions, KrakenProtocol, channels, rest_pair, rfc3339_ns
 from marketfeed.feeds.rows import Candle, Trade
 
 
@@ -154,7 +154,7 @@ def test_snapshot_after_reconnect_closes_the_candle_left_in_progress():
 
 
 def test_a_reconnect_forgets_the_candle_in_progress_rather_than_close_it_stale():
-    protocol = KrakenProtocol(feed(snapshot=False))
+    protocol = KrakenProtocol(feed(options=KrakenOptions(snapshot=False)))
     parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0))
     protocol.subscribe_messages()  # the connection was replaced: 15:25's last updates may be lost
     _, out = parse(protocol, ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5))
@@ -182,7 +182,8 @@ def test_intervals_and_symbols_keep_their_own_candles():
 
 def test_subscribe_messages_set_snapshot_explicitly():
     symbols = ["BTC/USD", "MATIC/USD", "ALGO/USD"]
-    messages = [orjson.loads(m) for m in KrakenProtocol(feed(snapshot=False)).subscribe_messages()]
+    protocol = KrakenProtocol(feed(options=KrakenOptions(snapshot=False)))
+    messages = [orjson.loads(m) for m in protocol.subscribe_messages()]
     assert messages == [
         {"method": "subscribe", "params": {"channel": "trade", "symbol": symbols, "snapshot": False},
          "req_id": 1},

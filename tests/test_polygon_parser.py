@@ -6,9 +6,9 @@ from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from marketfeed.feeds.polygon import (
     BACKFILL_PAGE,
+    PolygonOptions,
     PolygonProtocol,
     option_trade_id,
-    resolve_api_key,
     stock_trade_id,
 )
 
@@ -21,10 +21,10 @@ STOCK_TRADE = {"ev": "T", "sym": "MSFT", "x": 4, "i": "12345", "z": 3, "p": 114.
 OPTION_TRADE = {"ev": "T", "sym": OPTION, "x": 65, "p": 1.54, "s": 7, "c": [233], "t": 1536036818784, "q": 6311}
 
 
-def protocol(symbols=("MSFT", OPTION), env=None, **extra) -> PolygonProtocol:
+def protocol(symbols=("MSFT", OPTION), **extra) -> PolygonProtocol:
     feed = FeedConfig("polygon-test", "polygon", "wss://socket.polygon.io/stocks", tuple(symbols),
-                      rest_url="https://api.polygon.io", **{"api_key": KEY, **extra})
-    return PolygonProtocol(feed, env={} if env is None else env)
+                      rest_url="https://api.polygon.io", options=PolygonOptions(**{"api_key": KEY, **extra}))
+    return PolygonProtocol(feed)
 
 
 def parse(p: PolygonProtocol, events) -> tuple[Control | None, list]:
@@ -69,9 +69,9 @@ def test_auth_failure_is_a_refusal_that_never_shows_the_key():
 
 
 def test_a_missing_key_is_named_in_the_refusal():
-    p = PolygonProtocol(FeedConfig("p", "polygon", "wss://socket.polygon.io", ("MSFT",)), env={})
+    p = PolygonProtocol(FeedConfig("p", "polygon", "wss://socket.polygon.io", ("MSFT",)))
     assert orjson.loads(p.subscribe_messages()[0]) == {"action": "auth", "params": ""}
-    with pytest.raises(SubscriptionRejected, match="POLYGON_API_KEY"):
+    with pytest.raises(SubscriptionRejected, match=r"no API key: set api_key, api_key_file, \$POLYGON_API_KEY"):
         parse(p, [{"ev": "status", "status": "auth_failed", "message": "authentication failed"}])
 
 
@@ -120,17 +120,6 @@ def test_a_frame_whose_trades_are_all_below_the_minimum_is_still_data():
 def test_contract_multiplier_overrides_the_default():
     _, trades = parse(protocol(min_trade_value=1_000, contract_multiplier=1000.0), [OPTION_TRADE])
     assert len(trades) == 1  # 1.54 × 7 × 1000 = 10 780
-
-
-def test_api_key_from_config_env_or_file(tmp_path):
-    key_file = tmp_path / "key"
-    key_file.write_text(f"{KEY}\n")
-    assert resolve_api_key("cfg", {"POLYGON_API_KEY": "env"}) == ("cfg", "")
-    assert resolve_api_key("", {"POLYGON_API_KEY": "env", "POLYGON_API_KEY_FILE": str(key_file)}) == ("env", "")
-    assert resolve_api_key("", {"POLYGON_API_KEY_FILE": str(key_file)}) == (KEY, "")
-    key, problem = resolve_api_key("", {"POLYGON_API_KEY_FILE": str(tmp_path / "absent")})
-    assert key == "" and "cannot read" in problem
-    assert resolve_api_key("", {})[1].startswith("no API key")
 
 
 def test_the_key_is_in_no_repr():

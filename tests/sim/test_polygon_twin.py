@@ -8,7 +8,7 @@ import websocket
 from simclient import backfill, get
 
 from marketfeed.config.schema import FeedConfig
-from marketfeed.feeds.polygon import PolygonProtocol, event_trade
+from marketfeed.feeds.polygon import PolygonOptions, PolygonProtocol, event_trade
 from marketfeed.sim import Simulator
 from marketfeed.sim.polygon import rest_result, sip_ns, trade_event
 
@@ -141,7 +141,7 @@ def test_the_feeds_backfill_loop_fetches_exactly_an_outage_window(sim):
     sim.start_clock()
     sim.wait_emitted(120)
     feed = FeedConfig("polygon", "polygon", sim.url("polygon"), tuple(SYMBOLS), rest_url=sim.rest_url("polygon"),
-                      api_key=KEY)
+                      options=PolygonOptions(api_key=KEY))
     protocol = PolygonProtocol(feed)
     protocol.page_limit = 9
     truth = {s: sim.trades("polygon", s) for s in SYMBOLS}
