@@ -20,6 +20,7 @@ from marketfeed.supervision.scheduler import scheduler
 from marketfeed.supervision.supervisor import ChildContext, Supervised
 from marketfeed.telemetry import metrics
 from marketfeed.telemetry.logs import event
+from marketfeed.telemetry.report import BreakerState, SinkStatus
 
 log = logging.getLogger("marketfeed.buffer")
 
@@ -146,6 +147,7 @@ class BufferActor(Supervised):
 
     def _flush(self, everything: bool) -> None:
         """Hand full batches (and on time, the rest) to the writer, each one HTTP request."""
+        assert self.worker is not None  # started() made it
         max_rows = self.batcher.max_rows
         while len(self.batcher) >= max_rows or (everything and self.batcher):
             rows = self.batcher.take(max_rows)
@@ -153,9 +155,9 @@ class BufferActor(Supervised):
             self.worker.submit(rows, overflow=self.in_flight >= self.high_water)
             self.in_flight += len(rows)
         self.generation += 1
-        if self.batcher:
-            delay = max(0.0, self.batcher.deadline() - time.monotonic())
-            scheduler().after(delay, self.actor_ref, FlushDue(self.generation))
+        deadline = self.batcher.deadline()
+        if deadline is not None:  # rows still wait
+            scheduler().after(max(0.0, deadline - time.monotonic()), self.actor_ref, FlushDue(self.generation))
 
     def _reported(self, report: SinkReport) -> None:
         self.in_flight -= report.rows
@@ -182,7 +184,7 @@ class BufferActor(Supervised):
             if n:
                 metric.labels(self.table).inc(n)
 
-    def status(self) -> dict:
+    def status(self) -> SinkStatus:
         now = time.monotonic()
         sink = self.sink
         return {
@@ -192,7 +194,7 @@ class BufferActor(Supervised):
             "last_flush_age_s": None if self.last_flush_at is None else round(now - self.last_flush_at, 3),
             "failures": self.failures,
             "last_error": self.last_error,
-            "breaker": sink.breaker,
+            "breaker": BreakerState(sink.breaker),
             "spool": "on" if spool_enabled(self.config) else "off",
             "spool_bytes": sink.spool_bytes,
             "spool_rows": sink.spool_rows,
@@ -205,6 +207,7 @@ class BufferActor(Supervised):
 
     def stopping(self) -> None:
         """Orderly stop: every waiting row is written or spooled before the actor ends (within the deadline)."""
+        assert self.worker is not None  # started() made it: a failed start never stops in order
         self.directory.set_behind(self.table, False)  # no reader waits for an actor that is gone
         deadline = time.monotonic() + max(1.0, self.config.service.shutdown_timeout_s - 2.0)
         while self.batcher:

@@ -19,30 +19,43 @@ import psutil
 import pykka
 
 from marketfeed.config.schema import Config
-from marketfeed.supervision.scheduler import scheduler
+from marketfeed.supervision.scheduler import Timer, scheduler
 from marketfeed.supervision.supervisor import ChildContext, GetChildren, GetStatus, Supervised, leaked_thread_count
 from marketfeed.telemetry import metrics
-from marketfeed.telemetry.health_rules import OK, SEVERITY, AlertRules, summary
+from marketfeed.telemetry.health_rules import AlertRules, summary
 from marketfeed.telemetry.logs import event, scrub
+from marketfeed.telemetry.report import (
+    BreakerState,
+    FeedStatus,
+    GatheredReport,
+    HealthLevel,
+    HealthReport,
+    NoAnswer,
+    ProcessFigures,
+    ReportReason,
+    SilentStatus,
+    SinkStatus,
+    SupervisorStatus,
+    silent,
+)
 from marketfeed.telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.health")
 
 ASK_TIMEOUT_S = 0.5
-# Which reports are logged, and which wins when several wait behind one gather.
-SIGNAL, PERIODIC, TICK = "signal", "periodic", "tick"
-RANK = {TICK: 0, PERIODIC: 1, SIGNAL: 2}
-BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+# Which reason wins when several wait behind one gather.
+RANK = {ReportReason.TICK: 0, ReportReason.PERIODIC: 1, ReportReason.SIGNAL: 2}
+BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass(frozen=True)
 class HealthRequest:
-    reason: str = SIGNAL
+    reason: ReportReason = ReportReason.SIGNAL
 
 
 @dataclass(frozen=True)
 class ReportReady:
-    report: dict
+    report: GatheredReport
 
 
 @dataclass(frozen=True)
@@ -57,12 +70,12 @@ class HealthBoard:
 
     def __init__(self, config: Config):
         self.rules = AlertRules(config.alerts)
-        self._latest: tuple[dict, float] | None = None
+        self._latest: tuple[HealthReport, float] | None = None
 
-    def publish(self, report: dict) -> None:
+    def publish(self, report: HealthReport) -> None:
         self._latest = (report, time.monotonic())  # one reference swap: readers never see half a report
 
-    def latest(self) -> tuple[dict, float] | None:
+    def latest(self) -> tuple[HealthReport, float] | None:
         return self._latest
 
 
@@ -76,10 +89,10 @@ class HealthActor(Supervised):
         self.board, self.notifier = board, notifier
         self.process = psutil.Process()
         self.gathering = False
-        self.pending_reason: str | None = None
+        self.pending_reason: ReportReason | None = None
         self.reports = 0
-        self.last_status: str | None = None
-        self.timers: list = []
+        self.last_status: HealthLevel | None = None
+        self.timers: list[Timer] = []
 
     def started(self) -> None:
         self.board.rules.thresholds = self.config.alerts
@@ -89,21 +102,22 @@ class HealthActor(Supervised):
         self._cancel_timers()
         # The final report. Health stops last (reverse start order): feeds and buffers are gone, no tree to
         # walk, so their part is the last one gathered (at most a status interval old), dated as such.
-        report = self.build_report(None, "shutdown")
+        report = self.build_report(None, ReportReason.SHUTDOWN)
         latest = self.board.latest()
         if latest is not None:
             last = latest[0]
-            report.update(feeds=last["feeds"], buffers=last["buffers"], supervisors=last["supervisors"],
-                          actors_as_of=last["generated_at"])
+            report["feeds"], report["buffers"] = last["feeds"], last["buffers"]
+            report["supervisors"], report["actors_as_of"] = last["supervisors"], last["generated_at"]
         self._publish(report)
 
     def stopping_after_crash(self) -> None:
         self._cancel_timers()
 
     def _start_timers(self) -> None:
+        every = scheduler().every
         self.timers = [
-            scheduler().every(self.config.service.health_interval_s, self.actor_ref, HealthRequest(PERIODIC)),
-            scheduler().every(self.tick_interval_s(), self.actor_ref, HealthRequest(TICK)),
+            every(self.config.service.health_interval_s, self.actor_ref, HealthRequest(ReportReason.PERIODIC)),
+            every(self.tick_interval_s(), self.actor_ref, HealthRequest(ReportReason.TICK)),
         ]
 
     def _cancel_timers(self) -> None:
@@ -140,10 +154,10 @@ class HealthActor(Supervised):
                 return super().handle(message)
         return None
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, int]:
         return {"reports": self.reports}
 
-    def _gather(self, reason: str) -> None:
+    def _gather(self, reason: ReportReason) -> None:
         self.gathering = True
         root = self.ctx.parent if self.ctx else None
         me = self.actor_ref
@@ -156,10 +170,12 @@ class HealthActor(Supervised):
 
         threading.Thread(target=gather, name="health-gather", daemon=True).start()
 
-    def build_report(self, root, reason: str) -> dict:
+    def build_report(self, root: pykka.ActorRef | None, reason: ReportReason) -> GatheredReport:
         """Runs in the gather thread: asks the tree, never this actor itself."""
         gather_started_at = time.time()
-        feeds, buffers, supervisors = {}, {}, {}
+        feeds: dict[str, FeedStatus | SilentStatus] = {}
+        buffers: dict[str, SinkStatus | SilentStatus] = {}
+        supervisors: dict[str, SupervisorStatus | SilentStatus] = {}
         if root is not None:
             self._walk(root, "root", feeds, buffers, supervisors)
         return {
@@ -175,12 +191,14 @@ class HealthActor(Supervised):
             "process": self._process(),
         }
 
-    def _walk(self, ref, name: str, feeds: dict, buffers: dict, supervisors: dict) -> None:
-        try:
-            supervisors[name] = ref.ask(GetStatus(), timeout=ASK_TIMEOUT_S)
-            children = ref.ask(GetChildren(), timeout=ASK_TIMEOUT_S)
+    def _walk(self, ref: pykka.ActorRef, name: str, feeds: dict[str, FeedStatus | SilentStatus],
+              buffers: dict[str, SinkStatus | SilentStatus], supervisors: dict[str, SupervisorStatus | SilentStatus],
+              ) -> None:
+        try:  # block=True: only then do pykka's types give the reply, not "reply or future"
+            supervisors[name] = ref.ask(GetStatus(), block=True, timeout=ASK_TIMEOUT_S)
+            children = ref.ask(GetChildren(), block=True, timeout=ASK_TIMEOUT_S)
         except (pykka.Timeout, pykka.ActorDeadError):
-            supervisors[name] = {"state": "unresponsive"}
+            supervisors[name] = {"state": NoAnswer.UNRESPONSIVE}
             return
         asks = []
         for child_id, child_ref, is_supervisor in children:
@@ -196,14 +214,15 @@ class HealthActor(Supervised):
             try:
                 status = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except pykka.Timeout:
-                kind = "feed" if child_id.startswith("feed-") else "buffer" if child_id.startswith("buffer-") else "unknown"
-                status = {"kind": kind, "state": "unresponsive"}
+                kind = ("feed" if child_id.startswith("feed-") else "buffer" if child_id.startswith("buffer-")
+                        else "unknown")
+                status = {"kind": kind, "state": NoAnswer.UNRESPONSIVE}
             except Exception as exc:  # noqa: BLE001 - an actor that died while asked
-                status = {"kind": "unknown", "state": "dead", "last_error": repr(exc)}
+                status = {"kind": "unknown", "state": NoAnswer.DEAD, "last_error": repr(exc)}
             kind = status.pop("kind", "unknown")
             (buffers if kind == "buffer" else feeds if kind == "feed" else supervisors)[child_id] = status
 
-    def _process(self) -> dict:
+    def _process(self) -> ProcessFigures:
         p = self.process
         with p.oneshot():
             cpu = p.cpu_times()
@@ -217,16 +236,15 @@ class HealthActor(Supervised):
                 "leaked_threads": leaked_thread_count(),
             }
 
-    def _publish(self, report: dict) -> None:
-        status, alerts = self.board.rules.evaluate(report, time.monotonic())
-        report["status"], report["alerts"] = status, alerts
-        report["summary"] = summary(report)
+    def _publish(self, gathered: GatheredReport) -> None:
+        status, alerts = self.board.rules.evaluate(gathered, time.monotonic())
+        report: HealthReport = {**gathered, "status": status, "alerts": alerts, "summary": summary(gathered, alerts)}
         self.reports += 1
         self.board.publish(report)
-        if report["reason"] != TICK:
+        if report["reason"] != ReportReason.TICK:
             event(log, "health_report", logging.INFO, **report)
         if status != self.last_status:
-            event(log, "health_status_changed", logging.INFO if status == OK else logging.WARNING,
+            event(log, "health_status_changed", logging.INFO if status == HealthLevel.OK else logging.WARNING,
                   status=status, previous=self.last_status, alerts=alerts)
             self.last_status = status
         status_json = scrub(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())  # errors may quote a secret
@@ -237,16 +255,15 @@ class HealthActor(Supervised):
             self.notifier.watchdog()  # a hung actor stops the pings: systemd restarts the service
 
 
-def export_gauges(report: dict) -> None:
+def export_gauges(report: HealthReport) -> None:
     """The report's verdict and the sink states it carries, as Prometheus gauges."""
-    metrics.HEALTH_STATUS.set(SEVERITY[report["status"]])
+    metrics.HEALTH_STATUS.set(report["status"].code)
     metrics.HEALTH_ALERTS.clear()
     for alert in report["alerts"]:
         metrics.HEALTH_ALERTS.labels(alert["cause"]).inc()
     for table, buffer in report["buffers"].items():
-        if "spool_bytes" in buffer:
+        if not silent(buffer):
             metrics.SPOOL_BYTES.labels(table).set(buffer["spool_bytes"])
-        if buffer.get("breaker") in BREAKER_VALUES:
             metrics.BREAKER_STATE.labels(table).set(BREAKER_VALUES[buffer["breaker"]])
 
 

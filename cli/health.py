@@ -9,24 +9,39 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 
 from marketfeed.config.schema import Config
-from marketfeed.telemetry.health_rules import CRITICAL, DEGRADED, OK
+from marketfeed.telemetry.report import FeedState, HealthLevel, HealthReport
 
-EXIT_CODES = {OK: 0, DEGRADED: 1, CRITICAL: 2}
-UNKNOWN = 3
+UNKNOWN = HealthLevel.UNKNOWN.code
 POLL_S = 0.02
 
 
-def perfdata(report: dict) -> str:
+def exit_code(report: HealthReport) -> int:
+    """The Nagios exit code of the report's status."""
+    try:
+        return HealthLevel(report.get("status")).code
+    except ValueError:  # a status this version does not know
+        return UNKNOWN
+
+
+def statuses(report: HealthReport, section: Literal["feeds", "buffers"]) -> Mapping[str, Mapping[str, Any]]:
+    """A section's statuses for display: each read key by key with a default, as an actor that did not
+    answer has only its state."""
+    return report.get(section, {})
+
+
+def perfdata(report: HealthReport) -> str:
     """Nagios perfdata: label=value[UOM];warn;crit;min;max, space separated."""
-    feeds = report.get("feeds", {})
-    buffers = report.get("buffers", {})
+    feeds = statuses(report, "feeds")
+    buffers = statuses(report, "buffers")
     process = report.get("process", {})
-    connected = sum(1 for f in feeds.values() if f.get("state") == "connected")
+    connected = sum(1 for f in feeds.values() if f.get("state") == FeedState.CONNECTED)
     values = [
         f"feeds_connected={connected};;;0;{len(feeds)}",
         f"messages={sum(f.get('messages', 0) for f in feeds.values())}c",
@@ -41,7 +56,7 @@ def perfdata(report: dict) -> str:
     return " ".join(values)
 
 
-def render(report: dict) -> str:
+def render(report: HealthReport) -> str:
     """The readable report: the plugin line, then alerts, feeds, tables and the process."""
     status = report["status"]
     lines = [f"MARKETFEED {status.upper()} - {report.get('summary', '')} | {perfdata(report)}"]
@@ -49,12 +64,12 @@ def render(report: dict) -> str:
         detail = ", ".join(f"{k}={v}" for k, v in alert.items() if k not in ("level", "cause") and v != "")
         lines.append(f"  {alert['level'].upper():9} {alert['cause']}: {detail}")
     lines.append("feeds:")
-    for name, f in report.get("feeds", {}).items():
+    for name, f in statuses(report, "feeds").items():
         lines.append(f"  {name:24} {f.get('state', '?'):12} messages={f.get('messages', 0)} "
                      f"last_message_age_s={f.get('last_message_age_s')} reconnects={f.get('reconnects', 0)} "
                      f"gaps={f.get('gaps', 0)} duplicates={f.get('duplicates', 0)}")
     lines.append("tables:")
-    for name, b in report.get("buffers", {}).items():
+    for name, b in statuses(report, "buffers").items():
         lines.append(f"  {name:24} buffered={b.get('buffered_rows', 0)} written={b.get('rows_written', 0)} "
                      f"last_flush_age_s={b.get('last_flush_age_s')} failures={b.get('failures', 0)} "
                      f"breaker={b.get('breaker', '-')} spool_bytes={b.get('spool_bytes', 0)}")
@@ -74,14 +89,14 @@ def read_pid(pid_file: str) -> int | None:
     return pid
 
 
-def read_report(status_file: str) -> dict | None:
+def read_report(status_file: str) -> HealthReport | None:
     try:
         return orjson.loads(Path(status_file).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
 
 
-def fresh_report(config: Config, timeout_s: float) -> tuple[dict | None, str]:
+def fresh_report(config: Config, timeout_s: float) -> tuple[HealthReport | None, str]:
     """(report, "") or (None, why not): signals the service and waits for a report begun after the signal."""
     service = config.service
     pid = read_pid(service.pid_file)
@@ -110,4 +125,4 @@ def health(config: Config, as_json: bool, timeout_s: float) -> int:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(render(report))
-    return EXIT_CODES.get(report.get("status"), UNKNOWN)
+    return exit_code(report)

@@ -10,11 +10,13 @@ import os
 import time
 from collections import deque
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 import orjson
 
-from marketfeed.cli.health import read_report
+from marketfeed.cli.health import read_report, statuses
 from marketfeed.config.schema import Config
+from marketfeed.telemetry.report import BreakerState, FeedState, HealthReport
 
 REFRESH_S = 0.5
 LOG_LINES = 6
@@ -29,19 +31,19 @@ class Dashboard:
     """Turns successive health reports into screen lines: (text, style)."""
 
     def __init__(self) -> None:
-        self.report: dict | None = None
-        self.previous: dict | None = None
+        self.report: HealthReport | None = None
+        self.previous: HealthReport | None = None
 
-    def update(self, report: dict) -> None:
+    def update(self, report: HealthReport) -> None:
         if self.report is None or report.get("gather_started_at") != self.report.get("gather_started_at"):
             self.previous, self.report = self.report, report
 
-    def _rate(self, section: str, name: str, key: str) -> float | None:
+    def _rate(self, section: Literal["feeds", "buffers"], name: str, key: str) -> float | None:
         if self.previous is None or self.report is None:
             return None
         dt = self.report["generated_at"] - self.previous["generated_at"]
-        before = self.previous.get(section, {}).get(name, {}).get(key)
-        now = self.report.get(section, {}).get(name, {}).get(key)
+        before = statuses(self.previous, section).get(name, {}).get(key)
+        now = statuses(self.report, section).get(name, {}).get(key)
         if dt <= 0 or before is None or now is None or now < before:
             return None
         return (now - before) / dt
@@ -53,28 +55,29 @@ class Dashboard:
         p = r.get("process", {})
         age = now - r.get("generated_at", now)
         status = r.get("status", "?")
+        title = (f"marketfeed  pid {r.get('pid')}  {status.upper()}  up {_num(p.get('uptime_s'), 0)}s  "
+                 f"rss {p.get('rss_bytes', 0) / 2**20:.0f}MB  cpu {_num(p.get('cpu_percent'))}%  "
+                 f"threads {p.get('threads')}  fds {p.get('open_fds')}  report {age:.1f}s old   (q quits)")
         out = [
-            (f"marketfeed  pid {r.get('pid')}  {status.upper()}  up {_num(p.get('uptime_s'), 0)}s  "
-             f"rss {p.get('rss_bytes', 0) / 2**20:.0f}MB  cpu {_num(p.get('cpu_percent'))}%  "
-             f"threads {p.get('threads')}  fds {p.get('open_fds')}  report {age:.1f}s old   (q quits)",
-             status if status in STYLES else "title"),
+            (title, status if status in STYLES else "title"),
             ("", "normal"),
             (f"{'FEED':26}{'STATE':12}{'MSGS/S':>10}{'LAG S':>8}{'HELD':>8}{'RECONN':>8}{'GAPS':>6}{'DUPS':>7}",
              "header"),
         ]
-        for name, f in r.get("feeds", {}).items():
-            out.append((f"{name[:25]:26}{f.get('state', '?')[:11]:12}{_num(self._rate('feeds', name, 'messages')):>10}"
-                        f"{_num(f.get('last_message_age_s')):>8}{f.get('held_rows', 0):>8}{f.get('reconnects', 0):>8}"
-                        f"{f.get('gaps', 0):>6}{f.get('duplicates', 0):>7}",
-                        "normal" if f.get("state") == "connected" else "degraded"))
+        for name, f in statuses(r, "feeds").items():
+            text = (f"{name[:25]:26}{f.get('state', '?')[:11]:12}{_num(self._rate('feeds', name, 'messages')):>10}"
+                    f"{_num(f.get('last_message_age_s')):>8}{f.get('held_rows', 0):>8}{f.get('reconnects', 0):>8}"
+                    f"{f.get('gaps', 0):>6}{f.get('duplicates', 0):>7}")
+            out.append((text, "normal" if f.get("state") == FeedState.CONNECTED else "degraded"))
         out += [("", "normal"),
-                (f"{'TABLE':26}{'BREAKER':12}{'ROWS/S':>10}{'BUFFERED':>10}{'LAST FLUSH':>12}{'FAILS':>7}{'SPOOL B':>10}",
-                 "header")]
-        for name, b in r.get("buffers", {}).items():
-            out.append((f"{name[:25]:26}{b.get('breaker', b.get('state', '-'))[:11]:12}"
-                        f"{_num(self._rate('buffers', name, 'rows_written')):>10}{b.get('buffered_rows', 0):>10}"
-                        f"{_num(b.get('last_flush_age_s')) + 's':>12}{b.get('failures', 0):>7}{b.get('spool_bytes', 0):>10}",
-                        "critical" if b.get("breaker") == "open" else "normal"))
+                ((f"{'TABLE':26}{'BREAKER':12}{'ROWS/S':>10}{'BUFFERED':>10}{'LAST FLUSH':>12}"
+                  f"{'FAILS':>7}{'SPOOL B':>10}"), "header")]
+        for name, b in statuses(r, "buffers").items():
+            text = (f"{name[:25]:26}{b.get('breaker', b.get('state', '-'))[:11]:12}"
+                    f"{_num(self._rate('buffers', name, 'rows_written')):>10}{b.get('buffered_rows', 0):>10}"
+                    f"{_num(b.get('last_flush_age_s')) + 's':>12}{b.get('failures', 0):>7}"
+                    f"{b.get('spool_bytes', 0):>10}")
+            out.append((text, "critical" if b.get("breaker") == BreakerState.OPEN else "normal"))
         out += [("", "normal"), (f"ALERTS ({len(r.get('alerts', []))})", "header")]
         for a in r.get("alerts", []):
             detail = " ".join(f"{k}={v}" for k, v in a.items() if k not in ("level", "cause") and v != "")
@@ -95,8 +98,8 @@ class LogTail:
     def __init__(self, path: str, keep: int = LOG_LINES):
         self.path = Path(path) if path else None
         self.lines: deque[dict] = deque(maxlen=keep)
-        self._file = None
-        self._inode = None
+        self._file: BinaryIO | None = None
+        self._inode: int | None = None
         self._partial = b""
 
     def poll(self) -> list[dict]:
@@ -106,7 +109,7 @@ class LogTail:
             inode = os.stat(self.path).st_ino
         except OSError:
             return list(self.lines)
-        if inode != self._inode:  # first look, or rotated: read the new file from its start
+        if self._file is None or inode != self._inode:  # first look, or rotated: read the new file from its start
             if self._file is not None:
                 self._file.close()
             self._file, self._inode, self._partial = open(self.path, "rb"), inode, b""

@@ -1,7 +1,7 @@
 """Circuit breaker: closed → open after N consecutive failures → half-open after a cool-down → closed on success."""
 from __future__ import annotations
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+from marketfeed.telemetry.report import BreakerState
 
 
 class CircuitBreaker:
@@ -12,14 +12,14 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
 
-    def state(self, now: float) -> str:
+    def state(self, now: float) -> BreakerState:
         if self.opened_at is None:
-            return CLOSED
-        return HALF_OPEN if now - self.opened_at >= self.reset_after_s else OPEN
+            return BreakerState.CLOSED
+        return BreakerState.HALF_OPEN if now - self.opened_at >= self.reset_after_s else BreakerState.OPEN
 
     def allow(self, now: float) -> bool:
         """May we try now? In half-open, one trial is allowed; its outcome closes or re-opens."""
-        return self.state(now) != OPEN
+        return self.state(now) != BreakerState.OPEN
 
     def seconds_until_trial(self, now: float) -> float:
         return 0.0 if self.opened_at is None else max(0.0, self.opened_at + self.reset_after_s - now)

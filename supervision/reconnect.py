@@ -7,15 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from marketfeed.supervision.backoff import Backoff
-from marketfeed.supervision.breaker import OPEN, CircuitBreaker
+from marketfeed.supervision.breaker import CircuitBreaker
+from marketfeed.telemetry.report import BreakerState, FeedState
 
-CONNECTED, RETRYING, FAILED = "connected", "retrying", "failed"
+# The names actors/feed.py and tests/test_feed_policy.py import; FeedState itself once they use it.
+CONNECTED, RETRYING, FAILED = FeedState.CONNECTED, FeedState.RETRYING, FeedState.FAILED
 
 
 @dataclass(frozen=True)
 class Retry:
     delay_s: float
-    state: str  # RETRYING, or FAILED while the breaker is open (the next try is its half-open trial)
+    state: FeedState  # RETRYING, or FAILED while the breaker is open (the next try is its half-open trial)
 
 
 class ReconnectPolicy:
@@ -50,9 +52,9 @@ class ReconnectPolicy:
         elif now - self.connected_at >= self.stable_after_s:
             self.backoff.reset()
         self.connected_at = None
-        if self.breaker.state(now) == OPEN:
-            return Retry(self.breaker.seconds_until_trial(now), FAILED)
-        return Retry(self.backoff.next_delay(), RETRYING)
+        if self.breaker.state(now) == BreakerState.OPEN:
+            return Retry(self.breaker.seconds_until_trial(now), FeedState.FAILED)
+        return Retry(self.backoff.next_delay(), FeedState.RETRYING)
 
     def rejected(self, now: float) -> Retry:
         """The exchange refused the subscription: retrying soon cannot help, so open the breaker now."""
@@ -60,4 +62,4 @@ class ReconnectPolicy:
         self.breaker.failure(now)  # re-opens a breaker already open or half-open…
         while self.breaker.opened_at is None:  # …or counts up to its threshold
             self.breaker.failure(now)
-        return Retry(self.breaker.seconds_until_trial(now), FAILED)
+        return Retry(self.breaker.seconds_until_trial(now), FeedState.FAILED)

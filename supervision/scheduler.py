@@ -50,7 +50,8 @@ class Scheduler:
                     self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
                 due, _, interval, ref, message, timer = heapq.heappop(self._heap)
                 if interval is not None and not timer.cancelled:
-                    heapq.heappush(self._heap, (max(due + interval, time.monotonic()), next(self._seq), interval, ref, message, timer))
+                    again = max(due + interval, time.monotonic())
+                    heapq.heappush(self._heap, (again, next(self._seq), interval, ref, message, timer))
             if timer.cancelled:
                 continue
             try:

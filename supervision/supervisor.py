@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pykka
@@ -30,6 +30,7 @@ from marketfeed.supervision.backoff import Backoff, RestartIntensity
 from marketfeed.supervision.scheduler import Timer, scheduler
 from marketfeed.telemetry import metrics
 from marketfeed.telemetry.logs import event
+from marketfeed.telemetry.report import ChildState, SupervisorStatus
 
 log = logging.getLogger("marketfeed.supervisor")
 
@@ -38,7 +39,6 @@ RESTART_TYPES = (PERMANENT, TRANSIENT, TEMPORARY)
 NORMAL, SHUTDOWN, ABNORMAL = "normal", "shutdown", "abnormal"
 ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE = "one_for_one", "one_for_all", "rest_for_one"
 STRATEGIES = (ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE)
-RUNNING, RESTARTING, STOPPED = "running", "restarting", "stopped"
 
 
 class InvalidChildSpec(ValueError):
@@ -113,7 +113,7 @@ def start_child(spec: ChildSpec, parent: pykka.ActorRef | None) -> tuple[pykka.A
     ctx = ChildContext(parent, spec.id)
     try:
         ref = spec.start(ctx)
-    except Exception as exc:  # noqa: BLE001 - any failing start function is a failed start
+    except Exception as exc:  # any failing start function is a failed start
         raise StartFailed(f"{spec.id!r} failed to start: {type(exc).__name__}: {exc}") from exc
     try:
         ctx.wait_started(spec.start_timeout_s)
@@ -152,7 +152,7 @@ def abandon(ref: pykka.ActorRef, ctx: ChildContext | None) -> None:
     actor.actor_inbox.put(Envelope(Ping()))
     try:
         actor.interrupt()
-    except Exception:  # noqa: BLE001 - best effort on an actor that is already broken
+    except Exception:  # best effort on an actor that is already broken
         log.exception("interrupt failed")
     with _abandoned_lock:
         _abandoned.extend(t for t in (actor.thread, *actor.owned_threads()) if t is not None and t.is_alive())
@@ -232,7 +232,7 @@ class Supervised(pykka.ThreadingActor):
     def stopping_after_crash(self) -> None:
         """Release resources (sockets, threads) after a crash or failed start; no flushing, the state is suspect."""
 
-    def status(self) -> dict:
+    def status(self) -> Mapping[str, object]:
         return {}
 
     def handle(self, message: object) -> object:
@@ -271,15 +271,15 @@ class Supervised(pykka.ThreadingActor):
             self.stopping()
         finally:
             if self._exit is not None:
-                self._report(*self._exit)
+                self._report_exit(*self._exit)
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         try:
             self.stopping_after_crash()
         finally:
-            self._report(ABNORMAL, f"{exception_type.__name__}: {exception_value}")
+            self._report_exit(ABNORMAL, f"{exception_type.__name__}: {exception_value}")
 
-    def _report(self, reason: str, error: str) -> None:
+    def _report_exit(self, reason: str, error: str) -> None:
         if self.ctx is not None and self.ctx.parent is not None:
             try:
                 self.ctx.parent.tell(ChildExited(self.ctx.child_id, self.actor_ref, reason, error))
@@ -300,7 +300,7 @@ class _Child:
     backoff: Backoff
     ref: pykka.ActorRef | None = None
     ctx: ChildContext | None = None
-    state: str = STOPPED
+    state: ChildState = ChildState.STOPPED
     restarts: int = 0
     last_failure: str = ""
     started_at: float = 0.0
@@ -385,7 +385,7 @@ class Supervisor(Supervised):
                 return super().handle(message)
         return None
 
-    def status(self) -> dict:
+    def status(self) -> SupervisorStatus:
         return {
             "name": self.name,
             "strategy": self.strategy,
@@ -437,7 +437,7 @@ class Supervisor(Supervised):
         """A running child is gone; if it had been up long enough, its backoff starts over."""
         if time.monotonic() - child.started_at >= self.reset_after_s:
             child.backoff.reset()
-        child.ref, child.ctx, child.ping, child.state = None, None, None, STOPPED
+        child.ref, child.ctx, child.ping, child.state = None, None, None, ChildState.STOPPED
 
     def _failed(self, child: _Child) -> None:
         """`child` must be restarted: count it against the intensity, apply the strategy, back off."""
@@ -458,7 +458,7 @@ class Supervisor(Supervised):
                                   RestartDue(tuple(c.spec.id for c in group), self._restart_rounds))
         for c in group:
             self._cancel_restart(c)  # a pending restart of a smaller group is folded into this one
-            c.state, c.restart_round, c.restart_timer = RESTARTING, self._restart_rounds, timer
+            c.state, c.restart_round, c.restart_timer = ChildState.RESTARTING, self._restart_rounds, timer
         event(log, "child_restart_scheduled", supervisor=self.name, child=child.spec.id,
               children=[c.spec.id for c in group], delay_s=round(delay, 3))
 
@@ -474,7 +474,7 @@ class Supervisor(Supervised):
     def _restart(self, child_ids: tuple[str, ...], restart_round: int) -> None:
         for child_id in child_ids:  # in start order
             child = self._children.get(child_id)
-            if child is None or child.state != RESTARTING or child.restart_round != restart_round:
+            if child is None or child.state != ChildState.RESTARTING or child.restart_round != restart_round:
                 continue
             child.restart_timer = None
             try:
@@ -482,7 +482,7 @@ class Supervisor(Supervised):
             except StartFailed as exc:
                 # OTP's try_again_restart: counts as a restart and the strategy applies again from this
                 # child (one_for_all stops the siblings just restarted), later, from a timer.
-                child.state, child.last_failure = STOPPED, str(exc)
+                child.state, child.last_failure = ChildState.STOPPED, str(exc)
                 event(log, "child_restart_failed", logging.WARNING, supervisor=self.name, child=child_id,
                       error=str(exc))
                 self._failed(child)
@@ -493,7 +493,7 @@ class Supervisor(Supervised):
 
     def _start(self, child: _Child) -> None:
         child.ref, child.ctx = start_child(child.spec, self.actor_ref)
-        child.state, child.started_at, child.ping = RUNNING, time.monotonic(), None
+        child.state, child.started_at, child.ping = ChildState.RUNNING, time.monotonic(), None
 
     def _cancel_restart(self, child: _Child) -> None:
         if child.restart_timer is not None:
@@ -507,7 +507,7 @@ class Supervisor(Supervised):
         event(log, "supervisor_give_up", logging.ERROR, supervisor=self.name, child=child_id, reason=reason)
         self._stop_all()
         for child in self._children.values():
-            child.state = STOPPED
+            child.state = ChildState.STOPPED
         if self.on_give_up is not None:
             self.on_give_up(reason)  # the root: the process shuts down in order and exits 1
         else:
@@ -519,8 +519,8 @@ class Supervisor(Supervised):
         for child in reversed(children):
             ref, ctx = child.ref, child.ctx
             child.ref, child.ctx, child.ping = None, None, None
-            if child.state == RUNNING:
-                child.state = STOPPED
+            if child.state == ChildState.RUNNING:
+                child.state = ChildState.STOPPED
             if ref is None:
                 continue
             try:
@@ -541,7 +541,7 @@ class Supervisor(Supervised):
                     child.ping.get(timeout=0)
                 except pykka.Timeout:
                     if now - child.ping_sent_at >= self.liveness_timeout_s:
-                        self._hung(child)
+                        self._hung(child, child.ref)
                     continue
                 except Exception:  # noqa: BLE001 - a dead actor's exit report is on its way
                     continue
@@ -550,10 +550,10 @@ class Supervisor(Supervised):
             except pykka.ActorDeadError:
                 child.ping = None
 
-    def _hung(self, child: _Child) -> None:
+    def _hung(self, child: _Child, ref: pykka.ActorRef) -> None:
         event(log, "child_unresponsive", logging.ERROR, supervisor=self.name, child=child.spec.id,
               timeout_s=self.liveness_timeout_s)
-        ref, ctx = child.ref, child.ctx
+        ctx = child.ctx
         child.last_failure = f"unresponsive for {self.liveness_timeout_s}s"
         self._down(child)
         abandon(ref, ctx)

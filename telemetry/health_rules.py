@@ -6,30 +6,44 @@ how many errors the last minute brought. It does no I/O; the health actor feeds 
 from __future__ import annotations
 
 from collections import deque
+from typing import Unpack
 
 from marketfeed.config.schema import AlertConfig
+from marketfeed.telemetry.report import (
+    Alert,
+    AlertDetail,
+    BreakerState,
+    ChildState,
+    FeedState,
+    GatheredReport,
+    HealthLevel,
+    HealthReport,
+    NoAnswer,
+    silent,
+)
 
-OK, DEGRADED, CRITICAL = "ok", "degraded", "critical"
-SEVERITY = {OK: 0, DEGRADED: 1, CRITICAL: 2}
 ERROR_WINDOW_S = 60.0
 MB = 1024 * 1024
 
 
-def overall(alerts: list[dict]) -> str:
-    return max((a["level"] for a in alerts), key=SEVERITY.__getitem__, default=OK)
+def overall(alerts: list[Alert]) -> HealthLevel:
+    return max((a["level"] for a in alerts), key=lambda level: level.code, default=HealthLevel.OK)
 
 
-def error_counts(report: dict) -> dict[str, int]:
+def error_counts(report: GatheredReport) -> dict[str, int]:
     """Every error counter in a report, by where it comes from (each is monotonic within one actor)."""
     counts = {}
     for name, feed in report.get("feeds", {}).items():
-        counts[f"feed:{name}"] = (feed.get("reconnects", 0) + feed.get("malformed", 0)
-                                  + sum(feed.get("rejected", {}).values()))
+        if not silent(feed):
+            counts[f"feed:{name}"] = (feed.get("reconnects", 0) + feed.get("malformed", 0)
+                                      + sum(feed.get("rejected", {}).values()))
     for table, buffer in report.get("buffers", {}).items():
-        counts[f"buffer:{table}"] = buffer.get("failures", 0)
+        if not silent(buffer):
+            counts[f"buffer:{table}"] = buffer.get("failures", 0)
     for sup_name, sup in report.get("supervisors", {}).items():
-        for child, info in sup.get("children", {}).items():
-            counts[f"child:{sup_name}/{child}"] = info.get("restarts", 0)
+        if not silent(sup):
+            for child, info in sup.get("children", {}).items():
+                counts[f"child:{sup_name}/{child}"] = info.get("restarts", 0)
     return counts
 
 
@@ -39,75 +53,79 @@ class AlertRules:
         self.disconnected_since: dict[str, float] = {}
         self.error_samples: deque[tuple[float, dict[str, int]]] = deque()
 
-    def evaluate(self, report: dict, now: float) -> tuple[str, list[dict]]:
+    def evaluate(self, report: GatheredReport, now: float) -> tuple[HealthLevel, list[Alert]]:
         """(overall status, alerts) for a report gathered at `now` (seconds, any monotonic clock)."""
         t = self.thresholds
-        alerts: list[dict] = []
+        alerts: list[Alert] = []
 
-        def alert(level: str, cause: str, **detail) -> None:
+        def alert(level: HealthLevel, cause: str, **detail: Unpack[AlertDetail]) -> None:
             alerts.append({"level": level, "cause": cause, **detail})
 
         feeds = report.get("feeds", {})
         for name in list(self.disconnected_since):
-            if feeds.get(name, {}).get("state") in ("connected", None):
+            if name not in feeds or feeds[name].get("state") in (FeedState.CONNECTED, None):
                 del self.disconnected_since[name]
         for name, feed in feeds.items():
-            state = feed.get("state")
-            if state in ("unresponsive", "dead"):
-                alert(CRITICAL, "actor_unresponsive", feed=name, state=state)
+            if silent(feed):
+                alert(HealthLevel.CRITICAL, "actor_unresponsive", feed=name, state=feed["state"])
                 continue
-            if state == "failed":  # the breaker is open: no point waiting out the disconnect threshold
-                alert(DEGRADED, "feed_failed", feed=name, breaker=feed.get("breaker"), error=feed.get("last_error", ""))
-            if state != "connected":
+            state = feed["state"]
+            if state == FeedState.FAILED:  # the breaker is open: no point waiting out the disconnect threshold
+                alert(HealthLevel.DEGRADED, "feed_failed", feed=name, breaker=feed.get("breaker"),
+                      error=feed.get("last_error", ""))
+            if state != FeedState.CONNECTED:
                 since = self.disconnected_since.setdefault(name, now)
-                if state != "failed" and now - since > t.feed_disconnected_s:
-                    alert(DEGRADED, "feed_disconnected", feed=name, state=state, for_s=round(now - since, 1),
-                          threshold_s=t.feed_disconnected_s, error=feed.get("last_error", ""))
+                if state != FeedState.FAILED and now - since > t.feed_disconnected_s:
+                    alert(HealthLevel.DEGRADED, "feed_disconnected", feed=name, state=state,
+                          for_s=round(now - since, 1), threshold_s=t.feed_disconnected_s,
+                          error=feed.get("last_error", ""))
             age = feed.get("last_message_age_s")
             if age is not None and age > t.no_data_s:
-                alert(DEGRADED, "no_data", feed=name, silent_s=age, threshold_s=t.no_data_s)
+                alert(HealthLevel.DEGRADED, "no_data", feed=name, silent_s=age, threshold_s=t.no_data_s)
             if feed.get("rate_exceeded"):
-                alert(DEGRADED, "message_rate", feed=name, messages_per_s=feed.get("messages_per_s"))
+                alert(HealthLevel.DEGRADED, "message_rate", feed=name, messages_per_s=feed.get("messages_per_s"))
             if feed.get("held_rows", 0) > t.buffered_rows:
-                alert(DEGRADED, "rows_waiting", feed=name, rows=feed["held_rows"], threshold=t.buffered_rows)
+                alert(HealthLevel.DEGRADED, "rows_waiting", feed=name, rows=feed["held_rows"],
+                      threshold=t.buffered_rows)
 
         for table, buffer in report.get("buffers", {}).items():
-            state = buffer.get("state")
-            if state in ("unresponsive", "dead"):
-                alert(CRITICAL, "actor_unresponsive", buffer=table, state=state)
+            if silent(buffer):
+                alert(HealthLevel.CRITICAL, "actor_unresponsive", buffer=table, state=buffer["state"])
                 continue
             waiting = buffer.get("buffered_rows", 0)
-            if buffer.get("breaker") == "open":
-                alert(CRITICAL, "breaker_open", buffer=table, error=buffer.get("last_error", ""))
+            if buffer.get("breaker") == BreakerState.OPEN:
+                alert(HealthLevel.CRITICAL, "breaker_open", buffer=table, error=buffer.get("last_error", ""))
             flush_age = buffer.get("last_flush_age_s")
             if flush_age is None:
                 flush_age = report.get("uptime_s", 0.0)  # never flushed: waiting since the start
             if waiting and flush_age > t.sink_stalled_s:
-                alert(CRITICAL, "sink_stalled", buffer=table, rows=waiting, since_flush_s=flush_age,
+                alert(HealthLevel.CRITICAL, "sink_stalled", buffer=table, rows=waiting, since_flush_s=flush_age,
                       threshold_s=t.sink_stalled_s, error=buffer.get("last_error", ""))
             if waiting > t.buffered_rows:
-                alert(DEGRADED, "rows_waiting", buffer=table, rows=waiting, threshold=t.buffered_rows)
+                alert(HealthLevel.DEGRADED, "rows_waiting", buffer=table, rows=waiting, threshold=t.buffered_rows)
             if buffer.get("spool_full"):
-                alert(CRITICAL, "spool_full", buffer=table, spool_bytes=buffer.get("spool_bytes", 0),
+                alert(HealthLevel.CRITICAL, "spool_full", buffer=table, spool_bytes=buffer.get("spool_bytes", 0),
                       rows_dropped=buffer.get("rows_dropped", 0))
             elif buffer.get("spool_bytes", 0) > 0:
-                alert(DEGRADED, "spool_in_use", buffer=table, spool_bytes=buffer["spool_bytes"])
+                alert(HealthLevel.DEGRADED, "spool_in_use", buffer=table, spool_bytes=buffer["spool_bytes"])
 
         for name, sup in report.get("supervisors", {}).items():
-            if sup.get("state") == "unresponsive":
-                alert(CRITICAL, "actor_unresponsive", supervisor=name)
+            if silent(sup):
+                if sup["state"] == NoAnswer.UNRESPONSIVE:
+                    alert(HealthLevel.CRITICAL, "actor_unresponsive", supervisor=name)
+                continue
             for child, info in sup.get("children", {}).items():
-                if info.get("state") == "restarting":
-                    alert(DEGRADED, "child_restarting", supervisor=name, child=child,
+                if info.get("state") == ChildState.RESTARTING:
+                    alert(HealthLevel.DEGRADED, "child_restarting", supervisor=name, child=child,
                           error=info.get("last_failure", ""))
 
         errors = self._errors_last_minute(error_counts(report), now)
         if errors > t.errors_per_minute:
-            alert(DEGRADED, "error_rate", errors_last_minute=errors, threshold=t.errors_per_minute)
+            alert(HealthLevel.DEGRADED, "error_rate", errors_last_minute=errors, threshold=t.errors_per_minute)
 
         rss = report.get("process", {}).get("rss_bytes", 0)
         if rss > t.rss_mb * MB:
-            alert(DEGRADED, "memory_high", rss_mb=round(rss / MB, 1), threshold_mb=t.rss_mb)
+            alert(HealthLevel.DEGRADED, "memory_high", rss_mb=round(rss / MB, 1), threshold_mb=t.rss_mb)
 
         return overall(alerts), alerts
 
@@ -122,45 +140,45 @@ class AlertRules:
         return sum(n - base.get(k, 0) if n >= base.get(k, 0) else n for k, n in counts.items())
 
 
-def liveness(report: dict | None, age_s: float, max_age_s: float) -> tuple[bool, str]:
+def liveness(report: HealthReport | None, age_s: float, max_age_s: float) -> tuple[bool, str]:
     """/health: the health actor publishes fresh reports and every actor answered it."""
     if report is None:
         return False, "no health report yet"
     if age_s > max_age_s:
         return False, f"last health report is {age_s:.1f}s old"
-    silent = [a for a in report.get("alerts", []) if a["cause"] == "actor_unresponsive"]
-    if silent:
-        return False, "unresponsive: " + ", ".join(_subject(a) for a in silent)
+    unresponsive = [a for a in report.get("alerts", []) if a["cause"] == "actor_unresponsive"]
+    if unresponsive:
+        return False, "unresponsive: " + ", ".join(_subject(a) for a in unresponsive)
     return True, "alive"
 
 
-def readiness(report: dict | None) -> tuple[bool, str]:
+def readiness(report: HealthReport | None) -> tuple[bool, str]:
     """/ready: every feed connected and every sink writable."""
     if report is None:
         return False, "no health report yet"
     problems = [f"feed {name} is {feed.get('state')}" for name, feed in report.get("feeds", {}).items()
-                if feed.get("state") != "connected"]
+                if feed.get("state") != FeedState.CONNECTED]
     problems += [f"sink {_subject(a)}: {a['cause']}" for a in report.get("alerts", [])
-                 if a["cause"] in ("breaker_open", "sink_stalled") or (a["cause"] == "actor_unresponsive" and "buffer" in a)]
+                 if a["cause"] in ("breaker_open", "sink_stalled")
+                 or (a["cause"] == "actor_unresponsive" and "buffer" in a)]
     if not report.get("buffers"):
         problems.append("no sink running")
     return (not problems), ("; ".join(problems) or "ready")
 
 
-def _subject(alert: dict) -> str:
+def _subject(alert: Alert) -> str:
     for key in ("feed", "buffer", "supervisor", "child"):
         if key in alert:
             return f"{key} {alert[key]}"
     return alert["cause"]
 
 
-def summary(report: dict) -> str:
+def summary(report: GatheredReport, alerts: list[Alert]) -> str:
     """One line for people: systemd's STATUS=, the first line of `marketfeed health`."""
     feeds = report.get("feeds", {})
-    connected = sum(1 for f in feeds.values() if f.get("state") == "connected")
-    written = sum(b.get("rows_written", 0) for b in report.get("buffers", {}).values())
+    connected = sum(1 for f in feeds.values() if f.get("state") == FeedState.CONNECTED)
+    written = sum(b.get("rows_written", 0) for b in report.get("buffers", {}).values() if not silent(b))
     text = f"{connected}/{len(feeds)} feeds connected, {written} rows written"
-    alerts = report.get("alerts", [])
     if alerts:
         text += "; " + ", ".join(f"{a['cause']} ({_subject(a)})" if _subject(a) != a["cause"] else a["cause"]
                                  for a in alerts)

@@ -17,11 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from marketfeed.telemetry.health_rules import liveness, readiness
 from marketfeed.telemetry.logs import event
+from marketfeed.telemetry.report import HealthReport
 
 log = logging.getLogger("marketfeed.http")
 
 # (report, monotonic time it was published) or None before the first report
-ReportSource = Callable[[], "tuple[dict, float] | None"]
+ReportSource = Callable[[], "tuple[HealthReport, float] | None"]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -52,7 +53,7 @@ class OpsServer:
         return self.httpd.server_address[1]
 
     def start(self) -> OpsServer:
-        host = self.httpd.server_address[0]
+        host = self.httpd.socket.getsockname()[0]  # the address bound (server_address's type allows a Unix path)
         if not is_loopback(host):  # metrics and health have no authentication: say so when others can reach them
             event(log, "http_not_loopback", logging.WARNING, listen=f"{host}:{self.port}",
                   hint="/metrics, /health and /ready have no authentication; bind 127.0.0.1 or firewall the port")
@@ -79,7 +80,7 @@ class OpsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:  # http.server's naming
                 code, content_type, body = server.answer(self.path.split("?", 1)[0])
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)

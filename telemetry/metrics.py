@@ -31,8 +31,10 @@ INGEST_LAG = Histogram(
 )
 BUFFERED_ROWS = Gauge("marketfeed_buffered_rows", "Rows waiting in a buffer actor", ["table"])
 ROWS_SPOOLED = Counter("marketfeed_rows_spooled_total", "Rows written to the on-disk spool", ["table"])
-ROWS_DEAD_LETTERED = Counter("marketfeed_rows_dead_lettered_total", "Rows QuestDB refused, kept in the dead-letter file", ["table"])
-ROWS_DROPPED = Counter("marketfeed_rows_dropped_total", "Rows lost because the spool was full (or absent at shutdown)", ["table"])
+ROWS_DEAD_LETTERED = Counter("marketfeed_rows_dead_lettered_total",
+                             "Rows QuestDB refused, kept in the dead-letter file", ["table"])
+ROWS_DROPPED = Counter("marketfeed_rows_dropped_total", "Rows lost because the spool was full (or absent at shutdown)",
+                       ["table"])
 SPOOL_FULL = Gauge("marketfeed_spool_full", "1 while a table's spool is full", ["table"])
 
 ACTOR_RESTARTS = Counter("marketfeed_actor_restarts_total", "Actor restarts by a supervisor", ["actor"])

@@ -59,7 +59,7 @@ class Notifier:
             return False
 
     def ready(self, status: str = "") -> bool:
-        fields = {"READY": 1, "MAINPID": os.getpid(), **({"STATUS": status} if status else {})}
+        fields: dict[str, str | int] = {"READY": 1, "MAINPID": os.getpid(), **({"STATUS": status} if status else {})}
         return self.notify(**fields)
 
     def status(self, text: str) -> bool:

@@ -9,7 +9,8 @@ from marketfeed.feeds.rows import Trade
 from marketfeed.feeds.sequence import SequenceTracker
 from marketfeed.storage.batching import Batcher
 from marketfeed.supervision.backoff import Backoff, RestartIntensity
-from marketfeed.supervision.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from marketfeed.supervision.breaker import CircuitBreaker
+from marketfeed.telemetry.report import BreakerState
 
 
 def trade(symbol: str, trade_id: int) -> Trade:
@@ -51,14 +52,14 @@ def test_breaker_opens_after_threshold_half_opens_after_cooldown():
     b = CircuitBreaker(failure_threshold=3, reset_after_s=60.0)
     for t in (0.0, 1.0):
         b.failure(t)
-        assert b.state(t) == CLOSED
+        assert b.state(t) == BreakerState.CLOSED
     b.failure(2.0)
-    assert b.state(2.0) == OPEN and not b.allow(30.0)
-    assert b.state(62.0) == HALF_OPEN and b.allow(62.0)
+    assert b.state(2.0) == BreakerState.OPEN and not b.allow(30.0)
+    assert b.state(62.0) == BreakerState.HALF_OPEN and b.allow(62.0)
     b.failure(62.0)  # the trial failed: open again for a full cool-down
-    assert b.state(100.0) == OPEN and b.state(122.0) == HALF_OPEN
+    assert b.state(100.0) == BreakerState.OPEN and b.state(122.0) == BreakerState.HALF_OPEN
     b.success()
-    assert b.state(122.0) == CLOSED and b.failures == 0
+    assert b.state(122.0) == BreakerState.CLOSED and b.failures == 0
 
 
 def test_dedup_drops_repeats_within_the_window_only():

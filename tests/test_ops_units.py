@@ -1,19 +1,34 @@
 """The pure core of operations: alert rules, reload plans, sd_notify, the health CLI's output, top's screen."""
+import logging
 import os
 import socket
 import uuid
+from typing import Any
 
+import orjson
 import pykka
 import pytest
 
-from marketfeed.cli.health import EXIT_CODES, UNKNOWN, fresh_report, perfdata, render
+from marketfeed.actors.buffer import BufferActor, SinkDirectory
+from marketfeed.cli.health import UNKNOWN, exit_code, fresh_report, perfdata, render
 from marketfeed.cli.reload import applied, plan
 from marketfeed.cli.top import Dashboard, LogTail
 from marketfeed.config.loader import from_dict
-from marketfeed.config.schema import AlertConfig, Config, ServiceConfig
-from marketfeed.supervision.supervisor import AddChild, ChildSpec, GetChildren, GetStatus, RemoveChild, Supervised, Supervisor
-from marketfeed.telemetry.health_rules import CRITICAL, DEGRADED, OK, AlertRules, liveness, readiness, summary
+from marketfeed.config.schema import AlertConfig, Config, ServiceConfig, SinkConfig, SpoolConfig
+from marketfeed.supervision.supervisor import (
+    AddChild,
+    ChildSpec,
+    GetChildren,
+    GetStatus,
+    RemoveChild,
+    Supervised,
+    Supervisor,
+)
+from marketfeed.telemetry.health_rules import AlertRules, liveness, readiness, summary
+from marketfeed.telemetry.logs import JsonFormatter
+from marketfeed.telemetry.report import BreakerState, ChildState, FeedState, HealthLevel, NoAnswer, ReportReason
 from marketfeed.telemetry.sdnotify import Notifier, socket_address
+from tests.support.polling import poll
 
 MB = 1024 * 1024
 
@@ -41,47 +56,48 @@ def causes(alerts):
 # --- alert rules
 
 def test_a_healthy_report_is_ok_without_alerts():
-    assert AlertRules(AlertConfig()).evaluate(report(), 0.0) == (OK, [])
+    assert AlertRules(AlertConfig()).evaluate(report(), 0.0) == (HealthLevel.OK, [])
 
 
 def test_a_feed_disconnected_longer_than_the_threshold_is_degraded_and_named():
     rules = AlertRules(AlertConfig(feed_disconnected_s=120))
     down = report(feeds={"feed-a": feed("retrying", last_error="refused"), "feed-b": feed()})
-    assert rules.evaluate(down, 1000.0) == (OK, [])  # just went down: within its grace
-    assert rules.evaluate(down, 1100.0)[0] == OK
+    assert rules.evaluate(down, 1000.0) == (HealthLevel.OK, [])  # just went down: within its grace
+    assert rules.evaluate(down, 1100.0)[0] == HealthLevel.OK
     status, alerts = rules.evaluate(down, 1121.0)
-    assert status == DEGRADED
-    assert alerts == [{"level": DEGRADED, "cause": "feed_disconnected", "feed": "feed-a", "state": "retrying",
-                       "for_s": 121.0, "threshold_s": 120, "error": "refused"}]
+    assert status == HealthLevel.DEGRADED
+    assert alerts == [{"level": HealthLevel.DEGRADED, "cause": "feed_disconnected", "feed": "feed-a",
+                       "state": "retrying", "for_s": 121.0, "threshold_s": 120, "error": "refused"}]
     rules.evaluate(report(), 1122.0)  # reconnected: the clock starts over next time
-    assert rules.evaluate(down, 1200.0) == (OK, [])
+    assert rules.evaluate(down, 1200.0) == (HealthLevel.OK, [])
 
 
 def test_a_feed_whose_breaker_is_open_is_degraded_at_once():
     rules = AlertRules(AlertConfig(feed_disconnected_s=120))
     failed = report(feeds={"feed-a": feed("failed", last_error="refused", breaker="open")})
     status, alerts = rules.evaluate(failed, 1000.0)
-    assert status == DEGRADED
-    assert alerts == [{"level": DEGRADED, "cause": "feed_failed", "feed": "feed-a", "breaker": "open",
+    assert status == HealthLevel.DEGRADED
+    assert alerts == [{"level": HealthLevel.DEGRADED, "cause": "feed_failed", "feed": "feed-a", "breaker": "open",
                        "error": "refused"}]
     assert causes(rules.evaluate(failed, 2000.0)[1]) == ["feed_failed"]  # not reported twice
 
 
 @pytest.mark.parametrize("data, cause, level", [
-    (report(feeds={"f": feed(last_message_age_s=301.0)}), "no_data", DEGRADED),
-    (report(feeds={"f": feed(held_rows=1001)}), "rows_waiting", DEGRADED),
-    (report(buffers={"b": buffer(buffered_rows=1001)}), "rows_waiting", DEGRADED),
-    (report(rss=501 * MB), "memory_high", DEGRADED),
-    (report(buffers={"b": buffer(spool_bytes=4096)}), "spool_in_use", DEGRADED),
-    (report(buffers={"b": buffer(spool_bytes=4096, spool_full=True)}), "spool_full", CRITICAL),
-    (report(buffers={"b": buffer(breaker="open")}), "breaker_open", CRITICAL),
-    (report(buffers={"b": buffer(buffered_rows=5, last_flush_age_s=61.0)}), "sink_stalled", CRITICAL),
-    (report(buffers={"b": buffer(buffered_rows=5, last_flush_age_s=None)}, uptime=61.0), "sink_stalled", CRITICAL),
-    (report(feeds={"f": {"state": "unresponsive"}}), "actor_unresponsive", CRITICAL),
-    (report(buffers={"b": {"state": "unresponsive"}}), "actor_unresponsive", CRITICAL),
-    (report(supervisors={"feeds": {"state": "unresponsive"}}), "actor_unresponsive", CRITICAL),
+    (report(feeds={"f": feed(last_message_age_s=301.0)}), "no_data", HealthLevel.DEGRADED),
+    (report(feeds={"f": feed(held_rows=1001)}), "rows_waiting", HealthLevel.DEGRADED),
+    (report(buffers={"b": buffer(buffered_rows=1001)}), "rows_waiting", HealthLevel.DEGRADED),
+    (report(rss=501 * MB), "memory_high", HealthLevel.DEGRADED),
+    (report(buffers={"b": buffer(spool_bytes=4096)}), "spool_in_use", HealthLevel.DEGRADED),
+    (report(buffers={"b": buffer(spool_bytes=4096, spool_full=True)}), "spool_full", HealthLevel.CRITICAL),
+    (report(buffers={"b": buffer(breaker="open")}), "breaker_open", HealthLevel.CRITICAL),
+    (report(buffers={"b": buffer(buffered_rows=5, last_flush_age_s=61.0)}), "sink_stalled", HealthLevel.CRITICAL),
+    (report(buffers={"b": buffer(buffered_rows=5, last_flush_age_s=None)}, uptime=61.0), "sink_stalled",
+     HealthLevel.CRITICAL),
+    (report(feeds={"f": {"state": "unresponsive"}}), "actor_unresponsive", HealthLevel.CRITICAL),
+    (report(buffers={"b": {"state": "unresponsive"}}), "actor_unresponsive", HealthLevel.CRITICAL),
+    (report(supervisors={"feeds": {"state": "unresponsive"}}), "actor_unresponsive", HealthLevel.CRITICAL),
     (report(supervisors={"feeds": {"children": {"feed-a": {"state": "restarting", "restarts": 0}}}}),
-     "child_restarting", DEGRADED),
+     "child_restarting", HealthLevel.DEGRADED),
 ])
 def test_each_rule_names_its_cause(data, cause, level):
     status, alerts = AlertRules(AlertConfig()).evaluate(data, 0.0)
@@ -92,18 +108,21 @@ def test_thresholds_come_from_the_config():
     data = report(feeds={"f": feed(last_message_age_s=3.0)}, buffers={"b": buffer(buffered_rows=20)}, rss=30 * MB)
     strict = AlertConfig(no_data_s=2.0, buffered_rows=10, rss_mb=20.0)
     assert causes(AlertRules(strict).evaluate(data, 0.0)[1]) == ["memory_high", "no_data", "rows_waiting"]
-    assert AlertRules(AlertConfig()).evaluate(data, 0.0) == (OK, [])
+    assert AlertRules(AlertConfig()).evaluate(data, 0.0) == (HealthLevel.OK, [])
 
 
 def test_more_than_ten_errors_within_a_minute_is_degraded():
     rules = AlertRules(AlertConfig(errors_per_minute=10))
-    assert rules.evaluate(report(feeds={"f": feed(reconnects=2)}), 0.0)[0] == OK
-    assert rules.evaluate(report(feeds={"f": feed(reconnects=7, malformed=5)}), 20.0)[0] == OK  # 10 new: not more
-    assert rules.evaluate(report(feeds={"f": feed(reconnects=8, malformed=5)}), 30.0)[0] == DEGRADED  # 11 new
+    def status(now: float, **counters: int) -> HealthLevel:
+        return rules.evaluate(report(feeds={"f": feed(**counters)}), now)[0]
+
+    assert status(0.0, reconnects=2) == HealthLevel.OK
+    assert status(20.0, reconnects=7, malformed=5) == HealthLevel.OK  # 10 new: not more
+    assert status(30.0, reconnects=8, malformed=5) == HealthLevel.DEGRADED  # 11 new
     # A minute later the old errors have left the window; a restarted actor's counter starting over
     # from zero counts only what it saw.
-    assert rules.evaluate(report(feeds={"f": feed(reconnects=8, malformed=5)}), 95.0)[0] == OK
-    assert rules.evaluate(report(feeds={"f": feed(reconnects=3)}), 100.0)[0] == OK
+    assert status(95.0, reconnects=8, malformed=5) == HealthLevel.OK
+    assert status(100.0, reconnects=3) == HealthLevel.OK
 
 
 def test_liveness_and_readiness_read_the_latest_report():
@@ -130,13 +149,13 @@ def test_perfdata_and_render_follow_the_nagios_plugin_format():
     rules = AlertRules(AlertConfig(feed_disconnected_s=0))
     rules.evaluate(data, 0.0)
     data["status"], data["alerts"] = rules.evaluate(data, 1.0)
-    data["summary"] = summary(data)
+    data["summary"] = summary(data, data["alerts"])
     first, *rest = render(data).splitlines()
     text, _, perf = first.partition(" | ")
     assert text == "MARKETFEED DEGRADED - 1/2 feeds connected, 5 rows written; feed_disconnected (feed feed-b)"
     assert "feeds_connected=1;;;0;2" in perf.split() and "rows_written=5c" in perf.split()
     assert any("DEGRADED  feed_disconnected" in line for line in rest)
-    assert EXIT_CODES[data["status"]] == 1
+    assert exit_code(data) == 1
     assert all("=" in item for item in perfdata(data).split())
 
 
@@ -146,6 +165,33 @@ def test_no_process_is_unknown(tmp_path):
     (tmp_path / "none.pid").write_text("999999999\n")  # a pid file left behind by a dead process
     assert fresh_report(config, 0.2)[0] is None
     assert UNKNOWN == 3
+
+
+@pytest.mark.parametrize("status, code", [("ok", 0), ("degraded", 1), ("critical", 2), ("unknown", 3), ("bogus", 3),
+                                          (None, 3)])
+def test_the_exit_code_is_the_nagios_code_of_the_status(status, code):
+    data = report()
+    data["status"] = status  # as read back from the status file: plain strings, maybe of another version
+    assert exit_code(data) == code
+
+
+def test_the_vocabulary_is_written_as_its_plain_strings():
+    """The status file and the log lines keep their bytes: a StrEnum is its value in JSON."""
+    typed = {"reason": ReportReason.TICK, "status": HealthLevel.DEGRADED,
+             "feeds": {"f": {"state": FeedState.RETRYING, "breaker": BreakerState.HALF_OPEN}},
+             "supervisors": {"s": {"state": NoAnswer.UNRESPONSIVE},
+                             "t": {"children": {"c": {"state": ChildState.RESTARTING}}}}}
+    plain = {"reason": "tick", "status": "degraded",
+             "feeds": {"f": {"state": "retrying", "breaker": "half_open"}},
+             "supervisors": {"s": {"state": "unresponsive"}, "t": {"children": {"c": {"state": "restarting"}}}}}
+    assert orjson.dumps(typed, option=orjson.OPT_INDENT_2) == orjson.dumps(plain, option=orjson.OPT_INDENT_2)
+
+    def log_line(fields):
+        record = logging.LogRecord("marketfeed.health", logging.INFO, __file__, 1, "health_report", None, None)
+        record.created, record.fields = 0.0, fields
+        return JsonFormatter().format(record)
+
+    assert log_line(typed) == log_line(plain)
 
 
 # --- reload plans
@@ -200,10 +246,10 @@ def test_outside_systemd_notify_does_nothing():
 def test_the_dashboard_shows_feeds_tables_rates_and_alerts():
     board = Dashboard()
     first = report(feeds={"feed-a": feed(messages=100)}, buffers={"buffer-trades": buffer(rows_written=50)})
-    first.update(gather_started_at=1.0, generated_at=10.0, status=OK, alerts=[], pid=42)
+    first.update(gather_started_at=1.0, generated_at=10.0, status=HealthLevel.OK, alerts=[], pid=42)
     second = report(feeds={"feed-a": feed(messages=300)}, buffers={"buffer-trades": buffer(rows_written=250)})
-    second.update(gather_started_at=2.0, generated_at=12.0, status=DEGRADED, pid=42,
-                  alerts=[{"level": DEGRADED, "cause": "no_data", "feed": "feed-a"}])
+    second.update(gather_started_at=2.0, generated_at=12.0, status=HealthLevel.DEGRADED, pid=42,
+                  alerts=[{"level": HealthLevel.DEGRADED, "cause": "no_data", "feed": "feed-a"}])
     board.update(first)
     board.update(second)
     lines = board.lines(13.0, [{"ts": "2024-01-01T00:00:00.000+00:00", "level": "error", "event": "flush_failed"}])
@@ -212,8 +258,8 @@ def test_the_dashboard_shows_feeds_tables_rates_and_alerts():
     feed_line = next(t for t in text.splitlines() if t.startswith("feed-a"))
     assert "connected" in feed_line and "100.0" in feed_line  # 200 messages in 2 s
     assert "100.0" in next(t for t in text.splitlines() if t.startswith("buffer-trades"))
-    assert ("  DEGRADED no_data  feed=feed-a", DEGRADED) in lines
-    assert any("flush_failed" in t and style == CRITICAL for t, style in lines)
+    assert ("  DEGRADED no_data  feed=feed-a", HealthLevel.DEGRADED) in lines
+    assert any("flush_failed" in t and style == HealthLevel.CRITICAL for t, style in lines)
 
 
 def test_the_log_tail_keeps_warnings_and_follows_rotation(tmp_path):
@@ -239,22 +285,43 @@ def worker_spec(child_id: str) -> ChildSpec:
     return ChildSpec(child_id, lambda ctx: Worker.start(ctx), shutdown_timeout_s=2.0)
 
 
+def ask(ref: pykka.ActorRef, message: object) -> Any:
+    """The reply within 5 s (block=True: only then do pykka's types give the reply, not "reply or future")."""
+    return ref.ask(message, block=True, timeout=5)
+
+
 def test_children_are_added_and_removed_without_touching_the_others():
     sup = Supervisor.start(None, "s", [worker_spec("a")])
     try:
-        (_, a_ref, _), = sup.ask(GetChildren(), timeout=5)
-        assert sup.ask(AddChild(worker_spec("b")), timeout=5) == ""
-        assert "exists already" in sup.ask(AddChild(worker_spec("b")), timeout=5)
-        children = sup.ask(GetChildren(), timeout=5)
+        (_, a_ref, _), = ask(sup, GetChildren())
+        assert ask(sup, AddChild(worker_spec("b"))) == ""
+        assert "exists already" in ask(sup, AddChild(worker_spec("b")))
+        children = ask(sup, GetChildren())
         assert [c[0] for c in children] == ["a", "b"] and children[0][1] is a_ref  # "a" was not restarted
         b_ref = children[1][1]
-        assert b_ref.ask(GetStatus(), timeout=5)["kind"] == "worker"
-        assert sup.ask(RemoveChild("b"), timeout=5) is True
-        assert sup.ask(RemoveChild("b"), timeout=5) is False
+        assert ask(b_ref, GetStatus())["kind"] == "worker"
+        assert ask(sup, RemoveChild("b")) is True
+        assert ask(sup, RemoveChild("b")) is False
         with pytest.raises(pykka.ActorDeadError):
-            b_ref.ask(GetStatus(), timeout=5)
-        assert [c[0] for c in sup.ask(GetChildren(), timeout=5)] == ["a"]
+            ask(b_ref, GetStatus())
+        assert [c[0] for c in ask(sup, GetChildren())] == ["a"]
         assert a_ref.is_alive()
+    finally:
+        sup.stop()
+
+
+def test_a_buffer_actor_that_crashes_is_restarted(tmp_path):
+    """Its exit reaches the supervisor (BufferActor's own `_report` once hid the one Supervised reports exits
+    with: a crashed buffer actor was never restarted)."""
+    config = Config(sink=SinkConfig(dead_letter_dir=str(tmp_path / "deadletter")),
+                    spool=SpoolConfig(dir=str(tmp_path / "spool")))
+    spec = ChildSpec("buffer-trades", lambda ctx: BufferActor.start(ctx, "trades", config, SinkDirectory()))
+    sup = Supervisor.start(None, "sinks", [spec])
+    try:
+        (_, buffer_ref, _), = ask(sup, GetChildren())
+        buffer_ref.tell("no such message")  # its handler raises
+        poll(lambda: ask(sup, GetStatus())["children"]["buffer-trades"]["restarts"] == 1, timeout=10, what="restart")
+        assert ask(sup, GetStatus())["children"]["buffer-trades"]["last_failure"].startswith("TypeError")
     finally:
         sup.stop()
 
@@ -265,8 +332,8 @@ def test_a_child_that_cannot_start_is_not_added():
 
     sup = Supervisor.start(None, "s", [])
     try:
-        assert "no socket" in sup.ask(AddChild(ChildSpec("x", broken)), timeout=5)
-        assert sup.ask(GetChildren(), timeout=5) == []
-        assert "x" not in sup.ask(GetStatus(), timeout=5)["children"]
+        assert "no socket" in ask(sup, AddChild(ChildSpec("x", broken)))
+        assert ask(sup, GetChildren()) == []
+        assert "x" not in ask(sup, GetStatus())["children"]
     finally:
         sup.stop()
