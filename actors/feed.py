@@ -1,142 +1,71 @@
-"""Feed actor: one per exchange connection. Owns control; its reader thread owns the socket.
+"""Feed actor: one per [[feeds]] entry. Control and effects only; the decisions are pure pieces.
 
-reader thread: frames → parser → FrameBatch (one tell per burst)
-feed actor:    dedup → sequence check → RowBatch to the buffer actors; gaps → backfill thread
+reader thread (actors/feed_reader.py): socket → frames → session → FrameBatch, one tell per burst
+feed actor:   FrameBatch → pipeline (feeds/pipeline.py) → rows to the buffer actors, gaps to the backfiller
+              Tick → connection watch (supervision/watch.py) → close / roll / ping
+              Connected, Disconnected → reconnect policy (supervision/reconnect.py) → Reconnect timer
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
+from marketfeed.actors.backfill import BackfillLimits, Backfiller
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
-from marketfeed.actors.feed_io import Backfiller, FeedReader
+from marketfeed.actors.feed_messages import (BackfillDone, BackfillRows, Connected, Disconnected, FrameBatch, Reconnect,
+                                             ShutdownAnnounced, SubscriptionRefused, Tick)
+from marketfeed.actors.feed_reader import FeedReader, ReaderLimits, ReaderOutlet
 from marketfeed.config.schema import FeedConfig
-from marketfeed.feeds import registry
-from marketfeed.feeds.base import Gap, MalformedFrame, ParsedRows
-from marketfeed.feeds.dedup import DedupWindow
-from marketfeed.feeds.rows import Candle
-from marketfeed.feeds.sequence import SequenceTracker
-from marketfeed.feeds.validation import RateCeiling, RowValidator, SampleGate, sample_row
+from marketfeed.feeds.base import Gap
+from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline, Outcome
+from marketfeed.feeds.registry import exchange
 from marketfeed.storage.deadletter import DeadLetters
+from marketfeed.storage.tables import CANDLES
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.supervision.breaker import CircuitBreaker
-from marketfeed.supervision.reconnect import CONNECTED, FAILED, ReconnectPolicy, Retry
+from marketfeed.supervision.reconnect import ReconnectPolicy, Retry
 from marketfeed.supervision.scheduler import scheduler
 from marketfeed.supervision.supervisor import ABNORMAL, ChildContext, Supervised
+from marketfeed.supervision.watch import ConnectionWatch, RateChange, Verdict, WatchLimits
 from marketfeed.telemetry import metrics
 from marketfeed.telemetry.logs import event, scrub
+from marketfeed.telemetry.report import FeedState, FeedStatus
 
 log = logging.getLogger("marketfeed.feed")
 
-TICK_S = 1.0  # watchdog and keepalive resolution
-REJECT_SAMPLE_INTERVAL_S = 60.0  # one dead-letter sample per rejection reason per minute
-CONNECTING, PAUSED = "connecting", "paused"
+TICK_S = 1.0  # watch and keepalive resolution
 
 
-# Messages a feed actor receives (from its own threads and timers).
-@dataclass(frozen=True)
-class Connected:
-    generation: int
-    url: str
+class Outbox:
+    """Rows per table waiting for their buffer actor: one tell per table per delivery; rows wait here while
+    the buffer actor is restarting."""
 
+    def __init__(self, sinks: SinkDirectory):
+        self.sinks = sinks
+        self.rows: dict[str, list] = {}
+        self.tables: set[str] = set()  # tables this feed has written: their backpressure pauses it
 
-@dataclass(frozen=True)
-class Disconnected:
-    generation: int
-    reason: str
+    def add(self, table: str, rows: list) -> None:
+        self.tables.add(table)
+        self.rows.setdefault(table, []).extend(rows)
 
+    def deliver(self) -> None:
+        for table, rows in list(self.rows.items()):
+            ref = self.sinks.get(table)
+            if ref is None or not rows:
+                continue
+            try:
+                ref.tell(RowBatch(rows))
+            except Exception:  # noqa: BLE001 - ActorDeadError: the buffer is restarting, keep the rows
+                continue
+            del self.rows[table]
 
-@dataclass(frozen=True)
-class SubscriptionRefused:
-    generation: int
-    reason: str
+    def holds(self, table: str) -> bool:
+        return table in self.rows
 
-
-@dataclass(frozen=True)
-class ShutdownAnnounced:
-    generation: int
-
-
-@dataclass(frozen=True)
-class FrameBatch:
-    generation: int
-    rows: ParsedRows
-    frames: int
-    data_frames: int
-    malformed: tuple[MalformedFrame, ...]
-    pongs: int = 0  # Control.PONG replies to our application-level pings
-    credit: threading.Semaphore | None = None  # released once handled: bounds the batches in flight
-
-
-@dataclass(frozen=True)
-class BackfillRows:
-    rows: list  # one REST page: trades, or closed candles; never empty
-
-
-@dataclass(frozen=True)
-class BackfillDone:
-    gap: Gap
-    rows: int
-    error: str
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    generation: int
-
-
-@dataclass(frozen=True)
-class Tick:
-    pass
-
-
-class FeedMemory:
-    """What a feed knows that outlives one actor incarnation: the last trade id per stream, the
-    event time of the newest trade or candle seen (where an outage window starts; at process start,
-    the newest stored one), holes found at start."""
-
-    def __init__(self) -> None:
-        self.last_ids: dict[str, int] = {}
-        self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
-        self.last_event_ns = 0
-        self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
-
-
-class LiveCandles:
-    """In-progress candles, latest state wins per (exchange, symbol, interval); bounded by the
-    subscriptions. A closed candle retires the in-progress state of its own and older periods."""
-
-    def __init__(self) -> None:
-        self.pending: dict[tuple[str, str, str], Candle] = {}
-        self.closed_ts: dict[tuple[str, str, str], int] = {}  # newest closed period per key
-
-    def update(self, candles: list[Candle]) -> None:
-        pending, closed_ts = self.pending, self.closed_ts
-        for c in candles:
-            key = (c.exchange, c.symbol, c.interval)
-            if c.ts_ns <= closed_ts.get(key, -1):
-                continue  # a late update of a period already closed: the closed row is final
-            held = pending.get(key)
-            if held is None or c.ts_ns >= held.ts_ns:
-                pending[key] = c
-
-    def close(self, candles: list[Candle]) -> None:
-        for c in candles:
-            key = (c.exchange, c.symbol, c.interval)
-            if c.ts_ns > self.closed_ts.get(key, -1):
-                self.closed_ts[key] = c.ts_ns
-            held = self.pending.get(key)
-            if held is not None and held.ts_ns <= c.ts_ns:
-                del self.pending[key]
-
-    def take(self) -> list[Candle]:
-        rows, self.pending = list(self.pending.values()), {}
-        return rows
-
-    def __len__(self) -> int:
-        return len(self.pending)
+    def held(self) -> int:
+        return sum(len(r) for r in self.rows.values())
 
 
 class FeedActor(Supervised):
@@ -145,58 +74,47 @@ class FeedActor(Supervised):
     def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory,
                  dead_letter_dir: str = "var/deadletter"):
         super().__init__(ctx)
-        self.feed, self.sinks, self.memory = feed, sinks, memory
-        self.validator = RowValidator(feed.symbols, feed.max_future_skew_s, feed.max_string_len)
-        self.rejected: dict[str, int] = {}  # rows refused by validation, by reason
-        self.reject_samples, self.dead_letter_dir = SampleGate(REJECT_SAMPLE_INTERVAL_S), dead_letter_dir
-        self.rate_ceiling = RateCeiling(feed.max_messages_per_s)
-        self.protocol = registry.exchange(feed.exchange).protocol(feed)
+        self.feed, self.sinks, self.dead_letter_dir = feed, sinks, dead_letter_dir
+        self.protocol = exchange(feed.exchange).protocol(feed)
+        self.pipeline = FeedPipeline(feed, self.protocol, memory)
         self.reconnect = ReconnectPolicy(
             (feed.url, *feed.alt_urls),
             Backoff(feed.reconnect_min_s, feed.reconnect_max_s),
             CircuitBreaker(feed.breaker_failures, feed.breaker_reset_s),
         )
-        self.dedup = DedupWindow(feed.dedup_window_s, feed.dedup_max_entries)
-        self.sequence = SequenceTracker(memory.last_ids, self.protocol.stream_key, memory.stream_symbols)
-        self.live_candles = LiveCandles()
+        protocol = self.protocol
+        self.watch = ConnectionWatch(WatchLimits(
+            stale_after_s=feed.stale_after_s,
+            ping_interval_s=(feed.ping_interval_s or protocol.ping_interval_s) if protocol.ping_message else 0.0,
+            pong_timeout_s=feed.pong_timeout_s or protocol.pong_timeout_s,
+            max_connection_age_s=feed.max_connection_age_s or protocol.max_connection_age_s,
+            max_messages_per_s=feed.max_messages_per_s,
+        ))
+        self.outbox = Outbox(sinks)
         self.reader: FeedReader | None = None
         self.draining: FeedReader | None = None  # the old connection while its successor opens
         self.backfiller: Backfiller | None = None
         self.may_backfill = threading.Event()  # cleared while the feed is paused: backfill waits too
         self.may_backfill.set()
         self.generation = 0
-        self.state = "starting"
-        self.connected_at: float | None = None
-        self.last_data_at: float | None = None
-        self.last_ping_at = 0.0
-        self.ping_interval_s = feed.ping_interval_s or self.protocol.ping_interval_s
-        self.pong_timeout_s = feed.pong_timeout_s or self.protocol.pong_timeout_s
-        self.pong_due_at: float | None = None  # a ping is unanswered; reconnect if no PONG by then
-        # Set while an outage awaits its window backfill (outage_gaps). A new incarnation begins with one:
-        # since the last trade its predecessor (or, at process start, QuestDB) saw.
-        self.outage_since_ns = memory.last_event_ns
+        self.state: FeedState = FeedState.STARTING
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
-        self.gaps = self.backfilled = 0
-        self.last_error = ""
-        self.pause_reason = ""
-        self.tables: set[str] = set()  # tables this feed has written: their backpressure pauses it
-        self.outbox: dict[str, list] = {}
+        self.last_error = self.pause_reason = ""
         self.tick_timer = None
-        m = metrics
-        self.m_messages, self.m_malformed = m.MESSAGES.labels(feed.name), m.MALFORMED.labels(feed.name)
-        self.m_dups, self.m_gaps = m.DUPLICATES.labels(feed.name), m.GAPS.labels(feed.name)
-        self.m_backfilled, self.m_reconnects = m.BACKFILLED.labels(feed.name), m.RECONNECTS.labels(feed.name)
-        self.m_connected = m.FEED_CONNECTED.labels(feed.name)
-        self.m_rate_exceeded = m.FEED_RATE_EXCEEDED.labels(feed.name)
+        m, name = metrics, feed.name
+        self.m_messages, self.m_malformed = m.MESSAGES.labels(name), m.MALFORMED.labels(name)
+        self.m_dups, self.m_gaps = m.DUPLICATES.labels(name), m.GAPS.labels(name)
+        self.m_backfilled, self.m_reconnects = m.BACKFILLED.labels(name), m.RECONNECTS.labels(name)
+        self.m_connected = m.FEED_CONNECTED.labels(name)
+        self.m_rate_exceeded = m.FEED_RATE_EXCEEDED.labels(name)
 
     # --- lifecycle
     def started(self) -> None:
         if self.feed.backfill:
             self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref, self.may_backfill,
-                                         min_interval_s=self.protocol.backfill_min_interval_s)
+                                         BackfillLimits.of(self.feed, self.protocol))
             self.backfiller.start()
-            holes, self.memory.stored_holes = self.memory.stored_holes, []
-            for gap in holes:
+            for gap in self.pipeline.stored_holes():
                 self._gap(gap)
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
         self._connect()
@@ -204,7 +122,7 @@ class FeedActor(Supervised):
     def stopping(self) -> None:
         self._release()
         self._send_live_candles()
-        self._deliver()  # hand whatever is held to the buffers before they stop
+        self.outbox.deliver()  # hand whatever is held to the buffers before they stop
         event(log, "feed_stopped", feed=self.feed.name, messages=self.messages, data_messages=self.data_messages)
 
     def stopping_after_crash(self) -> None:
@@ -234,21 +152,9 @@ class FeedActor(Supervised):
                 try:
                     self._on_frames(message)  # rows of a connection already replaced still count
                 finally:
-                    if message.credit is not None:
-                        message.credit.release()
-            case BackfillRows(rows) if type(rows[0]) is Candle:  # closed while the connection was down
-                candles = self._valid("candles", rows)
-                self.live_candles.close(candles)
-                self.backfilled += len(candles)
-                self.m_backfilled.inc(len(candles))
-                self._send("candles", candles)
-            case BackfillRows(rows):
-                rows = self._valid("trades", rows)
-                self.sequence.fill(rows)
-                fresh = self.dedup.fresh(rows, time.monotonic())
-                self.backfilled += len(fresh)
-                self.m_backfilled.inc(len(fresh))
-                self._send("trades", fresh)
+                    self._credit_back(message.generation)
+            case BackfillRows(table, rows):
+                self._apply(self.pipeline.backfill(table, rows, time.time_ns(), time.monotonic()))
             case BackfillDone(gap, rows, error):
                 level = logging.WARNING if error else logging.INFO
                 event(log, "backfill_done", level, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
@@ -273,84 +179,60 @@ class FeedActor(Supervised):
                 return super().handle(message)
         return None
 
+    def _credit_back(self, generation: int) -> None:
+        for reader in (self.reader, self.draining):
+            if reader is not None and reader.generation == generation:
+                reader.outlet.handled()
+
     def _on_frames(self, batch: FrameBatch) -> None:
+        current = batch.generation == self.generation
         self.messages += batch.frames
         self.m_messages.inc(batch.frames)
         if batch.data_frames:
             self.data_messages += batch.data_frames
-            if batch.generation == self.generation:
-                self.last_data_at = time.monotonic()  # a draining connection must not hide a silent successor
-        if batch.pongs and batch.generation == self.generation:
-            self.pong_due_at = None
+            if current:
+                self.watch.data(time.monotonic())  # a draining connection must not hide a silent successor
+        if batch.pongs and current:
+            self.watch.pong()
         if batch.malformed:
             self.malformed += len(batch.malformed)
             self.m_malformed.inc(len(batch.malformed))
             first = batch.malformed[0]
             event(log, "malformed_frame", logging.WARNING, feed=self.feed.name, count=len(batch.malformed),
-                  reason=first.reason, sample=_sample(first.sample))
-        rows = batch.rows
-        rows.trades = self._valid("trades", rows.trades)
-        rows.candles = self._valid("candles", rows.candles)
-        rows.live_candles = self._valid("candles", rows.live_candles)
-        if self.outage_since_ns and batch.data_frames and batch.generation == self.generation:
-            # The first burst after an outage bounds its window: what happened before comes over REST. Its
-            # newest trade, not its oldest: a resubscribe snapshot (Kraken) may reach back into the outage.
-            until_ns = max((t.ts_ns for t in rows.trades), default=time.time_ns())
-            for gap in self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns):
-                self._gap(gap)
-            self.outage_since_ns = 0
-        if rows.trades:
-            self.memory.last_event_ns = max(self.memory.last_event_ns, rows.trades[-1].ts_ns)
-            before = self.dedup.dropped
-            trades = self.dedup.fresh(rows.trades, time.monotonic())
-            if self.dedup.dropped != before:
-                self.m_dups.inc(self.dedup.dropped - before)
-            if self.protocol.contiguous_ids:
-                for gap in self.sequence.observe(trades):
-                    self._gap(gap)
-            self._send("trades", trades)
-        if rows.live_candles:
-            self.memory.last_event_ns = max(self.memory.last_event_ns, rows.live_candles[-1].ts_ns)
-            self.live_candles.update(rows.live_candles)
-        if rows.candles:
-            self.live_candles.close(rows.candles)
-            self._send("candles", rows.candles)
-        if self.live_candles:
+                  reason=first.reason, sample=_text(first.sample))
+        self._apply(self.pipeline.live(batch.rows, current and bool(batch.data_frames), time.time_ns(),
+                                       time.monotonic()))
+        if self.pipeline.live_candles:
             self._send_live_candles()
 
-    def _valid(self, table: str, rows: list) -> list:
-        """The rows that may be stored; the rest are counted by reason, logged, and sampled to the dead-letter file."""
-        if not rows:
-            return rows
-        valid, rejected = self.validator.split(rows, time.time_ns())
-        if not rejected:
-            return valid
-        reasons: dict[str, int] = {}
-        for _, reason in rejected:
-            reasons[reason] = reasons.get(reason, 0) + 1
-        for reason, count in reasons.items():
-            self.rejected[reason] = self.rejected.get(reason, 0) + count
-            metrics.ROWS_REJECTED.labels(self.feed.name, reason).inc(count)
-        now = time.monotonic()
-        samples = [(sample_row(row), f"rejected by validation: {reason} (feed {self.feed.name})")
-                   for row, reason in rejected if self.reject_samples.due(reason, now)]
-        event(log, "rows_rejected", logging.WARNING, feed=self.feed.name, table=table, reasons=reasons,
-              sample=repr(sample_row(rejected[0][0])))
-        if samples:
-            try:
-                DeadLetters(self.dead_letter_dir, table).write(samples)
-            except (OSError, TypeError, ValueError) as exc:  # the sample is lost, the feed goes on
-                event(log, "dead_letter_failed", logging.ERROR, feed=self.feed.name,
-                      error=f"{type(exc).__name__}: {exc}")
-        return valid
+    def _apply(self, outcome: Outcome) -> None:
+        """The effects of one pipeline step: counts, dead letters, gaps, rows."""
+        for rejected in outcome.rejected:
+            for reason, count in rejected.reasons.items():
+                metrics.ROWS_REJECTED.labels(self.feed.name, reason).inc(count)
+            event(log, "rows_rejected", logging.WARNING, feed=self.feed.name, table=rejected.table.name,
+                  reasons=rejected.reasons, sample=repr(rejected.first))
+            if rejected.samples:
+                try:
+                    DeadLetters(self.dead_letter_dir, rejected.table.name).write(rejected.samples)
+                except (OSError, TypeError, ValueError) as exc:  # the sample is lost, the feed goes on
+                    event(log, "dead_letter_failed", logging.ERROR, feed=self.feed.name,
+                          error=f"{type(exc).__name__}: {exc}")
+        if outcome.duplicates:
+            self.m_dups.inc(outcome.duplicates)
+        if outcome.backfilled:
+            self.m_backfilled.inc(outcome.backfilled)
+        for gap in outcome.gaps:
+            self._gap(gap)
+        for table, rows in outcome.rows.items():
+            self._send(table, rows)
 
     def _send_live_candles(self) -> None:
         """Only while the candles buffer takes them: until then the latest state waits, one per key."""
-        if self.sinks.get("candles") is not None and "candles" not in self.outbox:
-            self._send("candles", self.live_candles.take())
+        if self.sinks.get(CANDLES.name) is not None and not self.outbox.holds(CANDLES.name):
+            self._send(CANDLES.name, self.pipeline.live_candles.take())
 
     def _gap(self, gap: Gap) -> None:
-        self.gaps += 1
         self.m_gaps.inc()
         if gap.last_id is not None:
             event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
@@ -366,34 +248,19 @@ class FeedActor(Supervised):
 
     def _send(self, table: str, rows: list) -> None:
         if rows:
-            self.tables.add(table)
-            self.outbox.setdefault(table, []).extend(rows)
-            self._deliver()
-            if self._held_rows() > self.feed.max_held_rows:
-                self._pause(f"{self._held_rows()} rows held for an unavailable buffer")
-
-    def _deliver(self) -> None:
-        """One tell per table per batch; rows wait here while their buffer actor is restarting."""
-        for table, rows in list(self.outbox.items()):
-            ref = self.sinks.get(table)
-            if ref is None or not rows:
-                continue
-            try:
-                ref.tell(RowBatch(rows))
-            except Exception:  # noqa: BLE001 - ActorDeadError: the buffer is restarting, keep the rows
-                continue
-            del self.outbox[table]
-
-    def _held_rows(self) -> int:
-        return sum(len(r) for r in self.outbox.values())
+            self.outbox.add(table, rows)
+            self.outbox.deliver()
+            if self.outbox.held() > self.feed.max_held_rows:
+                self._pause(f"{self.outbox.held()} rows held for an unavailable buffer")
 
     # --- connection control
     def _connect(self) -> None:
         self.generation += 1
-        self.state = CONNECTING
+        self.state = FeedState.CONNECTING
         url = self.protocol.url(self.reconnect.url)
-        self.reader = FeedReader(self.feed.name, self.protocol, url, self.generation, self.actor_ref, self.sinks,
-                                 self.feed.batch_rows, self.feed.batch_linger_s)
+        outlet = ReaderOutlet(self.actor_ref, self.generation, self.sinks.wait_caught_up)
+        self.reader = FeedReader(f"reader-{self.feed.name}-{self.generation}", url, self.protocol.open_session(),
+                                 outlet, ReaderLimits.of(self.feed))
         self.reader.start()
 
     def _roll(self) -> None:
@@ -401,6 +268,7 @@ class FeedActor(Supervised):
         if self.draining is not None:
             self.draining.close()
         self.draining, self.reader = self.reader, None
+        self.watch.ended()
         self._connect()
 
     def _on_connected(self, url: str) -> None:
@@ -409,23 +277,19 @@ class FeedActor(Supervised):
             self.draining.close()
             self.draining = None
         self.reconnect.connected(now)
-        self.rate_ceiling.restart(self.messages, now)
+        self.watch.connected(now, self.messages)
         self.m_rate_exceeded.set(0)
-        self.state, self.connected_at, self.last_data_at = CONNECTED, now, now
-        self.pong_due_at = None
+        self.state = FeedState.CONNECTED
         self.m_connected.set(1)
         event(log, "feed_connected", feed=self.feed.name, url=url)
-        if self.protocol.contiguous_ids:
-            # Whatever happened since the last id seen, even if no live trade follows to reveal it.
-            for gap in self.sequence.since_last():
-                self._backfill(gap)
+        for gap in self.pipeline.reconnected():
+            self._backfill(gap)
 
     def _on_disconnected(self, reason: str) -> None:
         self.m_connected.set(0)
-        was_connected = self.state == CONNECTED
-        if was_connected and not self.outage_since_ns:
-            self.outage_since_ns = self.memory.last_event_ns or time.time_ns()
-        self.connected_at = self.pong_due_at = None
+        if self.state is FeedState.CONNECTED:
+            self.pipeline.outage_began(time.time_ns())
+        self.watch.ended()
         self.reader = None
         if self.draining is not None:  # the successor failed: the old connection ends with it
             self.draining.close()
@@ -446,49 +310,50 @@ class FeedActor(Supervised):
             self.reader.close()
         self.generation += 1  # the refused connection's Disconnected is now stale
         self.m_connected.set(0)
-        self.reader, self.connected_at, self.pong_due_at = None, None, None
+        self.reader = None
+        self.watch.ended()
         self.last_error = f"subscription refused: {reason}"
         self._retry(self.reconnect.rejected(time.monotonic()), "feed_subscription_refused", reason)
 
     def _retry(self, retry: Retry, what: str, reason: str) -> None:
         self.state = retry.state
-        level = logging.ERROR if retry.state == FAILED else logging.WARNING
+        level = logging.ERROR if retry.state is FeedState.FAILED else logging.WARNING
         event(log, what, level, feed=self.feed.name, reason=reason, state=retry.state,
               failures=self.reconnect.failures, reconnect_in_s=round(retry.delay_s, 3))
         scheduler().after(retry.delay_s, self.actor_ref, Reconnect(self.generation))
 
     def _pause(self, reason: str) -> None:
         """Backpressure: stop reading rather than hold more; the outage is backfilled after resuming."""
-        if self.state == PAUSED:
+        if self.state is FeedState.PAUSED:
             return
         event(log, "feed_paused", logging.WARNING, feed=self.feed.name, reason=reason)
-        self.state, self.pause_reason = PAUSED, reason
+        self.state, self.pause_reason = FeedState.PAUSED, reason
         self.may_backfill.clear()
         self.m_connected.set(0)
-        if self.outage_since_ns == 0:
-            self.outage_since_ns = self.memory.last_event_ns or time.time_ns()
+        self.pipeline.outage_began(time.time_ns())
         for reader in (self.reader, self.draining):
             if reader is not None:
                 reader.close()
         self.generation += 1  # whatever the closed readers still say is about the past
         self.reader = self.draining = None
+        self.watch.ended()
 
     def _backpressure(self) -> str:
-        paused = sorted(t for t in self.tables if self.sinks.paused(t))
+        paused = sorted(t for t in self.outbox.tables if self.sinks.paused(t))
         if paused:
             return f"spool full for {', '.join(paused)}"
-        if self._held_rows() > self.feed.max_held_rows:
-            return f"{self._held_rows()} rows held for an unavailable buffer"
+        if self.outbox.held() > self.feed.max_held_rows:
+            return f"{self.outbox.held()} rows held for an unavailable buffer"
         return ""
 
     def _tick(self) -> None:
-        self._deliver()
-        self._check_rate(time.monotonic())
-        if self.live_candles:
-            self._send_live_candles()
+        self.outbox.deliver()
         now = time.monotonic()
+        self._check_rate(now)
+        if self.pipeline.live_candles:
+            self._send_live_candles()
         pressure = self._backpressure()
-        if self.state == PAUSED:
+        if self.state is FeedState.PAUSED:
             if not pressure:
                 event(log, "feed_resumed", feed=self.feed.name, paused_for=self.pause_reason)
                 self.pause_reason = ""
@@ -498,48 +363,42 @@ class FeedActor(Supervised):
         if pressure:
             self._pause(pressure)
             return
-        if self.state != CONNECTED or self.reader is None:
+        if self.state is not FeedState.CONNECTED or self.reader is None:
             return
-        if self.sinks.behind():  # the reader waits for a writer to catch up: the silence is ours
-            self.last_data_at = now
-            if self.pong_due_at is not None:
-                self.pong_due_at = now + self.pong_timeout_s
+        if self.sinks.behind():
+            self.watch.writer_behind(now)
             return
-        if self.last_data_at is not None and now - self.last_data_at > self.feed.stale_after_s:
-            event(log, "feed_stale", logging.WARNING, feed=self.feed.name,
-                  silent_s=round(now - self.last_data_at, 1))
+        verdict = self.watch.decide(now)
+        if verdict is Verdict.STALE:
+            event(log, "feed_stale", logging.WARNING, feed=self.feed.name, silent_s=round(self.watch.silent_s(now), 1))
             self.reader.close()
-            return
-        if self.pong_due_at is not None and now > self.pong_due_at:
-            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name, timeout_s=self.pong_timeout_s)
+        elif verdict is Verdict.PONG_TIMEOUT:
+            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name,
+                  timeout_s=self.watch.limits.pong_timeout_s)
             self.reader.close()
-            return
-        max_age = self.feed.max_connection_age_s or self.protocol.max_connection_age_s
-        if max_age and self.connected_at is not None and now - self.connected_at >= max_age:
-            event(log, "feed_connection_rolled", feed=self.feed.name, age_s=round(now - self.connected_at, 1))
+        elif verdict is Verdict.ROLL:
+            event(log, "feed_connection_rolled", feed=self.feed.name, age_s=round(self.watch.age_s(now), 1))
             self._roll()
-            return
-        ping = self.protocol.ping_message
-        if ping and now - self.last_ping_at >= self.ping_interval_s:
-            self.last_ping_at = now
-            if self.pong_timeout_s and self.pong_due_at is None:
-                self.pong_due_at = now + self.pong_timeout_s
+        elif verdict is Verdict.PING:
             try:
-                self.reader.send(ping)
+                self.reader.send(self.protocol.ping_message)
             except Exception:  # noqa: BLE001 - a dead socket shows up as Disconnected from the reader
                 pass
 
     def _check_rate(self, now: float) -> None:
         """Flag the feed while its connection talks faster than max_messages_per_s: a runaway or hostile peer."""
-        if self.rate_ceiling.observe(self.messages, now):
-            flagged = self.rate_ceiling.flagged
-            self.m_rate_exceeded.set(int(flagged))
-            event(log, "feed_rate_exceeded" if flagged else "feed_rate_normal",
-                  logging.WARNING if flagged else logging.INFO, feed=self.feed.name, messages_per_s=round(self.rate_ceiling.rate, 1),
-                  max_messages_per_s=self.feed.max_messages_per_s)
+        change = self.watch.rate_change(now, self.messages)
+        if change is None:
+            return
+        exceeded = change is RateChange.EXCEEDED
+        self.m_rate_exceeded.set(int(exceeded))
+        event(log, "feed_rate_exceeded" if exceeded else "feed_rate_normal",
+              logging.WARNING if exceeded else logging.INFO, feed=self.feed.name,
+              messages_per_s=round(self.watch.rate.rate, 1), max_messages_per_s=self.feed.max_messages_per_s)
 
-    def status(self) -> dict:
+    def status(self) -> FeedStatus:
         now = time.monotonic()
+        silent_s = self.watch.silent_s(now)
         return {
             "exchange": self.feed.exchange,
             "state": self.state,
@@ -548,21 +407,21 @@ class FeedActor(Supervised):
             "connect_failures": self.reconnect.failures,
             "messages": self.messages,
             "data_messages": self.data_messages,
-            "last_message_age_s": None if self.last_data_at is None else round(now - self.last_data_at, 3),
+            "last_message_age_s": None if silent_s is None else round(silent_s, 3),
             "reconnects": self.reconnects,
             "malformed": self.malformed,
-            "duplicates": self.dedup.dropped,
-            "gaps": self.gaps,
-            "backfilled": self.backfilled,
-            "held_rows": self._held_rows(),
-            "live_candles": len(self.live_candles),
+            "duplicates": self.pipeline.dedup.dropped,
+            "gaps": self.pipeline.gaps,
+            "backfilled": self.pipeline.backfilled,
+            "held_rows": self.outbox.held(),
+            "live_candles": len(self.pipeline.live_candles),
             "paused": self.pause_reason,
             "last_error": scrub(self.last_error),
-            "rejected": dict(self.rejected),
-            "rate_exceeded": self.rate_ceiling.flagged,
-            "messages_per_s": round(self.rate_ceiling.rate, 1),
+            "rejected": dict(self.pipeline.rejected),
+            "rate_exceeded": self.watch.rate.flagged,
+            "messages_per_s": round(self.watch.rate.rate, 1),
         }
 
 
-def _sample(sample: bytes | str) -> str:
+def _text(sample: bytes | str) -> str:
     return sample.decode("utf-8", "replace") if isinstance(sample, bytes) else sample

@@ -18,7 +18,8 @@ from pathlib import Path
 import psycopg2
 
 from marketfeed.actors.buffer import BufferActor, SinkDirectory
-from marketfeed.actors.feed import FeedActor, FeedMemory
+from marketfeed.actors.feed import FeedActor
+from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
 from marketfeed.cli.reload import applied, plan
 from marketfeed.config.loader import ConfigError, load

@@ -1,17 +1,21 @@
 """The contract every exchange module fulfils: pure functions from config and bytes to rows.
 
-A protocol object knows the wire format of one exchange. It never touches a socket: the feed
-actor's reader thread hands it frames, and its backfill thread hands it REST bodies.
+A protocol object knows the wire format of one exchange and holds configuration only: it is read by
+the reader threads (one per connection, two during a make-before-break roll) and the backfill thread
+at once. Parse state that must outlive one frame lives in a session, one per connection
+(`open_session()`). Neither touches a socket: the reader thread hands frames to its session, the
+backfill thread hands REST bodies to the protocol.
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import orjson
 
 from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.storage.tables import TRADES, Table
 
 if TYPE_CHECKING:
     from marketfeed.config.schema import FeedConfig
@@ -73,7 +77,30 @@ class Gap:
     since_ns: int = 0  # for exchanges without contiguous ids: the outage start…
     until_ns: int = 0  # …and its end (event time of the newest trade of the first burst after it)
     stream: str = ""  # which id sequence (FeedProtocol.stream_key) the ids belong to
+    before_ns: int = 0  # event time of the last trade seen ahead of first_id (0: unknown): REST paged by time starts there
+    table: Table = TRADES  # what is missing: trades, or (outage_gaps) the candles that closed meanwhile
     page: str = ""  # cursor-paged REST APIs: where the next page is (e.g. Polygon's next_url path)
+
+
+class FeedSession(Protocol):
+    """The parse state of one connection: a new connection starts with a new session."""
+
+    def subscribe_messages(self) -> list[str]:
+        """Messages to send right after the connection opens (auth, subscribe)."""
+        ...
+
+    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        """Append the rows of one frame to `out`; return a Control for non-data frames (FeedProtocol.parse)."""
+        ...
+
+
+class StatelessSession:
+    """The session of an exchange whose frames parse on their own: the protocol's own methods, bound once
+    (no extra call per frame)."""
+
+    def __init__(self, protocol: FeedProtocol):
+        self.subscribe_messages = protocol.subscribe_messages
+        self.parse = protocol.parse
 
 
 class FeedProtocol:
@@ -93,6 +120,10 @@ class FeedProtocol:
     def url(self, base: str) -> str:
         """The WebSocket URL to open, given one of the configured base URLs."""
         return base
+
+    def open_session(self) -> FeedSession:
+        """The parse state of a new connection; exchanges whose frames parse on their own need none."""
+        return StatelessSession(self)
 
     def subscribe_messages(self) -> list[str]:
         """Messages to send right after the connection opens (auth, subscribe)."""

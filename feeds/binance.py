@@ -24,6 +24,7 @@ from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
 from marketfeed.feeds.rows import Candle, Trade, new_trade
+from marketfeed.storage.tables import CANDLES
 
 BACKFILL_PAGE = 1000  # historicalTrades', aggTrades' and klines' maximum limit
 AGG_EXCHANGE = "binance-agg"  # exchange label of aggregate trades in the trades table
@@ -96,7 +97,7 @@ class BinanceProtocol(FeedProtocol):
             if step_ms is not None:
                 open_ms = since_ns // _MS - since_ns // _MS % step_ms
                 gaps += [Gap(symbol, since_ns=(open_ms - step_ms) * _MS, until_ns=until_ns,
-                             stream=f"{symbol}@{channel}") for symbol in symbols]
+                             stream=f"{symbol}@{channel}", table=CANDLES) for symbol in symbols]
         return gaps
 
     def backfill_request(self, gap: Gap) -> HttpRequest:
@@ -150,7 +151,7 @@ class BinanceProtocol(FeedProtocol):
             return candles, None
         # A full page, all closed: the next one starts after its last candle.
         return candles, Gap(gap.symbol, since_ns=candles[-1].ts_ns + INTERVAL_MS[interval] * _MS,
-                             until_ns=gap.until_ns, stream=gap.stream)
+                             until_ns=gap.until_ns, stream=gap.stream, table=gap.table)
 
 
 def _kline_interval(gap: Gap) -> str:

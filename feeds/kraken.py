@@ -20,15 +20,16 @@ Feed channels: "trade", and "ohlc-<minutes>" for Kraken's intervals 1, 5, 15, 30
 Candles: Kraken marks no candle closed. Its ohlc updates are generated on trade events, so a
 candle is known closed when an update or snapshot entry for a later interval_begin of the same
 symbol and interval arrives; until then its newest state is an in-progress candle (latest wins).
-A candle followed by a quiet market therefore stays in progress until the next trade. A reconnect
-forgets the candles in progress (their last updates may be lost): a snapshot after it brings the
+A candle followed by a quiet market therefore stays in progress until the next trade. Which candle
+is newest is parse state of one connection (KrakenSession): a reconnect starts a new session, so
+it forgets the candles in progress (their last updates may be lost): a snapshot after it brings the
 final state of recent candles, /0/public/OHLC that of every one closed while we were away.
 
 REST backfill pages by time, not by id: `since` is a nanosecond timestamp (exclusive) and the
 answer's `last` is the cursor of the next page. A gap's first page starts just before the last
-trade seen ahead of it (the parser notes its time when ids jump, and on every reconnect for the
-range since the last id); when that is unknown (a restarted actor), the first page is the most
-recent 1000 trades. REST names pairs with Kraken's
+trade seen ahead of it (`Gap.before_ns`, from the sequence tracker: on an id jump, and on every
+reconnect for the range since the last id); when that is unknown (ids read from QuestDB at start),
+the first page is the most recent 1000 trades. REST names pairs with Kraken's
 own asset codes: the v2 symbol "BTC/USD" is pair "XBTUSD" (BTC → XBT, DOGE → XDG, every other
 code unchanged, slash dropped); answers are keyed by the internal pair name (e.g. XXBTZUSD), so the
 parser takes the one result key that is not "last". Kraken asks for at most one public call per
@@ -57,13 +58,13 @@ from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
                         load_json)
 from marketfeed.feeds.rows import Candle, Trade, new_trade
+from marketfeed.storage.tables import CANDLES
 
 OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
 OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval
 OHLC_STREAM = "@" + OHLC_CHANNEL  # candle gaps' stream: "BTC/USD@ohlc-5" (trade gaps' is the symbol)
 REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}  # v2 uses ISO codes, REST pair names Kraken's own
 BACKFILL_PAGE = 1000  # /0/public/Trades' maximum count
-MAX_NOTED_GAPS = 1000  # jumps whose start time waits for its backfill request
 _S = 1_000_000_000  # ns per second
 _SIDES = {"buy": "buy", "sell": "sell"}
 _REST_SIDES = {"b": "buy", "s": "sell"}
@@ -80,21 +81,16 @@ class KrakenProtocol(FeedProtocol):
     def __init__(self, feed):
         super().__init__(feed)
         self.trade_channel, self.ohlc_intervals = channels(feed.channels)
-        self._symbols = frozenset(feed.symbols)
-        self._candles: dict[tuple[str, str], Candle] = {}  # (symbol, interval) → newest state, not yet closed
-        self._newest: dict[str, tuple[int, int]] = {}  # symbol → (trade id, ts) of the newest trade parsed
-        self._gap_since: dict[tuple[str, int], int] = {}  # (symbol, first missing id) → ts of the trade before
+        self.symbols = frozenset(feed.symbols)
 
     def url(self, base: str) -> str:
         base = base.rstrip("/")
         return base if base.endswith("/v2") else base + "/v2"
 
+    def open_session(self) -> KrakenSession:
+        return KrakenSession(self)
+
     def subscribe_messages(self) -> list[str]:
-        for symbol, (trade_id, ts_ns) in list(self._newest.items()):
-            self._note_gap(symbol, trade_id + 1, ts_ns)  # a (re)connect: the actor backfills from the last id on
-        # Candles held may have missed their last updates: their final state comes from the snapshot or
-        # /0/public/OHLC, never from what was held when the next interval began.
-        self._candles.clear()
         symbols, snapshot = list(self.feed.symbols), self.feed.options.snapshot
         params = [{"channel": "trade", "symbol": symbols, "snapshot": snapshot}] if self.trade_channel else []
         params += [{"channel": "ohlc", "symbol": symbols, "interval": interval, "snapshot": snapshot}
@@ -102,92 +98,14 @@ class KrakenProtocol(FeedProtocol):
         return [orjson.dumps({"method": "subscribe", "params": p, "req_id": n}).decode()
                 for n, p in enumerate(params, 1)]
 
-    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
-        msg = load_json(frame, dict)
-        channel = msg.get("channel")
-        if channel == "trade":
-            out.trades += self._trades(msg, frame, received_ns)
-            return None
-        if channel == "ohlc":
-            self._ohlc(msg, frame, received_ns, out)
-            return None
-        if channel == "heartbeat":
-            return Control.HEARTBEAT
-        if channel == "status":
-            return Control.INFO
-        method = msg.get("method")
-        if method == "pong":
-            return Control.PONG
-        if method == "subscribe" and msg.get("success") is True:
-            return Control.SUBSCRIBED
-        if method == "subscribe" and msg.get("success") is False:
-            raise SubscriptionRejected(f"Kraken refused a subscription: {msg.get('error')}")
-        if method is not None and msg.get("success") is False:
-            raise MalformedFrame(f"Kraken refused {method!r}: {msg.get('error')}", frame)
-        raise MalformedFrame(f"unexpected message (channel {channel!r}, method {method!r})", frame)
-
-    def _trades(self, msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
-        try:
-            rows = [
-                new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
-                           _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns))
-                for t in msg["data"]
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedFrame(f"bad trade message: {exc!r}", frame) from None
-        for row in rows:
-            self._note_jump(row)
-        return rows
-
-    def _note_jump(self, row: Trade) -> None:
-        """Where ids jump, remember the time of the trade before: REST finds the gap by time."""
-        if row.symbol not in self._symbols:
-            return  # not ours: the row validator rejects it; no state grows for it
-        newest = self._newest.get(row.symbol)
-        if newest is not None and row.trade_id <= newest[0]:
-            return  # a replay (snapshot, duplicate): nothing new
-        if newest is not None and row.trade_id > newest[0] + 1:
-            self._note_gap(row.symbol, newest[0] + 1, newest[1])
-        self._newest[row.symbol] = (row.trade_id, row.ts_ns)
-
-    def _note_gap(self, symbol: str, first_id: int, before_ns: int) -> None:
-        if len(self._gap_since) >= MAX_NOTED_GAPS:
-            del self._gap_since[next(iter(self._gap_since))]
-        self._gap_since[(symbol, first_id)] = before_ns
-
-    def _ohlc(self, msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> None:
-        try:
-            candles = [
-                Candle(rfc3339_ns(c["interval_begin"]), "kraken", _text(c["symbol"]), OHLC_INTERVALS[c["interval"]],
-                       _number(c["open"]), _number(c["high"]), _number(c["low"]), _number(c["close"]),
-                       _number(c["volume"]), False, received_ns)
-                for c in msg["data"]
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedFrame(f"bad ohlc message: {exc!r}", frame) from None
-        live: dict[tuple[str, str], Candle] = {}
-        for candle in candles:
-            key = (candle.symbol, candle.interval)
-            if candle.symbol not in self._symbols:
-                live[key] = candle  # not ours: the row validator rejects it; no state grows for it
-                continue
-            newest = self._candles.get(key)
-            if newest is not None and candle.ts_ns < newest.ts_ns:
-                out.candles.append(candle._replace(closed=True))  # an earlier interval (a snapshot): over
-                continue
-            if newest is not None and candle.ts_ns > newest.ts_ns:
-                out.candles.append(newest._replace(closed=True))  # a later interval began: the newest is final
-            self._candles[key] = live[key] = candle
-        out.live_candles += live.values()
-
     def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
         """Candles that closed while the connection was down (trade ids reveal their own gaps)."""
         gaps = []
         for minutes in self.ohlc_intervals:
             step_ns = minutes * 60 * _S
             start_ns = since_ns - since_ns % step_ns - step_ns
-            gaps += [Gap(symbol, since_ns=start_ns, until_ns=until_ns, stream=f"{symbol}{OHLC_STREAM}{minutes}")
-                     for symbol in symbols]
+            gaps += [Gap(symbol, since_ns=start_ns, until_ns=until_ns, stream=f"{symbol}{OHLC_STREAM}{minutes}",
+                         table=CANDLES) for symbol in symbols]
         return gaps
 
     def backfill_request(self, gap: Gap) -> HttpRequest:
@@ -196,11 +114,10 @@ class KrakenProtocol(FeedProtocol):
                      "since": gap.since_ns // _S - 1}  # exclusive: from the candle that opens at since_ns
             return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/0/public/OHLC?{urlencode(query)}")
         query = {"pair": rest_pair(gap.symbol), "count": BACKFILL_PAGE}
-        before = self._gap_since.get((gap.symbol, gap.first_id))  # kept: the same range may be asked for twice
-        if gap.since_ns:
+        if gap.since_ns:  # a later page: the cursor
             query["since"] = gap.since_ns
-        elif before is not None:
-            query["since"] = before - 1  # exclusive: from the trade before on, whatever shares its time
+        elif gap.before_ns:
+            query["since"] = gap.before_ns - 1  # exclusive: from the trade before on, whatever shares its time
         return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/0/public/Trades?{urlencode(query)}")
 
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list, Gap | None]:
@@ -221,6 +138,85 @@ class KrakenProtocol(FeedProtocol):
         if newest is None or len(page) < BACKFILL_PAGE or (last_id is not None and newest >= last_id):
             return rows, None  # the gap is covered, or nothing newer exists yet
         return rows, dataclasses.replace(gap, first_id=max(gap.first_id, newest + 1), since_ns=cursor)
+
+
+class KrakenSession:
+    """One connection's ohlc state: the newest candle per (symbol, interval), not yet known closed.
+
+    Candles held by an earlier connection may have missed their last updates: their final state comes
+    from the snapshot or /0/public/OHLC, never from what was held when the next interval began, so a
+    new connection starts with a new session.
+    """
+
+    def __init__(self, protocol: KrakenProtocol):
+        self.protocol = protocol
+        self.subscribe_messages = protocol.subscribe_messages
+        self._candles: dict[tuple[str, str], Candle] = {}
+
+    def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        msg = load_json(frame, dict)
+        if msg.get("channel") == "ohlc":
+            self._ohlc(msg, frame, received_ns, out)
+            return None
+        return _parse_message(msg, frame, received_ns, out)
+
+    def _ohlc(self, msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> None:
+        try:
+            candles = [
+                Candle(rfc3339_ns(c["interval_begin"]), "kraken", _text(c["symbol"]), OHLC_INTERVALS[c["interval"]],
+                       _number(c["open"]), _number(c["high"]), _number(c["low"]), _number(c["close"]),
+                       _number(c["volume"]), False, received_ns)
+                for c in msg["data"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad ohlc message: {exc!r}", frame) from None
+        live: dict[tuple[str, str], Candle] = {}
+        for candle in candles:
+            key = (candle.symbol, candle.interval)
+            if candle.symbol not in self.protocol.symbols:
+                live[key] = candle  # not ours: the row validator rejects it; no state grows for it
+                continue
+            newest = self._candles.get(key)
+            if newest is not None and candle.ts_ns < newest.ts_ns:
+                out.candles.append(candle._replace(closed=True))  # an earlier interval (a snapshot): over
+                continue
+            if newest is not None and candle.ts_ns > newest.ts_ns:
+                out.candles.append(newest._replace(closed=True))  # a later interval began: the newest is final
+            self._candles[key] = live[key] = candle
+        out.live_candles += live.values()
+
+
+def _parse_message(msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+    """Every channel but ohlc: frames that parse on their own."""
+    channel = msg.get("channel")
+    if channel == "trade":
+        out.trades += _trades(msg, frame, received_ns)
+        return None
+    if channel == "heartbeat":
+        return Control.HEARTBEAT
+    if channel == "status":
+        return Control.INFO
+    method = msg.get("method")
+    if method == "pong":
+        return Control.PONG
+    if method == "subscribe" and msg.get("success") is True:
+        return Control.SUBSCRIBED
+    if method == "subscribe" and msg.get("success") is False:
+        raise SubscriptionRejected(f"Kraken refused a subscription: {msg.get('error')}")
+    if method is not None and msg.get("success") is False:
+        raise MalformedFrame(f"Kraken refused {method!r}: {msg.get('error')}", frame)
+    raise MalformedFrame(f"unexpected message (channel {channel!r}, method {method!r})", frame)
+
+
+def _trades(msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
+    try:
+        return [
+            new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
+                       _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns))
+            for t in msg["data"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedFrame(f"bad trade message: {exc!r}", frame) from None
 
 
 def _parse_ohlc(gap: Gap, body: bytes, received_ns: int) -> list[Candle]:

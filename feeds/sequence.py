@@ -7,23 +7,26 @@ from marketfeed.feeds.base import Gap
 
 
 class SequenceTracker:
-    """Last id seen per stream. State survives reconnects, so the outage itself shows up as a gap.
+    """Last id seen per stream, and its event time. State survives reconnects, so the outage itself shows up
+    as a gap; each gap carries the time of the trade before it (`Gap.before_ns`), where an exchange that pages
+    its REST trades by time (Kraken) finds it.
 
     `stream_key(row)` names the id sequence a row belongs to (FeedProtocol.stream_key); without it
-    ids are tracked per symbol and gaps carry no stream. `last_ids` is shared, not copied: it is
-    the feed's memory across actor restarts.
+    ids are tracked per symbol and gaps carry no stream. `last_ids` and `last_ts` are shared, not copied:
+    they are the feed's memory across actor restarts.
     """
 
     def __init__(self, last_ids: dict[str, int] | None = None, stream_key: Callable[[tuple], str] | None = None,
-                 symbols: dict[str, str] | None = None):
+                 symbols: dict[str, str] | None = None, last_ts: dict[str, int] | None = None):
         self.last_ids: dict[str, int] = last_ids if last_ids is not None else {}
+        self.last_ts: dict[str, int] = last_ts if last_ts is not None else {}  # absent: unknown (ids from QuestDB)
         self.symbols: dict[str, str] = symbols if symbols is not None else {}  # stream → symbol, where they differ
         self.stream_key = stream_key
 
     def observe(self, rows: list) -> list[Gap]:
         """Advance over live rows (in arrival order); return the gaps they reveal."""
         gaps = []
-        last_ids, stream_key = self.last_ids, self.stream_key
+        last_ids, last_ts, stream_key = self.last_ids, self.last_ts, self.stream_key
         for row in rows:
             symbol, trade_id = row[2], row[3]
             stream = stream_key(row) if stream_key is not None else symbol
@@ -33,9 +36,12 @@ class SequenceTracker:
             elif trade_id == last + 1:
                 last_ids[stream] = trade_id
             elif trade_id > last + 1:
-                gaps.append(Gap(symbol, last + 1, trade_id - 1, stream="" if stream_key is None else stream))
+                gaps.append(Gap(symbol, last + 1, trade_id - 1, stream="" if stream_key is None else stream,
+                                before_ns=last_ts.get(stream, 0)))
                 last_ids[stream] = trade_id
-            # trade_id <= last: a late or repeated id; the dedup window has already judged it
+            else:
+                continue  # a late or repeated id; the dedup window has already judged it
+            last_ts[stream] = row[0]
         return gaps
 
     def fill(self, rows: list) -> None:
@@ -48,10 +54,14 @@ class SequenceTracker:
                 self._first(stream, row[2], row[3])
             elif row[3] > last:
                 last_ids[stream] = row[3]
+            else:
+                continue
+            self.last_ts[stream] = row[0]
 
     def since_last(self) -> list[Gap]:
         """After a reconnect: everything after the last id of each stream, up to whatever exists now."""
-        return [Gap(self.symbols.get(stream, stream), last + 1, None, stream="" if self.stream_key is None else stream)
+        return [Gap(self.symbols.get(stream, stream), last + 1, None, stream="" if self.stream_key is None else stream,
+                    before_ns=self.last_ts.get(stream, 0))
                 for stream, last in self.last_ids.items()]
 
     def _first(self, stream: str, symbol: str, trade_id: int) -> None:

@@ -86,6 +86,9 @@ class Table:
     # This table's own sink keys (max_rows, flush_interval_s); 0 in either: the sink-wide value.
     own_flush_policy: Callable[[SinkConfig], tuple[int, float]] | None = None
 
+    def __repr__(self) -> str:  # in Gap reprs and logs: the name says it all
+        return f"Table({self.name!r})"
+
     def name_in_db(self, prefix: str) -> str:
         return f"{prefix}{self.name}"
 

@@ -71,7 +71,7 @@ def test_last_match_seeds_the_sequence_and_reveals_an_outage():
     _, live = parse({**MATCH, "trade_id": 501})
     assert tracker.observe(joined.trades + live.trades) == []  # joining mid-stream is no gap
     _, after_reconnect = parse({**MATCH, "type": "last_match", "trade_id": 530})
-    assert tracker.observe(after_reconnect.trades) == [Gap("BTC-USD", 502, 529)]
+    assert tracker.observe(after_reconnect.trades) == [Gap("BTC-USD", 502, 529, before_ns=live.trades[0].ts_ns)]
 
 
 def test_time_keeps_every_microsecond():

@@ -81,14 +81,23 @@ def test_dedup_is_bounded_by_entries():
 def test_sequence_tracker_reports_gaps_per_symbol():
     s = SequenceTracker()
     assert s.observe([trade("A", 1), trade("A", 2), trade("B", 10)]) == []
-    assert s.observe([trade("A", 5), trade("B", 11), trade("A", 6)]) == [Gap("A", 3, 4)]
+    # The gap carries the event time of the trade before it (A 2): REST paged by time starts there.
+    assert s.observe([trade("A", 5), trade("B", 11), trade("A", 6)]) == [Gap("A", 3, 4, before_ns=trade("A", 2).ts_ns)]
     assert s.observe([trade("A", 4)]) == []  # a late id: not a gap, not a regression
     assert s.last_ids == {"A": 6, "B": 11}
 
 
 def test_sequence_tracker_continues_from_remembered_ids():
     s = SequenceTracker({"A": 100})
-    assert s.observe([trade("A", 104)]) == [Gap("A", 101, 103)]
+    assert s.observe([trade("A", 104)]) == [Gap("A", 101, 103)]  # the time of id 100 is unknown (from QuestDB)
+
+
+def test_sequence_tracker_gives_every_gap_after_a_reconnect_the_time_of_the_last_id():
+    s = SequenceTracker()
+    s.observe([trade("A", 1), trade("A", 2)])
+    s.fill([trade("A", 3)])
+    s.observe([trade("A", 1)])  # a replay moves nothing
+    assert s.since_last() == [Gap("A", 4, None, before_ns=trade("A", 3).ts_ns)]
 
 
 def test_batcher_flushes_on_size_or_age():

@@ -3,7 +3,8 @@ import pykka
 import pytest
 
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
-from marketfeed.actors.feed import FeedActor, FeedMemory
+from marketfeed.actors.feed import FeedActor
+from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.config.schema import FeedConfig
 from marketfeed.sim import Simulator
 from marketfeed.supervision.supervisor import GetStatus

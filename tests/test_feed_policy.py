@@ -1,5 +1,5 @@
 """The feed actor's pure parts: reconnect policy, latest-wins candles, stream-keyed sequences."""
-from marketfeed.actors.feed import LiveCandles
+from marketfeed.feeds.pipeline import LiveCandles
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.feeds.sequence import SequenceTracker

@@ -6,6 +6,7 @@ No QuestDB here: the buffer is a stand-in actor that records what it would have 
 """
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import subprocess
 import threading
@@ -18,11 +19,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
-from marketfeed.actors.feed import BackfillDone, FeedActor, FeedMemory
-from marketfeed.actors.feed_io import Backfiller
+from marketfeed.actors.backfill import BackfillLimits, Backfiller
+from marketfeed.actors.feed import FeedActor
+from marketfeed.actors.feed_messages import BackfillDone
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import Gap
+from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.sim import Simulator
 from marketfeed.storage.deadletter import read as read_dead_letters
 from marketfeed.supervision.supervisor import GetStatus
@@ -155,8 +158,9 @@ def backfill(sim: Simulator, **extra) -> BackfillDone:
 
     allowed = threading.Event()
     allowed.set()
-    backfiller = Backfiller(feed.name, registry.exchange("binance").protocol(feed), Inbox(), allowed, min_interval_s=0.0,
-                            attempts=1)
+    protocol = registry.exchange("binance").protocol(feed)
+    limits = dataclasses.replace(BackfillLimits.of(feed, protocol), min_interval_s=0.0, attempts=1)
+    backfiller = Backfiller(feed.name, protocol, Inbox(), allowed, limits)
     backfiller.start()
     backfiller.gaps.put(Gap("BTCUSDT", sim.truth("binance", "BTCUSDT")[0], sim.truth("binance", "BTCUSDT")[-1]))
     assert done.wait(10)

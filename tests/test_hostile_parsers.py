@@ -59,7 +59,7 @@ def parse_survives(proto: FeedProtocol, frame: bytes | str) -> ParsedRows:
     without raising, valid ones being well-typed (the validator is the second line of defence)."""
     out = ParsedRows()
     try:
-        control = proto.parse(frame, RECEIVED_NS, out)
+        control = proto.open_session().parse(frame, RECEIVED_NS, out)
     except ESCAPES:
         return out
     assert control is None or isinstance(control, Control)
@@ -143,7 +143,7 @@ def test_valid_frames_give_exactly_the_trade(exchange, trade):
     trade = dataclasses.replace(trade, symbol=SYMBOL.get(exchange, "BTCUSDT"))
     out = ParsedRows()
     for frame in wire_frames(twin, session, trade):
-        proto.parse(frame, RECEIVED_NS, out)
+        proto.open_session().parse(frame, RECEIVED_NS, out)
     assert len(out.trades) == 1, out.trades
     (row,) = out.trades
     assert row == Trade(trade.time_ms * 1_000_000, exchange, trade.symbol, row.trade_id, float(trade.price),

@@ -66,6 +66,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration  # the service process, though against a QuestDB that is down
 def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
     """QuestDB unreachable on purpose: connection errors are the likeliest place for credentials to leak."""
     dead = free_port()

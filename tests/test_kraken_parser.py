@@ -4,8 +4,10 @@ import pytest
 
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from marketfeed.feeds.kraken import KrakenOptions, KrakenProtocol, channels, rest_pair, rfc3339_ns
+from marketfeed.feeds.kraken import KrakenOptions, KrakenProtocol, KrakenSession, channels, rest_pair, rfc3339_ns
+from marketfeed.storage.tables import CANDLES
 from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.feeds.sequence import SequenceTracker
 
 
 def feed(**extra) -> FeedConfig:
@@ -14,10 +16,14 @@ def feed(**extra) -> FeedConfig:
     return FeedConfig(**{**values, **extra})
 
 
-def parse(protocol: KrakenProtocol, message) -> tuple[Control | None, ParsedRows]:
+def parse(session: KrakenSession, message) -> tuple[Control | None, ParsedRows]:
     out = ParsedRows()
     frame = message if isinstance(message, (bytes, str)) else orjson.dumps(message)
-    return protocol.parse(frame, 42, out), out
+    return session.parse(frame, 42, out), out
+
+
+def session(**extra) -> KrakenSession:
+    return KrakenProtocol(feed(**extra)).open_session()
 
 
 # The trade channel's documented snapshot example (docs.kraken.com, WebSocket v2, trade).
@@ -59,7 +65,7 @@ def ohlc(begin: str, close: float, volume: float, kind: str = "update", interval
 
 
 def test_documented_trade_snapshot_becomes_trades():
-    control, out = parse(KrakenProtocol(feed()), TRADE_SNAPSHOT)
+    control, out = parse(session(), TRADE_SNAPSHOT)
     assert control is None  # data: it resets the stale watchdog
     assert out.trades == [
         Trade(1695628116_925533000, "kraken", "MATIC/USD", 4665846, 0.5147, 6423.46326, "buy", 42),
@@ -68,7 +74,7 @@ def test_documented_trade_snapshot_becomes_trades():
 
 
 def test_heartbeat_status_pong_and_acks_are_control_not_data():
-    protocol = KrakenProtocol(feed())
+    protocol = session()
     assert parse(protocol, {"channel": "heartbeat"})[0] is Control.HEARTBEAT
     status = {"channel": "status", "data": [{"api_version": "v2", "connection_id": 13834774380200032777,
                                              "system": "online", "version": "2.0.0"}], "type": "update"}
@@ -87,7 +93,7 @@ def test_refused_subscription_raises_with_kraken_reason():
     refusal = (b'{"error":"Currency pair not supported XBT/USD","method":"subscribe","success":false,'
                b'"symbol":"XBT/USD","time_in":"2026-10-06T17:39:49.588049Z","time_out":"2026-10-06T17:39:49.588083Z"}')
     with pytest.raises(SubscriptionRejected, match="Currency pair not supported XBT/USD"):
-        parse(KrakenProtocol(feed()), refusal)
+        parse(session(), refusal)
 
 
 @pytest.mark.parametrize("bad", [
@@ -100,7 +106,7 @@ def test_refused_subscription_raises_with_kraken_reason():
 ])
 def test_garbage_is_malformed(bad):
     with pytest.raises(MalformedFrame):
-        parse(KrakenProtocol(feed()), bad)
+        parse(session(), bad)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -116,12 +122,12 @@ def test_a_bad_trade_field_drops_the_whole_message(field, value):
     message["data"][1][field] = value
     out = ParsedRows()
     with pytest.raises(MalformedFrame):
-        KrakenProtocol(feed()).parse(orjson.dumps(message), 0, out)
+        session().parse(orjson.dumps(message), 0, out)
     assert out.trades == []  # nothing half-parsed
 
 
 def test_documented_ohlc_snapshot_closes_all_but_the_newest_candle():
-    control, out = parse(KrakenProtocol(feed()), OHLC_SNAPSHOT)
+    control, out = parse(session(), OHLC_SNAPSHOT)
     assert control is None
     assert out.candles == [Candle(T_15_25, "kraken", "ALGO/USD", "5m", 0.09875, 0.09875, 0.09875, 0.09875,
                                   201.86015, True, 42)]
@@ -130,7 +136,7 @@ def test_documented_ohlc_snapshot_closes_all_but_the_newest_candle():
 
 
 def test_a_candle_closes_once_when_the_next_interval_begins():
-    protocol = KrakenProtocol(feed())
+    protocol = session()
     first = [parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", c, v))[1] for c, v in ((0.1, 1.0), (0.2, 3.0))]
     assert all(out.candles == [] for out in first)
     assert [out.live_candles[0].close for out in first] == [0.1, 0.2]  # latest state wins downstream
@@ -142,7 +148,7 @@ def test_a_candle_closes_once_when_the_next_interval_begins():
 
 
 def test_snapshot_after_reconnect_closes_the_candle_left_in_progress():
-    protocol = KrakenProtocol(feed())
+    protocol = session()
     parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0))
     snapshot = ohlc("2023-10-04T15:25:00.000000000Z", 0.15, 2.0, "snapshot")
     snapshot["data"] += ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5)["data"]
@@ -155,26 +161,26 @@ def test_snapshot_after_reconnect_closes_the_candle_left_in_progress():
 
 def test_a_reconnect_forgets_the_candle_in_progress_rather_than_close_it_stale():
     protocol = KrakenProtocol(feed(options=KrakenOptions(snapshot=False)))
-    parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0))
-    protocol.subscribe_messages()  # the connection was replaced: 15:25's last updates may be lost
-    _, out = parse(protocol, ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5))
+    parse(protocol.open_session(), ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0))
+    successor = protocol.open_session()  # the connection was replaced: 15:25's last updates may be lost
+    _, out = parse(successor, ohlc("2023-10-04T15:30:00.000000000Z", 0.3, 0.5))
     assert out.candles == [] and [c.ts_ns for c in out.live_candles] == [T_15_30]  # its final state: over REST
-    _, out = parse(protocol, ohlc("2023-10-04T15:35:00.000000000Z", 0.4, 0.5))
+    _, out = parse(successor, ohlc("2023-10-04T15:35:00.000000000Z", 0.4, 0.5))
     assert [(c.ts_ns, c.close, c.closed) for c in out.candles] == [(T_15_30, 0.3, True)]  # live again
 
 
 def test_unsubscribed_symbols_pass_through_to_validation_without_keeping_state():
-    protocol = KrakenProtocol(feed(symbols=("BTC/USD",)))
+    protocol = session(symbols=("BTC/USD",))
     for n in range(3):
         _, out = parse(protocol, ohlc(f"2023-10-04T15:{25 + 5 * n}:00.000000000Z", 0.1, 1.0))
         assert [c.symbol for c in out.live_candles] == ["ALGO/USD"] and out.candles == []
     _, out = parse(protocol, TRADE_SNAPSHOT)
     assert len(out.trades) == 2
-    assert protocol._candles == {} and protocol._newest == {}
+    assert protocol._candles == {}
 
 
 def test_intervals_and_symbols_keep_their_own_candles():
-    protocol = KrakenProtocol(feed(channels=("ohlc-1", "ohlc-5")))
+    protocol = session(channels=("ohlc-1", "ohlc-5"))
     parse(protocol, ohlc("2023-10-04T15:25:00.000000000Z", 0.1, 1.0, interval=5))
     _, out = parse(protocol, ohlc("2023-10-04T15:29:00.000000000Z", 0.2, 1.0, interval=1))
     assert out.candles == [] and out.live_candles[0].interval == "1m"
@@ -240,12 +246,12 @@ def test_documented_trades_page_becomes_trades_with_microsecond_times():
 
 
 def test_backfill_starts_at_the_trade_before_the_jump_and_pages_by_cursor():
-    protocol = KrakenProtocol(feed())
+    protocol, tracker = KrakenProtocol(feed()), SequenceTracker()
     before = dict(TRADE_SNAPSHOT, data=TRADE_SNAPSHOT["data"][:1])
     after = dict(TRADE_SNAPSHOT, type="update", data=[dict(TRADE_SNAPSHOT["data"][1], trade_id=4665850)])
-    parse(protocol, before)
-    parse(protocol, after)  # ids jump 4665846 → 4665850
-    gap = Gap("MATIC/USD", 4665847, 4665849)
+    assert tracker.observe(parse(protocol.open_session(), before)[1].trades) == []
+    (gap,) = tracker.observe(parse(protocol.open_session(), after)[1].trades)  # ids jump 4665846 → 4665850
+    assert (gap.symbol, gap.first_id, gap.last_id) == ("MATIC/USD", 4665847, 4665849)
     request = protocol.backfill_request(gap)
     assert request.url == ("https://api.kraken.com/0/public/Trades?pair=MATICUSD&count=1000"
                            "&since=1695628116925532999")
@@ -253,18 +259,22 @@ def test_backfill_starts_at_the_trade_before_the_jump_and_pages_by_cursor():
                                                  for i in range(1000)], "last": "1695629115925533000"}}
     rows, rest = protocol.parse_backfill(gap, orjson.dumps(full), 0)
     assert [r.trade_id for r in rows] == [4665847, 4665848, 4665849] and rest is None
-    open_gap = Gap("MATIC/USD", 4665847)  # up to the live stream: keep paging from the cursor
+    open_gap = Gap("MATIC/USD", 4665847, before_ns=gap.before_ns)  # up to the live stream: page from the cursor
     rows, rest = protocol.parse_backfill(open_gap, orjson.dumps(full), 0)
-    assert len(rows) == 999 and rest == Gap("MATIC/USD", 4665846 + 1000, since_ns=1695629115925533000)
+    assert len(rows) == 999 and rest == Gap("MATIC/USD", 4665846 + 1000, since_ns=1695629115925533000,
+                                            before_ns=gap.before_ns)
     assert protocol.backfill_request(rest).url.endswith("&since=1695629115925533000")
 
 
 def test_after_a_reconnect_backfill_starts_at_the_last_trade_seen():
-    protocol = KrakenProtocol(feed())
-    parse(protocol, TRADE_SNAPSHOT)
-    protocol.subscribe_messages()  # the connection was replaced
-    parse(protocol, dict(TRADE_SNAPSHOT, data=[dict(TRADE_SNAPSHOT["data"][1], trade_id=4665860)]))
-    for gap in (Gap("MATIC/USD", 4665848), Gap("MATIC/USD", 4665848, 4665859)):  # since the last id; the jump
+    protocol, tracker = KrakenProtocol(feed()), SequenceTracker()
+    tracker.observe(parse(protocol.open_session(), TRADE_SNAPSHOT)[1].trades)
+    (since_last,) = tracker.since_last()  # the connection was replaced
+    successor = protocol.open_session()
+    (jump,) = tracker.observe(parse(successor, dict(TRADE_SNAPSHOT, data=[dict(TRADE_SNAPSHOT["data"][1],
+                                                                                 trade_id=4665860)]))[1].trades)
+    assert (since_last.first_id, since_last.last_id, jump.first_id, jump.last_id) == (4665848, None, 4665848, 4665859)
+    for gap in (since_last, jump):  # since the last id; the jump
         assert protocol.backfill_request(gap).url.endswith("pair=MATICUSD&count=1000&since=1695628176925602999")
 
 
@@ -285,10 +295,10 @@ def test_an_outage_backfills_the_candles_of_every_ohlc_channel_over_rest():
     since, until = 1688671342_500_000_000, 1688671502_000_000_000  # 19:22:22.5 … 19:25:02
     gaps = protocol.outage_gaps(("BTC/USD", "ETH/USD"), since, until)
     # From one interval before the candle open at the outage, in case its last updates were lost with it.
-    assert gaps == [Gap("BTC/USD", since_ns=1688670900 * 10**9, until_ns=until, stream="BTC/USD@ohlc-5"),
-                    Gap("ETH/USD", since_ns=1688670900 * 10**9, until_ns=until, stream="ETH/USD@ohlc-5"),
-                    Gap("BTC/USD", since_ns=1688671260 * 10**9, until_ns=until, stream="BTC/USD@ohlc-1"),
-                    Gap("ETH/USD", since_ns=1688671260 * 10**9, until_ns=until, stream="ETH/USD@ohlc-1")]
+    assert gaps == [Gap("BTC/USD", since_ns=1688670900 * 10**9, until_ns=until, stream="BTC/USD@ohlc-5", table=CANDLES),
+                    Gap("ETH/USD", since_ns=1688670900 * 10**9, until_ns=until, stream="ETH/USD@ohlc-5", table=CANDLES),
+                    Gap("BTC/USD", since_ns=1688671260 * 10**9, until_ns=until, stream="BTC/USD@ohlc-1", table=CANDLES),
+                    Gap("ETH/USD", since_ns=1688671260 * 10**9, until_ns=until, stream="ETH/USD@ohlc-1", table=CANDLES)]
     assert protocol.backfill_request(gaps[0]).url == (  # since is exclusive: one second before the window
         "https://api.kraken.com/0/public/OHLC?pair=XBTUSD&interval=5&since=1688670899")
     assert KrakenProtocol(feed(channels=("trade",))).outage_gaps(("BTC/USD",), since, until) == []  # ids do that
@@ -305,14 +315,14 @@ OHLC_PAGE = {"error": [], "result": {"XXBTZUSD": [
 
 def test_ohlc_candles_that_ended_before_the_stream_resumed_are_stored_closed():
     protocol = KrakenProtocol(feed())
-    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688671350 * 10**9, stream="BTC/USD@ohlc-1")
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688671350 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
     candles, rest = protocol.parse_backfill(gap, orjson.dumps(OHLC_PAGE), 7)
     assert rest is None  # Kraken serves the most recent entries only: there is no older page to ask for
     assert candles == [  # 19:22 was still open at 19:22:30: it closes over the live stream
         Candle(1688671200 * 10**9, "kraken", "BTC/USD", "1m", 30306.1, 30306.2, 30305.7, 30305.7, 3.39243896, True, 7),
         Candle(1688671260 * 10**9, "kraken", "BTC/USD", "1m", 30304.5, 30304.5, 30300.0, 30300.0, 4.42996871, True, 7),
     ]
-    later = Gap("BTC/USD", since_ns=gap.since_ns, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1")
+    later = Gap("BTC/USD", since_ns=gap.since_ns, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
     candles, _ = protocol.parse_backfill(later, orjson.dumps(OHLC_PAGE), 7)
     assert [c.ts_ns // 10**9 for c in candles] == [1688671200, 1688671260, 1688671320]  # never the uncommitted last
 
@@ -320,7 +330,7 @@ def test_ohlc_candles_that_ended_before_the_stream_resumed_are_stored_closed():
 def test_ohlc_periods_without_trades_are_not_candles():
     page = orjson.loads(orjson.dumps(OHLC_PAGE))
     page["result"]["XXBTZUSD"][1] = [1688671260, "30305.7", "30305.7", "30305.7", "30305.7", "0.0", "0.00000000", 0]
-    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1")
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
     candles, _ = KrakenProtocol(feed()).parse_backfill(gap, orjson.dumps(page), 7)
     assert [c.ts_ns // 10**9 for c in candles] == [1688671200, 1688671320]  # as the ohlc channel has them
 
@@ -332,6 +342,6 @@ def test_ohlc_periods_without_trades_are_not_candles():
     b'{"error":[],"result":{"XXBTZUSD":[[1688671200,"1","1","1","x","1","1",1],[0]],"last":1}}',
 ])
 def test_bad_ohlc_pages_are_malformed(body):
-    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1")
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
     with pytest.raises(MalformedFrame):
         KrakenProtocol(feed()).parse_backfill(gap, body, 0)

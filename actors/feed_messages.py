@@ -1,0 +1,72 @@
+"""Messages a feed actor receives: from its reader threads (through their outlet), its backfill thread and its timers.
+
+Each connection is numbered (`generation`); news of a connection already replaced is ignored, except its rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marketfeed.feeds.base import Gap, MalformedFrame, ParsedRows
+from marketfeed.storage.tables import Table
+
+
+@dataclass(frozen=True)
+class Connected:
+    generation: int
+    url: str
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubscriptionRefused:
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShutdownAnnounced:
+    """The exchange said it will close the connection (maintenance, 24 h cut): open a successor first."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """One burst of frames of one connection, parsed; the receiver owns `rows` and reads it only."""
+
+    generation: int
+    rows: ParsedRows
+    frames: int
+    data_frames: int
+    malformed: tuple[MalformedFrame, ...]
+    pongs: int = 0  # Control.PONG replies to our application-level pings
+
+
+@dataclass(frozen=True)
+class BackfillRows:
+    """One REST page of one table: trades, or closed candles; never empty."""
+
+    table: Table
+    rows: list
+
+
+@dataclass(frozen=True)
+class BackfillDone:
+    gap: Gap
+    rows: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    generation: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass

@@ -1,0 +1,189 @@
+"""The feed pipeline: what happens to parsed rows before they are stored. Pure: no threads, no I/O, clocks passed in.
+
+live burst:  validate → outage window → dedup → sequence → candles → rows per table + gaps
+REST page:   validate → (trades) sequence fill → dedup        → rows per table
+
+The feed actor applies the result: it sends the rows to the buffer actors, the gaps to the backfiller,
+the counts to metrics and the rejected samples to the dead-letter file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import FeedProtocol, Gap, ParsedRows
+from marketfeed.feeds.dedup import DedupWindow
+from marketfeed.feeds.rows import Candle
+from marketfeed.feeds.sequence import SequenceTracker
+from marketfeed.feeds.validation import RowValidator, SampleGate, sample_row
+from marketfeed.storage.tables import CANDLES, TRADES, Table
+
+REJECT_SAMPLE_INTERVAL_S = 60.0  # one dead-letter sample per rejection reason per minute
+
+
+class FeedMemory:
+    """What a feed knows that outlives one actor incarnation: the last trade id (and its event time) per
+    stream, the event time of the newest trade or candle seen (where an outage window starts; at process
+    start, the newest stored one), holes found at start."""
+
+    def __init__(self) -> None:
+        self.last_ids: dict[str, int] = {}
+        self.last_ts: dict[str, int] = {}  # event time of each stream's last id: where REST finds a gap by time
+        self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
+        self.last_event_ns = 0
+        self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
+
+
+class LiveCandles:
+    """In-progress candles, latest state wins per (exchange, symbol, interval); bounded by the
+    subscriptions. A closed candle retires the in-progress state of its own and older periods."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str, str], Candle] = {}
+        self.closed_ts: dict[tuple[str, str, str], int] = {}  # newest closed period per key
+
+    def update(self, candles: list[Candle]) -> None:
+        pending, closed_ts = self.pending, self.closed_ts
+        for c in candles:
+            key = (c.exchange, c.symbol, c.interval)
+            if c.ts_ns <= closed_ts.get(key, -1):
+                continue  # a late update of a period already closed: the closed row is final
+            held = pending.get(key)
+            if held is None or c.ts_ns >= held.ts_ns:
+                pending[key] = c
+
+    def close(self, candles: list[Candle]) -> None:
+        for c in candles:
+            key = (c.exchange, c.symbol, c.interval)
+            if c.ts_ns > self.closed_ts.get(key, -1):
+                self.closed_ts[key] = c.ts_ns
+            held = self.pending.get(key)
+            if held is not None and held.ts_ns <= c.ts_ns:
+                del self.pending[key]
+
+    def take(self) -> list[Candle]:
+        rows, self.pending = list(self.pending.values()), {}
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+@dataclass
+class Rejected:
+    """Rows refused by validation in one step: counts by reason, the first row, the samples due for the dead-letter file."""
+
+    table: Table
+    reasons: dict[str, int]
+    first: tuple
+    samples: list[tuple[tuple, str]]  # (row fit for JSON, why)
+
+
+@dataclass
+class Outcome:
+    """What one step of the pipeline produced, for the actor to apply."""
+
+    rows: dict[str, list] = field(default_factory=dict)  # to store now, by table name (never empty lists)
+    gaps: list[Gap] = field(default_factory=list)  # to backfill
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0  # dropped by the dedup window in this step
+    backfilled: int = 0  # REST rows kept in this step
+
+    def add(self, table: Table, rows: list) -> None:
+        if rows:
+            self.rows.setdefault(table.name, []).extend(rows)
+
+
+class FeedPipeline:
+    """One feed's row policy, across its connections; its state lives as long as the feed actor, except
+    `memory`, which outlives it."""
+
+    def __init__(self, feed: FeedConfig, protocol: FeedProtocol, memory: FeedMemory):
+        self.feed, self.protocol, self.memory = feed, protocol, memory
+        self.validator = RowValidator(feed.symbols, feed.max_future_skew_s, feed.max_string_len)
+        self.reject_samples = SampleGate(REJECT_SAMPLE_INTERVAL_S)
+        self.dedup = DedupWindow(feed.dedup_window_s, feed.dedup_max_entries)
+        self.sequence = SequenceTracker(memory.last_ids, protocol.stream_key, memory.stream_symbols, memory.last_ts)
+        self.live_candles = LiveCandles()
+        # Set while an outage awaits its window backfill (protocol.outage_gaps). A new incarnation begins with
+        # one: since the last trade its predecessor (or, at process start, QuestDB) saw.
+        self.outage_since_ns = memory.last_event_ns
+        self.rejected: dict[str, int] = {}  # every row refused so far, by reason
+        self.gaps = self.backfilled = 0
+
+    def outage_began(self, now_ns: int) -> None:
+        """The connection is gone (or paused): the window starts at the newest event seen."""
+        if not self.outage_since_ns:
+            self.outage_since_ns = self.memory.last_event_ns or now_ns
+
+    def live(self, rows: ParsedRows, current: bool, now_ns: int, now: float) -> Outcome:
+        """A burst of live rows; `current`: it comes from the connection in use (not one being replaced)
+        and carried data, so it may close an outage window."""
+        out = Outcome()
+        trades = self._valid(out, TRADES, rows.trades, now_ns, now)
+        closed = self._valid(out, CANDLES, rows.candles, now_ns, now)
+        live_candles = self._valid(out, CANDLES, rows.live_candles, now_ns, now)
+        if self.outage_since_ns and current:
+            # The first burst after an outage bounds its window: what happened before comes over REST. Its
+            # newest trade, not its oldest: a resubscribe snapshot (Kraken) may reach back into the outage.
+            until_ns = max((t.ts_ns for t in trades), default=now_ns)
+            out.gaps += self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns)
+            self.outage_since_ns = 0
+        memory = self.memory
+        if trades:
+            memory.last_event_ns = max(memory.last_event_ns, trades[-1].ts_ns)
+            before = self.dedup.dropped
+            trades = self.dedup.fresh(trades, now)
+            out.duplicates = self.dedup.dropped - before
+            if self.protocol.contiguous_ids:
+                out.gaps += self.sequence.observe(trades)
+            out.add(TRADES, trades)
+        if live_candles:
+            memory.last_event_ns = max(memory.last_event_ns, live_candles[-1].ts_ns)
+            self.live_candles.update(live_candles)
+        if closed:
+            self.live_candles.close(closed)
+            out.add(CANDLES, closed)
+        self.gaps += len(out.gaps)
+        return out
+
+    def backfill(self, table: Table, rows: list, now_ns: int, now: float) -> Outcome:
+        """One REST page of `table`: closed candles, or trades that fill a gap."""
+        out = Outcome()
+        rows = self._valid(out, table, rows, now_ns, now)
+        if table is CANDLES:
+            self.live_candles.close(rows)
+        else:
+            self.sequence.fill(rows)
+            rows = self.dedup.fresh(rows, now)
+        out.backfilled = len(rows)
+        self.backfilled += len(rows)
+        out.add(table, rows)
+        return out
+
+    def reconnected(self) -> list[Gap]:
+        """A connection is up: whatever happened since each stream's last id, even if no live trade follows to reveal it."""
+        return self.sequence.since_last() if self.protocol.contiguous_ids else []
+
+    def stored_holes(self) -> list[Gap]:
+        """Holes found in QuestDB at process start; handed out once, to the first incarnation."""
+        holes, self.memory.stored_holes = self.memory.stored_holes, []
+        self.gaps += len(holes)
+        return holes
+
+    def _valid(self, out: Outcome, table: Table, rows: list, now_ns: int, now: float) -> list:
+        if not rows:
+            return rows
+        valid, rejected = self.validator.split(rows, now_ns)
+        if not rejected:
+            return valid
+        reasons: dict[str, int] = {}
+        for _, reason in rejected:
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, count in reasons.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+        samples = [(sample_row(row), f"rejected by validation: {reason} (feed {self.feed.name})")
+                   for row, reason in rejected if self.reject_samples.due(reason, now)]
+        out.rejected.append(Rejected(table, reasons, sample_row(rejected[0][0]), samples))
+        return valid
+
