@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
@@ -31,11 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ping-interval", type=float, default=None, help="server ping period, s (default: the twin's)")
     parser.add_argument("--pong-timeout", type=float, default=None, help="close if no pong within, s")
     parser.add_argument("--drop-every", type=float, metavar="S", help="drop every connection every S seconds")
-    parser.add_argument("--garbage-every", type=int, metavar="N", help="one malformed frame per connection every N trades")
+    parser.add_argument("--garbage-every", type=int, metavar="N",
+                        help="one malformed frame per connection every N trades")
     parser.add_argument("--duplicate-every", type=int, metavar="N", help="send one trade twice every N trades")
     parser.add_argument("--skip-every", type=int, metavar="N", help="lose one trade in transit every N trades")
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections to stderr")
     return parser
+
+
+@dataclass
+class _CountedFault:
+    """A fault applied every `every` trades, next once `mark` trades have been emitted."""
+
+    every: int
+    mark: int
+    fault: Callable[[ExchangeFaults], int]
 
 
 class PeriodicFaults:
@@ -51,7 +62,7 @@ class PeriodicFaults:
             (args.duplicate_every, lambda f: f.duplicate_next_all(1)),
             (args.skip_every, lambda f: f.skip_next_all(1)),
         ]
-        self._by_count = [[every, every, fault] for every, fault in by_count if every]  # [every, next mark, fault]
+        self._by_count = [_CountedFault(every, every, fault) for every, fault in by_count if every]
 
     def tick(self) -> None:
         if self._drop_every and time.monotonic() >= self._next_drop:
@@ -59,10 +70,9 @@ class PeriodicFaults:
             self._apply(lambda f: f.drop_all())
         emitted = min(self._sim.emitted(name) for name in self._sim.exchange_names)
         for schedule in self._by_count:
-            every, mark, fault = schedule
-            if emitted >= mark:
-                schedule[1] = emitted + every
-                self._apply(fault)
+            if emitted >= schedule.mark:
+                schedule.mark = emitted + schedule.every
+                self._apply(schedule.fault)
 
     def _apply(self, fault: Callable[[ExchangeFaults], int]) -> None:
         for faults in self._faults:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -28,7 +28,7 @@ STYLE = "feed"
 CHANNELS = ("matches", "heartbeat")
 DEFAULT_LIMIT = MAX_LIMIT = 1000
 SEQUENCE_PER_ID = 100  # a product's sequence starts near first_id * 100: distinct per product
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class CoinbaseTwin(Twin):
@@ -73,7 +73,7 @@ class CoinbaseTwin(Twin):
         return _match(trade, "match", self.market[trade.symbol])
 
     def heartbeat(self, session: Session, emitted: int) -> list[bytes]:
-        now = _rfc3339(datetime.now(timezone.utc))
+        now = _rfc3339(datetime.now(UTC))
         return [
             orjson.dumps(
                 {
@@ -111,7 +111,7 @@ class CoinbaseTwin(Twin):
         else:
             stop, start = newest, newest - limit + 1
         trades = market.trades(start, stop + 1)[::-1]
-        headers = ()
+        headers: tuple[tuple[str, str], ...] = ()
         if trades:
             headers = (("CB-BEFORE", str(trades[0].trade_id)), ("CB-AFTER", str(trades[-1].trade_id)))
         return RestResponse.json([_rest_trade(t) for t in trades], headers=headers)

@@ -148,26 +148,26 @@ class KrakenTwin(Twin):
         if method == "ping":
             return [_reply({"method": "pong"}, req_id, time_in)]
         if method not in ("subscribe", "unsubscribe"):
-            return [_reply({"error": f"Method not found {method}", "method": method, "success": False}, req_id, time_in)]
-        params = request.get("params")
-        refused = _check_params(params)
-        if refused:
-            return [_reply({"error": refused, "method": method, "success": False}, req_id, time_in)]
-        channel, interval = params["channel"], params.get("interval", 1)
-        snapshot = params.get("snapshot", True)
+            refusal = {"error": f"Method not found {method}", "method": method, "success": False}
+            return [_reply(refusal, req_id, time_in)]
+        try:
+            asked = _subscription(request.get("params"))
+        except ValueError as refused:
+            return [_reply({"error": str(refused), "method": method, "success": False}, req_id, time_in)]
+        channel, interval = asked.channel, asked.interval
         replies = []
-        for symbol in params["symbol"]:
+        for symbol in asked.symbols:
             if symbol not in self.market:
                 replies.append(_reply({"error": f"Currency pair not supported {symbol}", "method": method,
                                        "success": False, "symbol": symbol}, req_id, time_in))
                 continue
-            result: dict = {"channel": channel, "symbol": symbol}
+            result: dict[str, object] = {"channel": channel, "symbol": symbol}
             if channel == "ohlc":
                 result["interval"] = interval
             if method == "subscribe":
-                result["snapshot"] = snapshot
+                result["snapshot"] = asked.snapshot
                 self._subscribe(session, channel, symbol, interval)
-                if snapshot:
+                if asked.snapshot:
                     session.owed.append((channel, symbol, interval))
             else:
                 self._unsubscribe(session, channel, symbol, interval)
@@ -284,20 +284,33 @@ def rest_names(symbol: str) -> tuple[str, str]:
     return base + quote, base + quote
 
 
-def _check_params(params: object) -> str:
-    """Why a subscribe/unsubscribe's params are refused ("" when they are fine)."""
+@dataclass(frozen=True)
+class _Subscription:
+    """The params of a valid subscribe/unsubscribe request."""
+
+    channel: str  # "trade" or "ohlc"
+    symbols: tuple[str, ...]
+    interval: int  # minutes; ohlc only (the trade channel ignores it)
+    snapshot: bool
+
+
+def _subscription(params: object) -> _Subscription:
+    """A subscribe/unsubscribe's params; ValueError says why Kraken would refuse them."""
     if not isinstance(params, dict):
-        return "EGeneral:Invalid arguments"
-    if params.get("channel") not in ("trade", "ohlc"):
-        return f"Channel not supported {params.get('channel')}"
+        raise ValueError("EGeneral:Invalid arguments")
+    channel = params.get("channel")
+    if channel not in ("trade", "ohlc"):
+        raise ValueError(f"Channel not supported {channel}")
     symbols = params.get("symbol")
     if not isinstance(symbols, list) or not symbols or not all(isinstance(s, str) for s in symbols):
-        return "EGeneral:Invalid arguments:symbol"
-    if params["channel"] == "ohlc" and params.get("interval", 1) not in INTERVALS:
-        return "EGeneral:Invalid arguments:interval"
-    if not isinstance(params.get("snapshot", True), bool):
-        return "EGeneral:Invalid arguments:snapshot"
-    return ""
+        raise ValueError("EGeneral:Invalid arguments:symbol")
+    interval = params.get("interval", 1) if channel == "ohlc" else 1
+    if interval not in INTERVALS:
+        raise ValueError("EGeneral:Invalid arguments:interval")
+    snapshot = params.get("snapshot", True)
+    if not isinstance(snapshot, bool):
+        raise ValueError("EGeneral:Invalid arguments:snapshot")
+    return _Subscription(channel, tuple(symbols), interval, snapshot)
 
 
 def _ohlc(market: SymbolMarket, key: str, query: dict[str, str], emitted: int) -> RestResponse:

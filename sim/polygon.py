@@ -22,11 +22,12 @@ import binascii
 import bisect
 import zlib
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
-from marketfeed.sim.market import ExchangeMarket, Trade
+from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade
 from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
 
 OPTIONS_PREFIX = "O:"
@@ -61,10 +62,10 @@ def sequence_number(trade: Trade) -> int:
     return 3 * trade.index + trade.index % 3 + 1  # increasing per ticker, with holes
 
 
-def trade_event(trade: Trade) -> dict:
-    """Ground-truth trade as a WebSocket {"ev":"T",…} event."""
+def trade_event(trade: Trade) -> dict[str, Any]:
+    """Ground-truth trade as a WebSocket {"ev":"T",…} event (a JSON object: its values' types vary by key)."""
     size = size_of(trade)
-    event = {"ev": "T", "sym": trade.symbol}
+    event: dict[str, Any] = {"ev": "T", "sym": trade.symbol}
     if is_option(trade.symbol):
         event |= {"x": OPTION_VENUES[trade.index % len(OPTION_VENUES)], "p": float(trade.price), "s": size,
                   "t": trade.time_ms, "q": sequence_number(trade)}
@@ -80,11 +81,11 @@ def trade_event(trade: Trade) -> dict:
     return event
 
 
-def rest_result(trade: Trade) -> dict:
-    """Ground-truth trade as one v3 trades result."""
+def rest_result(trade: Trade) -> dict[str, Any]:
+    """Ground-truth trade as one v3 trades result (a JSON object, as trade_event)."""
     event, ns = trade_event(trade), sip_ns(trade)
-    result = {"exchange": event["x"], "participant_timestamp": ns - 150_000, "price": event["p"],
-              "sip_timestamp": ns, "size": event["s"]}
+    result: dict[str, Any] = {"exchange": event["x"], "participant_timestamp": ns - 150_000, "price": event["p"],
+                              "sip_timestamp": ns, "size": event["s"]}
     if "c" in event:
         result["conditions"] = event["c"]
     if not is_option(trade.symbol):
@@ -204,7 +205,7 @@ class PolygonTwin(Twin):
 class _SipTimes:
     """The REST timestamps of a symbol's trades that have happened, as a sorted sequence for bisect."""
 
-    def __init__(self, market, emitted: int):
+    def __init__(self, market: SymbolMarket, emitted: int):
         self.market, self.emitted = market, emitted
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ taken effect by the time the call returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import ssl
@@ -55,6 +56,7 @@ class Connection:
     """
 
     def __init__(self, sim: Simulator, exchange: _Exchange, ws: ServerConnection, session: Session, number: int):
+        assert ws.request is not None, "a connection is made once its handshake is done"
         self.exchange = exchange.name
         self.id = number
         self.path = ws.request.path
@@ -482,10 +484,10 @@ class Simulator:
     async def _open(self) -> None:
         for k, ex in enumerate(self._exchanges.values()):
             ex.server = await serve(
-                lambda ws, ex=ex: self._serve_connection(ex, ws),
+                functools.partial(self._serve_connection, ex),
                 self.host,
                 self.base_port + k if self.base_port else 0,
-                process_request=lambda connection, request, ex=ex: self._process_request(ex, connection, request),
+                process_request=functools.partial(self._process_request, ex),
                 ping_interval=ex.ping_interval,
                 ping_timeout=ex.pong_timeout,
                 compression=None,  # frames are encoded once and broadcast as is
@@ -525,13 +527,19 @@ class Simulator:
                     self._render(ex, symbol, connection.session.style)
         return self._rendered
 
+    @property
+    def _rendered_count(self) -> int:
+        """Trades per symbol in max_rate mode: `count`, which __init__ requires there."""
+        assert self.count is not None, "max_rate needs count"
+        return self.count
+
     def _render(self, ex: _Exchange, symbol: str, style: str) -> None:
         if (ex.name, symbol, style) not in self._rendered:
-            market, twin = ex.market[symbol], ex.twin
+            market, twin, count = ex.market[symbol], ex.twin, self._rendered_count
             self._rendered[(ex.name, symbol, style)] = [
                 b"".join(_text_frame(twin.trade_frame(market.trade(i), style))
-                         for i in range(start, min(start + self._chunk_trades, self.count)))
-                for start in range(0, self.count, self._chunk_trades)
+                         for i in range(start, min(start + self._chunk_trades, count)))
+                for start in range(0, count, self._chunk_trades)
             ]
 
     async def _run_max_rate(self, rendered: dict[tuple[str, str, str], list[bytes]], t0: float) -> None:
@@ -540,9 +548,9 @@ class Simulator:
 
         A connection opened later (a client's reconnect) gets the chunks from then on; what it missed
         has happened and is served over REST, as after any outage."""
-        loop = asyncio.get_running_loop()
-        for k, start in enumerate(range(0, self.count, self._chunk_trades)):
-            emitted = min(start + self._chunk_trades, self.count)
+        loop, count = asyncio.get_running_loop(), self._rendered_count
+        for k, start in enumerate(range(0, count, self._chunk_trades)):
+            emitted = min(start + self._chunk_trades, count)
             if self.paced and (due := t0 + emitted / self.rate - loop.time()) > 0:
                 await asyncio.sleep(due)
             live = [c for ex in self._exchanges.values() for c in tuple(ex.connections.values()) if c._writable()]

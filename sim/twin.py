@@ -108,10 +108,11 @@ class Twin:
 
 def twin_class(exchange: str) -> type[Twin]:
     """sim/<exchange>.py defines TWIN; a new exchange is one new file."""
+    name = f"marketfeed.sim.{exchange}"
     try:
-        module = importlib.import_module(f"marketfeed.sim.{exchange}")
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != f"sim.{exchange}":
+        if exc.name != name:  # the twin exists but something it imports does not
             raise
         raise ValueError(f"no simulator twin for exchange {exchange!r}") from exc
     return module.TWIN

@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_standalone_run_serves_and_stops_on_sigterm():
     argv = [sys.executable, "-m", "sim", "--symbols", "BTCUSDT", "--rate", "200", "--seed", "3", "--skip-every", "10"]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None  # stdout=PIPE
         urls = orjson.loads(process.stdout.readline())
         assert urls["binance"]["rest"].startswith("http://127.0.0.1:")
         ws = websocket.create_connection(urls["binance"]["ws"] + "/ws/btcusdt@trade", timeout=5)
@@ -39,6 +40,7 @@ def test_marketfeed_sim_serves_each_exchange_its_own_symbols():
     argv = [sys.executable, "-m", "marketfeed.cli.main", "sim", "--exchange", "binance", "--exchange", "kraken",
             "--symbols", "SOLUSDT", "--symbols", "kraken=ETH/USD", "--rate", "50"]
     with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None  # stdout=PIPE
         urls = orjson.loads(process.stdout.readline())
         ws = websocket.create_connection(urls["binance"]["ws"] + "/ws/solusdt@trade", timeout=5)
         assert orjson.loads(ws.recv())["s"] == "SOLUSDT"

@@ -1,9 +1,11 @@
 """Coinbase Exchange twin: subscribe, last_match, matches, heartbeats, errors and paginated REST trades."""
 from __future__ import annotations
 
+import itertools
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import orjson
 import pytest
@@ -44,7 +46,7 @@ def client(coinbase):
 
 def messages(ws: websocket.WebSocket, n: int, kinds: tuple[str, ...] = ("match",)) -> list[dict]:
     """The next n messages of the given types, skipping the others."""
-    found = []
+    found: list[dict] = []
     while len(found) < n:
         msg = orjson.loads(ws.recv())
         if msg["type"] in kinds:
@@ -52,7 +54,8 @@ def messages(ws: websocket.WebSocket, n: int, kinds: tuple[str, ...] = ("match",
     return found
 
 
-def get(url: str) -> tuple[int, object, dict]:
+def get(url: str) -> tuple[int, Any, dict[str, str]]:
+    """(status, parsed JSON body, headers) of a GET, errors included."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, orjson.loads(response.read()), dict(response.headers)
@@ -85,14 +88,14 @@ def test_match_carries_the_makers_side_and_a_sequence_that_skips(coinbase, clien
         assert (m["price"], m["size"]) == (trade.price, trade.qty)
         assert set(m) == {"type", "trade_id", "maker_order_id", "taker_order_id", "side", "size", "price",
                           "product_id", "sequence", "time"}
-    steps = [b["sequence"] - a["sequence"] for a, b in zip(found, found[1:])]
+    steps = [b["sequence"] - a["sequence"] for a, b in itertools.pairwise(found)]
     assert all(step > 0 for step in steps) and any(step > 1 for step in steps)
 
 
 def test_heartbeat_reports_the_last_trade_id_once_a_second(coinbase, client):
     ws = client({"type": "subscribe", "channels": [{"name": "heartbeat", "product_ids": ["ETH-USD"]}]})
     assert orjson.loads(ws.recv())["channels"] == [{"name": "heartbeat", "product_ids": ["ETH-USD"]}]
-    beats = []
+    beats: list[tuple[float, dict]] = []
     while len(beats) < 2:  # heartbeat only: no match arrives in between
         msg = orjson.loads(ws.recv())
         assert msg["type"] == "heartbeat"

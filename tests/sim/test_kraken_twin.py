@@ -40,7 +40,7 @@ def connect(sim):
 
 
 def request(ws, method: str, req_id: int | None = None, **params) -> None:
-    message = {"method": method, **({"params": params} if params else {})}
+    message: dict[str, object] = {"method": method, **({"params": params} if params else {})}
     if req_id is not None:
         message["req_id"] = req_id
     ws.send(orjson.dumps(message))
@@ -48,7 +48,7 @@ def request(ws, method: str, req_id: int | None = None, **params) -> None:
 
 def receive(ws, where=lambda m: True, n: int = 1) -> list[dict]:
     """The next n messages matching `where`, skipping heartbeats and anything else."""
-    found = []
+    found: list[dict] = []
     while len(found) < n:
         message = orjson.loads(ws.recv())
         if where(message):
@@ -112,7 +112,7 @@ def test_trades_snapshot_ohlc_and_rest_all_tell_the_same_ground_truth(sim, conne
         truth = sim.trades("kraken", symbol)
         events = [t for t in trades if t["symbol"] == symbol]
         assert [t["trade_id"] for t in events] == [t.trade_id for t in truth]
-        for event, trade in zip(events, truth):
+        for event, trade in zip(events, truth, strict=True):
             assert event["price"] == float(trade.price) and event["qty"] == float(trade.qty)
             assert rfc3339_ns(event["timestamp"]) == trade.time_ms * 1_000_000
             assert event["side"] == ("sell" if trade.buyer_is_maker else "buy")
@@ -142,7 +142,7 @@ def test_trades_snapshot_ohlc_and_rest_all_tell_the_same_ground_truth(sim, conne
     assert status == 200 and body["error"] == [] and list(body["result"]) == ["XXBTZUSD", "last"]
     page = body["result"]["XXBTZUSD"]
     assert [row[6] for row in page] == [t.trade_id for t in truth]
-    for row, event in zip(page, [t for t in trades if t["symbol"] == "BTC/USD"]):
+    for row, event in zip(page, [t for t in trades if t["symbol"] == "BTC/USD"], strict=True):
         assert float(row[0]) == event["price"] and float(row[1]) == event["qty"]
         assert round(row[2] * 1_000_000) * 1000 == rfc3339_ns(event["timestamp"])
         assert (row[3], row[4]) == (event["side"][0], event["ord_type"][0])
@@ -173,11 +173,12 @@ def test_rest_ohlc_is_the_candles_of_the_trades_that_happened(sim):
     assert status == 200 and body["error"] == [] and list(body["result"]) == ["XETHZUSD", "last"]
     entries = body["result"]["XETHZUSD"]
     assert [e[0] * 1000 for e in entries] == sorted(periods) and len(entries) == 2  # one closed, one current
-    for entry, (_, trades) in zip(entries, sorted(periods.items())):
-        time_s, open_, high, low, close, vwap, volume, count = entry
+    for entry, (_, trades) in zip(entries, sorted(periods.items()), strict=True):
+        _time_s, open_, high, low, close, vwap, volume, count = entry
         assert (float(open_), float(high), float(low), float(close), count, float(volume)) == expected_candle(trades)
-        notional = sum(Decimal(t.price) * Decimal(t.qty) for t in trades)
-        assert Decimal(vwap) == (notional / sum(Decimal(t.qty) for t in trades)).quantize(Decimal("1e-8"), ROUND_FLOOR)
+        notional = sum((Decimal(t.price) * Decimal(t.qty) for t in trades), Decimal(0))
+        quantity = sum((Decimal(t.qty) for t in trades), Decimal(0))
+        assert Decimal(vwap) == (notional / quantity).quantize(Decimal("1e-8"), ROUND_FLOOR)
     assert body["result"]["last"] == entries[0][0]  # the newest committed candle: where polling resumes
 
     _, after = get(sim, f"/0/public/OHLC?pair=XETHZUSD&interval=1&since={entries[0][0]}")

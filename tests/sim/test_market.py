@@ -1,5 +1,7 @@
 """Ground truth is deterministic, well-formed and computed on demand."""
+import itertools
 from decimal import Decimal
+from typing import Any
 
 from simclient import get
 
@@ -31,7 +33,7 @@ def test_ids_times_prices_and_quantities_are_well_formed():
         for k, symbol in enumerate(("BTCUSDT", "ETHUSDT", "FOOUSDT")):
             trades = m[symbol].trades(0, 1000)
             assert [t.trade_id for t in trades] == list(range((k + 1) * 1_000_000, (k + 1) * 1_000_000 + 1000))
-            assert all(a.time_ms < b.time_ms for a, b in zip(trades, trades[1:]))
+            assert all(a.time_ms < b.time_ms for a, b in itertools.pairwise(trades))
             assert trades[0].time_ms == 1_000
             for t in trades:
                 price, qty = Decimal(t.price), Decimal(t.qty)
@@ -41,7 +43,7 @@ def test_ids_times_prices_and_quantities_are_well_formed():
 
 
 def test_two_runs_with_one_seed_serve_identical_bytes():
-    def served() -> object:
+    def served() -> tuple[int, Any]:
         with Simulator(["binance"], ["BTCUSDT"], rate=2000, count=50, seed=11, start_ms=1_700_000_000_000) as sim:
             sim.wait_emitted(50)
             return get(sim.rest_url("binance") + "/api/v3/trades?symbol=BTCUSDT&limit=50")

@@ -1,10 +1,10 @@
 """marketfeed's own Binance parser reads the twin's frames and REST pages as ground truth."""
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 import websocket
 
+from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows
 from marketfeed.feeds.binance import BinanceProtocol
 from marketfeed.feeds.rows import Trade
@@ -14,7 +14,8 @@ def expected_rows(sim, symbol: str, ids: list[int]) -> list[tuple]:
     market = sim.market("binance")[symbol]
     trades = [market.trade(market.index_of(i)) for i in ids]
     return [
-        (t.time_ms * 1_000_000, "binance", symbol, t.trade_id, float(t.price), float(t.qty), "sell" if t.buyer_is_maker else "buy")
+        (t.time_ms * 1_000_000, "binance", symbol, t.trade_id, float(t.price), float(t.qty),
+         "sell" if t.buyer_is_maker else "buy")
         for t in trades
     ]
 
@@ -25,7 +26,8 @@ def as_truth(rows: list[Trade]) -> list[tuple]:
 
 @pytest.fixture
 def protocol(sim):
-    feed = SimpleNamespace(symbols=["BTCUSDT", "ETHUSDT"], channels=["trade"], rest_url=sim.rest_url("binance"))
+    feed = FeedConfig(name="b", exchange="binance", url=sim.url("binance"), symbols=("BTCUSDT", "ETHUSDT"),
+                      rest_url=sim.rest_url("binance"))
     return BinanceProtocol(feed)
 
 

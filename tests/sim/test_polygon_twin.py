@@ -1,7 +1,6 @@
 """The Polygon twin over real sockets: status/auth/subscribe, batched trade arrays, REST v3 paging."""
 from __future__ import annotations
 
-
 import orjson
 import pytest
 import websocket
@@ -57,7 +56,8 @@ def test_an_unknown_cluster_is_refused():
 
 def received_trades(ws: websocket.WebSocket, n: int) -> tuple[list[dict], int]:
     """The next n trade events and how many frames carried them."""
-    events, frames = [], 0
+    events: list[dict] = []
+    frames = 0
     while len(events) < n:
         frame = orjson.loads(ws.recv())
         assert isinstance(frame, list)
@@ -104,7 +104,9 @@ def test_the_options_cluster_carries_option_trades_without_ids(sim):
 
 
 def fetch_pages(sim: Simulator, first: str) -> tuple[list[dict], int]:
-    results, pages, url = [], 0, f"{sim.rest_url('polygon')}{first}"
+    results: list[dict] = []
+    pages = 0
+    url: str | None = f"{sim.rest_url('polygon')}{first}"  # None: no next page
     while url:
         status, body = get(url)
         assert status == 200, body

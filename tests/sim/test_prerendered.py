@@ -28,11 +28,12 @@ def test_every_trade_arrives_as_in_the_ground_truth(paced):
         ids = by_symbol([event for _, event in frames])
         assert ids == {s: sim.truth("binance", s) for s in SYMBOLS}
         if paced:  # trade i is written once due: at clock start + i / rate, never before
+            started = sim.clock_started_ns
+            assert started is not None  # set by start_clock()
             first = {s: sim.truth("binance", s)[0] for s in SYMBOLS}
-            early = [event["t"] for at, event in frames
-                     if at < sim.clock_started_ns + (event["t"] - first[event["s"]]) / rate * 1e9]
+            early = [event["t"] for at, event in frames if at < started + (event["t"] - first[event["s"]]) / rate * 1e9]
             assert early == []
-            assert frames[-1][0] - sim.clock_started_ns >= (COUNT - 1) / rate * 1e9
+            assert frames[-1][0] - started >= (COUNT - 1) / rate * 1e9
 
 
 def test_paced_needs_the_pre_rendered_mode():

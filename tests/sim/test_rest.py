@@ -44,7 +44,7 @@ def test_klines_are_the_candles_of_the_trades_that_happened(finished):
     status, page = get(f"{finished.rest_url('binance')}/api/v3/klines?symbol=BTCUSDT&interval=1s&startTime={start}")
     periods = sorted({t.time_ms - t.time_ms % 1000 for t in trades})
     assert status == 200 and [k[0] for k in page] == periods and all(k[6] == k[0] + 999 for k in page)
-    for kline, period in zip(page, periods):
+    for kline, period in zip(page, periods, strict=True):
         inside = [t for t in trades if t.time_ms - t.time_ms % 1000 == period]
         prices = [float(t.price) for t in inside]
         assert (kline[1], kline[4], kline[8]) == (inside[0].price, inside[-1].price, len(inside))
@@ -58,7 +58,8 @@ def test_klines_are_the_candles_of_the_trades_that_happened(finished):
     ("query", "status", "body"),
     [
         ("/api/v3/trades?symbol=DOGEBTC", 400, {"code": -1121, "msg": "Invalid symbol."}),
-        ("/api/v3/historicalTrades?limit=5", 400, {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."}),
+        ("/api/v3/historicalTrades?limit=5", 400,
+         {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."}),
         ("/api/v3/unknown", 404, None),
     ],
 )

@@ -4,6 +4,8 @@ import pytest
 import websocket
 from simclient import SYMBOLS, by_symbol
 
+from marketfeed.sim import Simulator
+
 TRADE_KEYS = ["e", "E", "s", "t", "p", "q", "T", "m", "M"]
 
 
@@ -41,7 +43,7 @@ def test_live_subscribe_list_and_unsubscribe(sim, connect):
     assert {e["s"] for e in client.trades(5)} == {"BTCUSDT"}
     client.ws.send('{"method":"LIST_SUBSCRIPTIONS","id":2}')
     client.ws.send('{"method":"UNSUBSCRIBE","params":["btcusdt@trade"],"id":3}')
-    replies = []
+    replies: list[dict] = []
     while len(replies) < 2:
         if "id" in (message := client.recv_json()):
             replies.append(message)
@@ -63,3 +65,8 @@ def test_unknown_path_is_refused_before_the_upgrade(sim):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         websocket.create_connection(sim.url("binance") + "/nope", timeout=5)
     assert refused.value.status_code == 404
+
+
+def test_an_exchange_without_a_twin_is_refused_by_name():
+    with pytest.raises(ValueError, match="no simulator twin for exchange 'nope'"):
+        Simulator(["nope"]).start()
