@@ -34,14 +34,14 @@ def markdown(r: dict) -> str:
     m, c = r["machine"], r["ceilings"]
     one, four = r["max_rate"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}, "
-        f"QuestDB {m['questdb']}; load average at start {', '.join(f'{x:.2f}' for x in m['load_average'])} "
-        "(shared machine: compare ratios within one run).",
+        (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}, "
+         f"QuestDB {m['questdb']}; load average at start {', '.join(f'{x:.2f}' for x in m['load_average'])} "
+         "(shared machine: compare ratios within one run)."),
         "",
         "| measurement | value | target |",
         "| --- | --- | --- |",
-        f"| ceiling: raw websocket-client receive (no parsing) | {_n(c['raw_receive_msgs_s'])} msgs/s"
-        f"{_runs(c.get('raw_receive_runs_msgs_s', []))} | |",
+        (f"| ceiling: raw websocket-client receive (no parsing) | {_n(c['raw_receive_msgs_s'])} msgs/s"
+         f"{_runs(c.get('raw_receive_runs_msgs_s', []))} | |"),
         f"| ceiling: orjson parse of the same frames | {_n(c['orjson_parse_msgs_s'])} msgs/s | |",
         f"| ceiling: Binance parser (orjson + row) | {_n(c['binance_parser_msgs_s'])} msgs/s | |",
         f"| ceiling: questdb row building | {_n(c['row_building_rows_s'])} rows/s | |",

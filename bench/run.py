@@ -7,13 +7,13 @@ simulator's max rate with 1 and 4 feeds → latency at fixed rates → a QuestDB
 from __future__ import annotations
 
 import argparse
-import threading
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -26,9 +26,9 @@ from bench import ceilings, report
 from marketfeed.config.loader import to_toml
 from marketfeed.config.schema import FeedConfig, SinkConfig
 from marketfeed.feeds.binance import BinanceProtocol
+from marketfeed.sim.market import ID_BLOCK  # symbol k's trade i has id (k + 1) * ID_BLOCK + i
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.tables import TRADES
-from marketfeed.sim.market import ID_BLOCK  # symbol k's trade i has id (k + 1) * ID_BLOCK + i
 from tests.support.questdb import REPO, QuestDB
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT"]
@@ -58,21 +58,23 @@ class SimProcess:
     def __init__(self, **spec):
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.simproc", orjson.dumps(spec).decode()], cwd=REPO,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are PIPE
+        self.commands, self.replies = self.proc.stdin, self.proc.stdout
         self.urls = self._reply()
 
     def ask(self, **command) -> dict:
-        self.proc.stdin.write(orjson.dumps(command).decode() + "\n")
-        self.proc.stdin.flush()
+        self.commands.write(orjson.dumps(command).decode() + "\n")
+        self.commands.flush()
         return self._reply()
 
     def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self.replies.readline()
         if not line:
             raise RuntimeError(f"simulator process exited ({self.proc.wait()})")
         return orjson.loads(line)
 
     def stop(self) -> None:
-        self.proc.stdin.close()
+        self.commands.close()
         self.proc.wait(30)
 
 
@@ -93,7 +95,7 @@ class Samples:
         self.rows.append(rows)
 
     def between(self, start: float, end: float) -> list[float]:
-        return [rss for t, rss in zip(self.at, self.rss_mb) if start <= t <= end]
+        return [rss for t, rss in zip(self.at, self.rss_mb, strict=True) if start <= t <= end]
 
 
 class Bench:
@@ -143,7 +145,7 @@ class Bench:
         proc.wait(60)
         values = array("q")
         values.frombytes((run_dir / "acks.bin").read_bytes())
-        return list(zip(values[::2], values[1::2]))
+        return list(zip(values[::2], values[1::2], strict=True))
 
     def watch(self, proc, table: str, total: int, timeout: float, on_tick=None) -> tuple[Samples, float | None]:
         """Sample until `total` rows are visible; returns the samples and when that happened (None: timeout)."""
@@ -186,8 +188,9 @@ class Bench:
         try:
             url = protocol.url(sim.urls["url"])
             result: dict = {}
-            client = threading.Thread(target=lambda: result.update(
-                zip(("rate", "frames"), ceilings.receive(url, per_symbol * SYMBOLS_PER_FEED, plan.keep_frames))))
+            client = threading.Thread(target=lambda: result.update(zip(
+                ("rate", "frames"), ceilings.receive(url, per_symbol * SYMBOLS_PER_FEED, plan.keep_frames),
+                strict=True)))
             client.start()
             sim.ask(wait=1)
             sim.ask(start=True)
@@ -198,7 +201,8 @@ class Bench:
 
     def median_max_rate(self, feeds: int, expected_rate: float) -> dict:
         """The median of `repeats` max-rate runs (its RSS and CPU with it); every run's rate is kept."""
-        runs = sorted((self.max_rate(feeds, expected_rate) for _ in range(self.plan.repeats)), key=lambda r: r["rows_s"])
+        runs = sorted((self.max_rate(feeds, expected_rate) for _ in range(self.plan.repeats)),
+                      key=lambda r: r["rows_s"])
         return {**runs[len(runs) // 2], "rows_s_runs": [r["rows_s"] for r in runs]}
 
     def max_rate(self, feeds: int, expected_rate: float) -> dict:
@@ -246,12 +250,12 @@ class Bench:
             sim.stop()
         # Trade i of every symbol (id block + i) was due at started_ns + i / rate and went out at most
         # sim.server.PACED_CHUNK_S later: latency from the due time, so a late sender counts against us.
-        lags = sorted((acked_ns - started_ns - (trade_id % ID_BLOCK) * 1e9 / per_symbol_rate) / 1000
-                      for trade_id, acked_ns in self.stop_service(proc, run_dir))
+        lags_ms = sorted((acked_ns - started_ns - (trade_id % ID_BLOCK) * 1e9 / per_symbol_rate) / 1e6
+                         for trade_id, acked_ns in self.stop_service(proc, run_dir))
         sent_s = (visible_at or samples.at[-1]) - began
-        return {"rate": rate, "rows": len(lags), "achieved_rate": per_symbol * len(symbols) / sent_s,
-                "p50_ms": percentile(lags, 50) / 1000, "p99_ms": percentile(lags, 99) / 1000,
-                "max_ms": lags[-1] / 1000 if lags else None}
+        return {"rate": rate, "rows": len(lags_ms), "achieved_rate": per_symbol * len(symbols) / sent_s,
+                "p50_ms": percentile(lags_ms, 50), "p99_ms": percentile(lags_ms, 99),
+                "max_ms": lags_ms[-1] if lags_ms else None}
 
     def outage(self) -> dict:
         plan, symbols = self.plan, SYMBOLS[:SYMBOLS_PER_FEED]
@@ -293,7 +297,7 @@ class Bench:
                 "rss_before_mb": statistics.median(samples.between(marks["began"], marks["down"]) or [0.0])}
 
 
-def percentile(sorted_values: list[int], p: float) -> float | None:
+def percentile(sorted_values: list[float], p: float) -> float | None:
     if not sorted_values:
         return None
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
@@ -310,7 +314,8 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", default=str(REPO / "bench/results"), help="where results.{json,md,png} go")
-    parser.add_argument("--quick", action="store_true", help="tiny durations: checks the benchmark runs, measures nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny durations: checks the benchmark runs, measures nothing")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = Path(args.out)

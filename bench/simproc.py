@@ -30,14 +30,19 @@ def main(spec: dict) -> None:
         for line in sys.stdin:
             command = orjson.loads(line)
             if "wait" in command:
-                sim.wait_until(lambda: sum(bool(c.session.symbols) for c in sim.connections("binance"))
-                               >= command["wait"], 60, "subscribed connections")
+                wait_subscribed(sim, command["wait"])
                 reply({"connections": len(sim.connections("binance"))})
             elif "start" in command:
                 sim.start_clock()
                 reply({"started_ns": sim.clock_started_ns})
             elif "emitted" in command:
                 reply({"emitted": sim.emitted("binance")})
+
+
+def wait_subscribed(sim: Simulator, connections: int) -> None:
+    """Until `connections` connections have subscribed to their symbols."""
+    sim.wait_until(lambda: sum(bool(c.session.symbols) for c in sim.connections("binance")) >= connections,
+                   60, "subscribed connections")
 
 
 def reply(value: dict) -> None:

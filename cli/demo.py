@@ -14,7 +14,7 @@ from marketfeed.config.loader import from_dict, to_toml
 from marketfeed.sim import Simulator
 
 # Every simulated exchange, with the symbols it names its markets by and feed settings of its own.
-DEMO_FEEDS = {
+DEMO_FEEDS: dict[str, tuple[list[str], dict[str, object]]] = {
     "binance": (["BTCUSDT", "ETHUSDT"], {}),
     "kraken": (["BTC/USD", "ETH/USD"], {"channels": ["trade", "ohlc-1"]}),
     "coinbase": (["BTC-USD", "ETH-USD"], {}),
@@ -77,7 +77,8 @@ def _summary(pg_dsn: str, questdb: Path) -> None:
 
 def _stop_command(questdb: Path) -> str:
     checkout = questdb.parent.parent
-    return "bin/questdb stop" if (checkout / "setup.cfg").is_file() and Path.cwd() == checkout else f"bash {questdb} stop"
+    in_checkout = (checkout / "setup.cfg").is_file() and Path.cwd() == checkout
+    return "bin/questdb stop" if in_checkout else f"bash {questdb} stop"
 
 
 def _write_config(path: Path, raw: dict) -> None:

@@ -16,24 +16,34 @@ import traceback
 from pathlib import Path
 
 import psycopg2
+import pykka
 
 from marketfeed.actors.buffer import BufferActor, SinkDirectory
 from marketfeed.actors.feed import FeedActor
-from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
 from marketfeed.cli.reload import applied, plan
 from marketfeed.config.loader import ConfigError, load
-from marketfeed.config.secrets import secret_values
 from marketfeed.config.schema import Config, FeedConfig
+from marketfeed.config.secrets import secret_values
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import Gap
+from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
 from marketfeed.storage.tables import TABLES
-from marketfeed.supervision.supervisor import AddChild, ChildContext, ChildSpec, RemoveChild, StartFailed, Supervisor, start_child
+from marketfeed.supervision.supervisor import (
+    AddChild,
+    ChildContext,
+    ChildSpec,
+    RemoveChild,
+    StartFailed,
+    Supervisor,
+    start_child,
+)
 from marketfeed.telemetry import logs
 from marketfeed.telemetry.http import OpsServer
 from marketfeed.telemetry.logs import event
+from marketfeed.telemetry.report import ReportReason
 from marketfeed.telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.service")
@@ -57,14 +67,14 @@ class Service:
         self.config = config
         self.notifier = notifier or Notifier(None)
         self.board = HealthBoard(config)  # latest report and alert memory, across health actor restarts
-        self.feeds_ref = None
+        self.feeds_ref: pykka.ActorRef[Supervisor] | None = None
         self.http: OpsServer | None = None
         self.reload_requested = threading.Event()
         self.started_at = time.monotonic()
         self.sinks = SinkDirectory()
         self.memories: dict[str, FeedMemory] = {f.name: FeedMemory() for f in config.feeds}
-        self.root = None
-        self.health_ref = None
+        self.root: pykka.ActorRef[Supervisor] | None = None
+        self.health_ref: pykka.ActorRef[HealthActor] | None = None
         self.stop_requested = threading.Event()
         self.exit_code = EXIT_OK
 
@@ -83,11 +93,11 @@ class Service:
 
     def _sink_spec(self) -> ChildSpec:
         timeout = self.config.service.shutdown_timeout_s
-        buffers = [
-            ChildSpec(f"buffer-{table}", lambda ctx, t=table: BufferActor.start(ctx, t, self.config, self.sinks),
-                      shutdown_timeout_s=timeout)
-            for table in TABLES
-        ]
+
+        def buffer(table: str) -> ChildSpec:
+            return ChildSpec(f"buffer-{table}", lambda ctx: BufferActor.start(ctx, table, self.config, self.sinks),
+                             shutdown_timeout_s=timeout)
+        buffers = [buffer(table) for table in TABLES]
         return ChildSpec("sinks", lambda ctx: Supervisor.start(ctx, "sinks", buffers, **self._supervisor_options()),
                          shutdown_timeout_s=timeout * len(buffers) + 1, supervisor=True)
 
@@ -185,16 +195,18 @@ class Service:
         change = plan(self.config, new)
         self.config = applied(self.config, new)
         logging.getLogger().setLevel(self.config.service.log_level.upper())
-        failed = {}
+        failed: dict[str, str] = {}  # feed (or "feeds") → why it was not applied
         for name in change.removed:
             self.memories.pop(name, None)
         for f in new.feeds:
             self.memories.setdefault(f.name, FeedMemory())
+        feeds = self.feeds_ref
+        assert feeds is not None, "SIGHUP is acted on only while the tree runs: start() gave it its feed supervisor"
         try:
             for name in (*change.removed, *(f.name for f in change.changed)):
-                self.feeds_ref.ask(RemoveChild(f"feed-{name}"), timeout=30)
+                feeds.ask(RemoveChild(f"feed-{name}"), block=True, timeout=30)
             for f in (*change.changed, *change.added):
-                if error := self.feeds_ref.ask(AddChild(self._feed_child(f)), timeout=30):
+                if error := feeds.ask(AddChild(self._feed_child(f)), block=True, timeout=30):
                     failed[f.name] = error
         except Exception as exc:  # noqa: BLE001 - feed supervisor restarting: it starts from the new config
             failed["feeds"] = repr(exc)
@@ -209,7 +221,7 @@ class Service:
         self.exit_code = EXIT_GAVE_UP
         self.stop_requested.set()
 
-    def request_health(self, reason: str = "signal") -> None:
+    def request_health(self, reason: ReportReason = ReportReason.SIGNAL) -> None:
         if self.health_ref is not None:
             try:
                 self.health_ref.tell(HealthRequest(reason))
@@ -224,7 +236,7 @@ class Service:
         self.notifier.stopping()
         try:
             self.root.stop(block=True, timeout=self.config.service.shutdown_timeout_s * 3)
-        except Exception:  # noqa: BLE001 - over time: exit anyway, abandoned threads are daemons
+        except Exception:  # over time: exit anyway, abandoned threads are daemons
             log.exception("shutdown timed out")
         self.root = None
         if self.http is not None:
@@ -242,8 +254,8 @@ def dump_thread_stacks() -> None:
     faulthandler's own all-thread dump reads running threads' frames unlocked and can crash the process."""
     frames = sys._current_frames()
     for thread in threading.enumerate():
-        frame = frames.get(thread.ident)
-        if frame is not None:
+        # enumerate() lists started threads only, so each has an ident; one started since has no frame.
+        if thread.ident is not None and (frame := frames.get(thread.ident)) is not None:
             event(log, "thread_stack", thread=thread.name, daemon=thread.daemon,
                   stack="".join(traceback.format_stack(frame)))
 
@@ -259,7 +271,7 @@ def run(config: Config, duration_s: float | None = None) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: service.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: service.stop_requested.set())
-    signal.signal(signal.SIGUSR1, lambda *_: service.request_health("signal"))
+    signal.signal(signal.SIGUSR1, lambda *_: service.request_health(ReportReason.SIGNAL))
     signal.signal(signal.SIGHUP, lambda *_: service.reload_requested.set())
     stacks_requested = threading.Event()
     signal.signal(signal.SIGUSR2, lambda *_: stacks_requested.set())
@@ -268,7 +280,8 @@ def run(config: Config, duration_s: float | None = None) -> int:
         service.start()
         gc.freeze()  # what start-up built lives as long as the process: no collection needs to walk it again
         deadline = None if duration_s is None else time.monotonic() + duration_s
-        while not service.stop_requested.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))):
+        while not service.stop_requested.wait(
+                1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))):
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if stacks_requested.is_set():

@@ -28,7 +28,8 @@ def run(config: Config, since: str | None, as_json: bool) -> int:
         return EXIT_ERROR
     clean = all(r.clean for r in reports)
     if as_json:
-        body = {"clean": clean, "since": cutoff.isoformat() if cutoff else None, "series": [as_dict(r) for r in reports]}
+        body = {"clean": clean, "since": cutoff.isoformat() if cutoff else None,
+                "series": [as_dict(r) for r in reports]}
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(render(reports))
@@ -42,7 +43,7 @@ def render(reports: list[SeriesReport]) -> str:
     lines = [header] + [(r.table, r.exchange, r.symbol, r.interval or "-", str(r.rows), str(r.duplicates),
                          "-" if r.missing_ids is None else str(r.missing_ids)) for r in reports]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     for r in reports:
         where = f"{r.table} {r.exchange} {r.symbol}"
         out += [f"duplicate: {where} trade id {i}" for i in r.duplicate_ids]
