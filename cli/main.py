@@ -5,11 +5,12 @@ import argparse
 import sys
 
 from marketfeed.config.loader import ConfigError, load
+from marketfeed.config.schema import Config
 
 DEFAULT_CONFIG = "marketfeed.toml"
 
 
-def _config(args) -> object:
+def _config(args: argparse.Namespace) -> Config:
     try:
         config = load(args.config)
     except ConfigError as exc:
@@ -20,7 +21,7 @@ def _config(args) -> object:
     return config
 
 
-def _hide_secrets(config) -> None:
+def _hide_secrets(config: Config) -> None:
     """No log line of this process may show a secret of its config (README, Security)."""
     from marketfeed.config.secrets import secret_values
     from marketfeed.telemetry import logs
@@ -83,11 +84,13 @@ def parser() -> argparse.ArgumentParser:
     health = with_config(sub.add_parser("health", help="ask the running service for a fresh health report "
                                                        "(exit 0 ok, 1 degraded, 2 critical, 3 unknown)"))
     health.add_argument("--json", action="store_true", help="print the report as JSON")
-    health.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the report (default: %(default)s)")
+    health.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the report (default: %(default)s)")
     health.set_defaults(func=cmd_health)
     with_config(sub.add_parser("top", help="live terminal dashboard of the running service")).set_defaults(func=cmd_top)
     verify = with_config(sub.add_parser("verify", help="duplicates and trade-id gaps in QuestDB (exit 1 if any)"))
-    verify.add_argument("--since", default=None, help="only rows from this time: ISO (2024-01-01T10:00Z) or 15m, 2h, 7d")
+    verify.add_argument("--since", default=None,
+                        help="only rows from this time: ISO (2024-01-01T10:00Z) or 15m, 2h, 7d")
     verify.add_argument("--json", action="store_true", help="print the findings as JSON")
     verify.set_defaults(func=cmd_verify)
     demo = sub.add_parser("demo", help="local QuestDB + exchange simulator + the service")
