@@ -4,8 +4,8 @@ import pytest
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from marketfeed.feeds.binance import BinanceProtocol
-from marketfeed.storage.tables import CANDLES
 from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.storage.tables import CANDLES
 
 FEED = FeedConfig(name="b", exchange="binance", url="wss://x:9443", rest_url="https://api.x",
                   symbols=("BTCUSDT", "ETHUSDT"))
@@ -112,8 +112,9 @@ def test_an_outage_backfills_the_closed_candles_of_every_kline_channel_only():
     since, until = 1672515782134_000_000, 1672515902000_000_000  # 12:23:02.134 … 12:25:02
     gaps = p.outage_gaps(("BTCUSDT",), since, until)
     # From one interval before the candle open at the outage, in case its closing event was lost with it.
-    assert gaps == [Gap("BTCUSDT", since_ns=1672515720000_000_000, until_ns=until, stream="BTCUSDT@kline_1m", table=CANDLES),
-                    Gap("BTCUSDT", since_ns=1672515781000_000_000, until_ns=until, stream="BTCUSDT@kline_1s", table=CANDLES)]
+    assert gaps == [
+        Gap("BTCUSDT", since_ns=1672515720000_000_000, until_ns=until, stream="BTCUSDT@kline_1m", table=CANDLES),
+        Gap("BTCUSDT", since_ns=1672515781000_000_000, until_ns=until, stream="BTCUSDT@kline_1s", table=CANDLES)]
     assert p.backfill_request(gaps[0]).url == ("https://api.x/api/v3/klines?symbol=BTCUSDT&interval=1m"
                                                "&startTime=1672515720000&endTime=1672515902000&limit=1000")
     assert BinanceProtocol(FEED).outage_gaps(("BTCUSDT",), since, until) == []  # trade ids find their own gaps
@@ -125,7 +126,8 @@ def rest_kline(open_ms: int, step_ms: int, close: str) -> list:
 
 def test_klines_that_closed_before_the_stream_resumed_are_stored_closed():
     p = BinanceProtocol(FEED)
-    gap = Gap("BTCUSDT", since_ns=1672515720000_000_000, until_ns=1672515902000_000_000, stream="BTCUSDT@kline_1m", table=CANDLES)
+    gap = Gap("BTCUSDT", since_ns=1672515720000_000_000, until_ns=1672515902000_000_000, stream="BTCUSDT@kline_1m",
+              table=CANDLES)
     page = [rest_kline(1672515720000 + i * 60_000, 60_000, f"{i}.0") for i in range(4)]  # the last one still open
     candles, rest = p.parse_backfill(gap, orjson.dumps(page), 7)
     assert rest is None
@@ -137,11 +139,13 @@ def test_klines_that_closed_before_the_stream_resumed_are_stored_closed():
 
 def test_a_full_klines_page_continues_after_its_last_candle():
     p = BinanceProtocol(FEED)
-    gap = Gap("BTCUSDT", since_ns=1_000_000_000_000, until_ns=10_000_000_000_000, stream="BTCUSDT@kline_1s", table=CANDLES)
+    gap = Gap("BTCUSDT", since_ns=1_000_000_000_000, until_ns=10_000_000_000_000, stream="BTCUSDT@kline_1s",
+              table=CANDLES)
     page = [rest_kline(1_000_000 + i * 1000, 1000, "1.0") for i in range(1000)]
     candles, rest = p.parse_backfill(gap, orjson.dumps(page), 7)
     assert len(candles) == 1000
-    assert rest == Gap("BTCUSDT", since_ns=2_000_000_000_000, until_ns=gap.until_ns, stream="BTCUSDT@kline_1s", table=CANDLES)
+    assert rest == Gap("BTCUSDT", since_ns=2_000_000_000_000, until_ns=gap.until_ns, stream="BTCUSDT@kline_1s",
+                       table=CANDLES)
 
 
 @pytest.mark.parametrize("notice", [

@@ -1,5 +1,5 @@
 """End to end, Binance: faults injected by the simulator, a real `marketfeed run`, a real QuestDB."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 
 from questdb import Sender
@@ -81,7 +81,7 @@ def test_closed_candles_are_stored_once_and_the_live_candle_ends_as_its_last_sta
 
     rows = questdb.wait_for(settled, 30, "candles settled")
     assert [r[2] for r in rows] == [True] * (len(periods) - 1) + [False]
-    for period, (_, close, _) in zip(periods[:-1], rows[:-1]):
+    for period, (_, close, _) in zip(periods[:-1], rows[:-1], strict=True):
         in_period = [t for t in trades if t.time_ms - t.time_ms % 1000 == period]
         assert close == float(in_period[-1].price)
     assert proc.stop() == 0
@@ -92,7 +92,7 @@ def assert_one_second_candles_equal_the_truth(questdb, sim, table: str) -> None:
     by_period: dict[int, list] = {}
     for t in sim.trades("binance", "BTCUSDT"):
         by_period.setdefault(t.time_ms - t.time_ms % 1000, []).append(t)
-    expected = [(datetime.fromtimestamp(period / 1000, timezone.utc).replace(tzinfo=None), float(ts[0].price),
+    expected = [(datetime.fromtimestamp(period / 1000, UTC).replace(tzinfo=None), float(ts[0].price),
                  max(float(t.price) for t in ts), min(float(t.price) for t in ts), float(ts[-1].price))
                 for period, ts in sorted(by_period.items())]
 
@@ -125,8 +125,8 @@ def test_candles_that_close_while_the_connection_is_down_come_back_over_rest(ser
 def test_candles_that_close_while_the_process_is_down_come_back_after_its_restart(service, questdb, table_prefix):
     """SIGKILL, then over 2 s down while 1-second candles close: the restart fetches them from the newest stored row."""
     sim = service.simulator(["binance"], ["BTCUSDT"], rate=200, count=1400, seed=10, clock_paused=True)
-    settings = {"symbols": ["BTCUSDT"], "channels": ["kline_1s"]}
-    first = service([feed(sim, **settings)])
+    one_second = partial(feed, symbols=["BTCUSDT"], channels=["kline_1s"])
+    first = service([one_second(sim)])
     sim.wait_connections("binance", 1, timeout=30)
     sim.start_clock()
     table = f"{table_prefix}candles"
@@ -135,7 +135,7 @@ def test_candles_that_close_while_the_process_is_down_come_back_after_its_restar
     first.kill()
     down_at = sim.emitted("binance")
     sim.wait_emitted(down_at + 500, timeout=30)  # 2.5 s of market: two or three candles close meanwhile
-    second = service([feed(sim, **settings)])
+    second = service([one_second(sim)])
     sim.wait_emitted(1400, timeout=30)
     assert_one_second_candles_equal_the_truth(questdb, sim, table)
     assert second.stop() == 0

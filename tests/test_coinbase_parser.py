@@ -1,5 +1,5 @@
 """Coinbase Exchange protocol: frames and REST pages, from the documented examples, to rows."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -48,7 +48,7 @@ def test_subscribes_to_matches_and_heartbeat_for_every_product():
 
 def test_match_becomes_a_trade_with_the_taker_side():
     control, out = parse(MATCH)
-    ts = int(datetime(2014, 11, 7, 8, 19, 27, tzinfo=timezone.utc).timestamp()) * 1_000_000_000 + 28_459_000
+    ts = int(datetime(2014, 11, 7, 8, 19, 27, tzinfo=UTC).timestamp()) * 1_000_000_000 + 28_459_000
     assert control is None  # data: resets the stale watchdog
     # side "sell" is the maker's: a resting sell order was hit, so the taker bought
     assert out.trades == [Trade(ts, "coinbase", "BTC-USD", 10, 400.23, 5.23512, "buy", RECEIVED_NS)]

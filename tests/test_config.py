@@ -75,12 +75,13 @@ def problems_of(raw: dict) -> list[str]:
 
 
 def test_exchange_options_sit_beside_the_common_keys_and_land_in_the_exchanges_options():
-    polygon = {**POLYGON, "api_key": "k-123456", "min_trade_value": 1000, "contract_multiplier": 10}
-    config = from_dict({"feeds": [FEED, {**KRAKEN, "snapshot": False}, polygon]})
+    keyed = {**POLYGON, "api_key": "k-123456", "min_trade_value": 1000, "contract_multiplier": 10}
+    config = from_dict({"feeds": [FEED, {**KRAKEN, "snapshot": False}, keyed]})
     binance, kraken, polygon = config.feeds
     assert binance.options == BinanceOptions() and kraken.options == KrakenOptions(snapshot=False)
     assert polygon.options == PolygonOptions(api_key="k-123456", min_trade_value=1000.0, contract_multiplier=10.0)
-    assert from_dict({"feeds": [KRAKEN]}).feeds[0].options.snapshot is True  # the exchange's default
+    default = from_dict({"feeds": [KRAKEN]}).feeds[0].options
+    assert isinstance(default, KrakenOptions) and default.snapshot is True  # the exchange's default
     assert "k-123456" not in repr(polygon)
 
 
@@ -125,7 +126,7 @@ def test_exchange_options_are_checked_for_type_and_bounds_with_the_common_keys()
 def test_an_environment_variable_overrides_a_feed_key_and_is_named_in_its_problems(tmp_path):
     path = write(tmp_path, {"feeds": [FEED, KRAKEN]})
     config = load(path, env={"MARKETFEED_FEEDS__1__SNAPSHOT": "false", "MARKETFEED_FEEDS__0__STALE_AFTER_S": "5"})
-    assert config.feeds[1].options.snapshot is False and config.feeds[0].stale_after_s == 5.0
+    assert config.feeds[1].options == KrakenOptions(snapshot=False) and config.feeds[0].stale_after_s == 5.0
     with pytest.raises(ConfigError) as info:
         load(path, env={"MARKETFEED_FEEDS__2__URL": "wss://x"})
     assert info.value.problems == [
@@ -148,7 +149,9 @@ def test_the_polygon_key_is_resolved_by_the_config_api_key_then_file_then_enviro
     both = {"POLYGON_API_KEY": "from-env", "POLYGON_API_KEY_FILE": str(env_file)}
 
     def key(feed: dict, env: dict) -> str:
-        return load(write(tmp_path, {"feeds": [feed]}), env=env).feeds[0].options.api_key
+        options = load(write(tmp_path, {"feeds": [feed]}), env=env).feeds[0].options
+        assert isinstance(options, PolygonOptions)
+        return options.api_key
 
     assert key({**POLYGON, "api_key": "from-config"}, both) == "from-config"
     assert key({**POLYGON, "api_key_file": str(key_file)}, both) == "from-file"

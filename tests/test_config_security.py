@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from marketfeed.config.loader import ConfigError, load, to_toml
+from marketfeed.feeds.polygon import PolygonOptions
 from marketfeed.telemetry.http import OpsServer
 
 FEED = {"name": "b", "exchange": "binance", "url": "wss://stream.example:9443", "symbols": ["BTCUSDT"]}
@@ -32,7 +33,7 @@ def test_a_world_writable_config_is_refused_naming_the_file(tmp_path):
     assert load(path, env={}).feeds[0].name == "b"
 
 
-def test_questdb_credentials_come_from_a_file_named_by_a_FILE_variable(tmp_path):
+def test_questdb_credentials_come_from_the_file_a_conf_file_variable_names(tmp_path):
     secret = tmp_path / "conf"
     secret.write_text("https::addr=db:9000;username=u;password=p4ssw0rd;\n")  # trailing newline: as editors save
     config = load(write(tmp_path, {"feeds": [FEED]}), env={"MARKETFEED_QUESTDB__CONF_FILE": str(secret),
@@ -48,15 +49,17 @@ def test_unreadable_or_world_writable_secret_files_are_problems_naming_the_varia
     found = problems(write(tmp_path, {}), env={"MARKETFEED_QUESTDB__CONF_FILE": str(tmp_path / "missing"),
                                               "MARKETFEED_QUESTDB__PG_DSN_FILE": str(open_secret)})
     assert found == [f"$MARKETFEED_QUESTDB__CONF_FILE: file {str(tmp_path / 'missing')!r} not found",
-                     f"$MARKETFEED_QUESTDB__PG_DSN_FILE: file {str(open_secret)!r} is world-writable (mode 666); "
-                     "refusing it — run chmod o-w on it"]
+                     (f"$MARKETFEED_QUESTDB__PG_DSN_FILE: file {str(open_secret)!r} is world-writable (mode 666); "
+                      "refusing it — run chmod o-w on it")]
 
 
 def test_a_feed_api_key_comes_from_api_key_file(tmp_path):
     key = tmp_path / "key"
     key.write_text("k-123456\n")
     config = load(write(tmp_path, {"feeds": [{**KEYED_FEED, "api_key_file": str(key)}]}), env={})
-    assert config.feeds[0].options.api_key == "k-123456" and "k-123456" not in repr(config)
+    options = config.feeds[0].options
+    assert isinstance(options, PolygonOptions)
+    assert options.api_key == "k-123456" and "k-123456" not in repr(config)
     path = write(tmp_path, {"feeds": [{**KEYED_FEED, "api_key_file": str(key), "api_key": "inline"},
                                       {**KEYED_FEED, "name": "c", "api_key_file": str(tmp_path / "nope")}]})
     assert problems(path) == [f"{path}: feeds[0] (b).api_key_file: set api_key or api_key_file, not both",
@@ -77,8 +80,8 @@ def test_certificate_verification_cannot_be_switched_off(tmp_path):
                             "service": {"ca_file": str(tmp_path / "no-ca.pem")}, "feeds": [FEED]})
     assert problems(path) == [
         f"{path}: service.ca_file: file {str(tmp_path / 'no-ca.pem')!r} not found",
-        f"{path}: questdb.conf: tls_verify=unsafe_off is refused: certificates are always verified "
-        "(a private CA goes in tls_roots=/path/ca.pem)",
+        (f"{path}: questdb.conf: tls_verify=unsafe_off is refused: certificates are always verified "
+         "(a private CA goes in tls_roots=/path/ca.pem)"),
     ]
 
 

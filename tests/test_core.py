@@ -64,7 +64,8 @@ def test_breaker_opens_after_threshold_half_opens_after_cooldown():
 
 def test_dedup_drops_repeats_within_the_window_only():
     d = DedupWindow(window_s=10.0, max_entries=100)
-    assert d.fresh([trade("A", 1), trade("A", 2), trade("B", 1)], now=0.0) == [trade("A", 1), trade("A", 2), trade("B", 1)]
+    assert d.fresh([trade("A", 1), trade("A", 2), trade("B", 1)], now=0.0) == [
+        trade("A", 1), trade("A", 2), trade("B", 1)]
     assert d.fresh([trade("A", 2), trade("A", 3)], now=1.0) == [trade("A", 3)]
     assert d.dropped == 1
     assert d.fresh([trade("A", 1)], now=20.0) == [trade("A", 1)]  # expired from the window

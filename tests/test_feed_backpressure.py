@@ -4,8 +4,8 @@ import pytest
 
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
 from marketfeed.actors.feed import FeedActor
-from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.sim import Simulator
 from marketfeed.supervision.supervisor import GetStatus
 
@@ -34,7 +34,7 @@ def sim():
 @pytest.fixture
 def feed(sim, tmp_path):
     """start(**feed settings) → (sink directory, collecting sink, feed actor); both actors stop after the test."""
-    started = []
+    started: list[pykka.ActorRef] = []
 
     def start(**settings):
         sinks, sink = SinkDirectory(), CollectingSink.start()

@@ -26,7 +26,8 @@ def trade(trade_id, ts_ns=None, symbol="BTCUSDT", price=100.0) -> Trade:
 
 
 def candle(minute, close, closed, interval="1m") -> Candle:
-    return Candle(NOW_NS - (10 - minute) * MINUTE_NS, "binance", "BTCUSDT", interval, 1.0, 2.0, 0.5, close, 3.0, closed, NOW_NS)
+    return Candle(NOW_NS - (10 - minute) * MINUTE_NS, "binance", "BTCUSDT", interval, 1.0, 2.0, 0.5, close, 3.0, closed,
+                  NOW_NS)
 
 
 def burst(trades=(), candles=(), live=()) -> ParsedRows:
@@ -50,7 +51,7 @@ def test_invalid_rows_are_counted_sampled_once_per_interval_and_never_stored():
     assert [t.trade_id for t in out.rows[TRADES.name]] == [3]
     (rejected,) = out.rejected
     assert rejected.table is TRADES and rejected.reasons == {"bad_price": 1, "unknown_symbol": 1}
-    assert len(rejected.samples) == 2 and rejected.first.trade_id == 1
+    assert len(rejected.samples) == 2 and rejected.first == bad[0]
     again = p.live(burst([trade(4, price=-1.0)]), True, NOW_NS, 30.0)
     assert again.rejected[0].samples == []  # the same reason within a minute: counted, not sampled again
     assert p.rejected == {"bad_price": 2, "unknown_symbol": 1} and TRADES.name not in again.rows
@@ -114,7 +115,7 @@ def test_reconnected_asks_for_everything_since_the_last_id_only_where_ids_are_co
     p.live(burst([trade(7)]), True, NOW_NS, 0.0)
     assert p.reconnected() == [Gap("BTCUSDT", 8, None, stream="BTCUSDT", before_ns=trade(7).ts_ns)]
     config = feed(exchange="polygon", symbols=("AAPL",))
-    from marketfeed.feeds.polygon import PolygonProtocol  # noqa: PLC0415 - only this test needs it
+    from marketfeed.feeds.polygon import PolygonProtocol
     polygon = FeedPipeline(config, PolygonProtocol(config), FeedMemory())
     assert polygon.reconnected() == []
 

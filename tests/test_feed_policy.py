@@ -1,6 +1,6 @@
 """The feed actor's pure parts: reconnect policy, latest-wins candles, stream-keyed sequences."""
-from marketfeed.feeds.pipeline import LiveCandles
 from marketfeed.feeds.base import Gap
+from marketfeed.feeds.pipeline import LiveCandles
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.feeds.sequence import SequenceTracker
 from marketfeed.supervision.backoff import Backoff

@@ -66,6 +66,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+MARKETFEED = (sys.executable, "-m", "marketfeed.cli.main")
+
+
 @pytest.mark.integration  # the service process, though against a QuestDB that is down
 def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
     """QuestDB unreachable on purpose: connection errors are the likeliest place for credentials to leak."""
@@ -97,9 +100,8 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                     pages.append(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode())
                 except urllib.error.HTTPError as exc:  # 503 while QuestDB is down: its body counts too
                     pages.append(exc.read().decode())
-            commands = {name: subprocess.run([sys.executable, "-m", "marketfeed.cli.main", name, "-c", str(proc.config_path)],
-                                             cwd=REPO, capture_output=True, text=True, env={**os.environ, **env},
-                                             timeout=60)
+            commands = {name: subprocess.run([*MARKETFEED, name, "-c", str(proc.config_path)], cwd=REPO,
+                                             capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
                         for name in ("health", "verify")}  # verify: QuestDB unreachable, its error is shown
             # top: the feeds, buffers and alerts (with their details) of the live report, on a real terminal.
             screen = top_screen(proc.config_path, ("feed-marker", "buffer-trades", "ALERTS"), env)
@@ -109,8 +111,8 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
             proc.wait_event("config_reload_rejected")
         finally:
             proc.stop()
-        check = subprocess.run([sys.executable, "-m", "marketfeed.cli.main", "check-config", "-c", str(proc.config_path)],
-                               cwd=REPO, capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"})
+        check = subprocess.run([*MARKETFEED, "check-config", "-c", str(proc.config_path)], cwd=REPO,
+                               capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"})
     outputs = {"log": "".join(proc.raw), "status file": status_file.read_text(), "http": "\n".join(pages),
                "check-config": check.stdout + check.stderr, "top": screen,
                **{name: run.stdout + run.stderr for name, run in commands.items()}}

@@ -1,10 +1,11 @@
 """End to end, Kraken v2: the twin with faults injected, a real `marketfeed run`, a real QuestDB."""
-from datetime import timezone
+from datetime import UTC
 from decimal import Decimal
 from functools import partial
 
 from marketfeed.feeds.kraken import OHLC_INTERVALS
 from marketfeed.sim import Simulator
+from marketfeed.sim.server import Connection
 from tests.support.service import Services, sim_feed
 from tests.support.truth import assert_trade_ids, truth
 
@@ -23,7 +24,7 @@ def simulator(service: Services, seed: int, count: int = COUNT) -> Simulator:
 feed = partial(sim_feed, "kraken", symbols=SYMBOLS, reconnect_min_s=0.1, reconnect_max_s=0.5)
 
 
-def new_connection(sim: Simulator, *old) -> object:
+def new_connection(sim: Simulator, *old: Connection) -> Connection:
     sim.wait_until(lambda: any(c not in old for c in sim.connections("kraken")), 30, "a new connection")
     return next(c for c in sim.connections("kraken") if c not in old)
 
@@ -103,7 +104,7 @@ def test_candles_and_a_malformed_frame_that_restarts_nothing(service, questdb, t
 
         rows = questdb.wait_for(settled, 30, f"{symbol} candles settled")
         # one closed, one in progress
-        assert [r[0].replace(tzinfo=timezone.utc).timestamp() for r in rows] == [e[0] for e in expected]
+        assert [r[0].replace(tzinfo=UTC).timestamp() for r in rows] == [e[0] for e in expected]
 
     assert sum(e["count"] for e in proc.events("malformed_frame")) == 3
     assert sim.connections("kraken") == [connection] and not connection.closed  # the connection lived on
@@ -142,7 +143,7 @@ def test_candles_that_close_while_the_connection_is_down_come_back_over_rest(ser
     def stored() -> list[tuple]:
         rows = questdb.query(f"SELECT symbol, ts, interval, open, high, low, close, volume, closed FROM {table} "
                              "ORDER BY symbol, interval, ts")
-        return [(r[0], r[1].replace(tzinfo=timezone.utc).timestamp(), *r[2:]) for r in rows]
+        return [(r[0], r[1].replace(tzinfo=UTC).timestamp(), *r[2:]) for r in rows]
 
     try:
         questdb.wait_for(lambda: questdb.wal_applied(table) and stored() == expected, 40, "candles settled")

@@ -5,9 +5,9 @@ import pytest
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from marketfeed.feeds.kraken import KrakenOptions, KrakenProtocol, KrakenSession, channels, rest_pair, rfc3339_ns
-from marketfeed.storage.tables import CANDLES
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.feeds.sequence import SequenceTracker
+from marketfeed.storage.tables import CANDLES
 
 
 def feed(**extra) -> FeedConfig:
@@ -27,16 +27,13 @@ def session(**extra) -> KrakenSession:
 
 
 # The trade channel's documented snapshot example (docs.kraken.com, WebSocket v2, trade).
-TRADE_SNAPSHOT = {
-    "channel": "trade",
-    "type": "snapshot",
-    "data": [
-        {"symbol": "MATIC/USD", "side": "buy", "price": 0.5147, "qty": 6423.46326, "ord_type": "limit",
-         "trade_id": 4665846, "timestamp": "2023-09-25T07:48:36.925533Z"},
-        {"symbol": "MATIC/USD", "side": "buy", "price": 0.5147, "qty": 1136.19677815, "ord_type": "limit",
-         "trade_id": 4665847, "timestamp": "2023-09-25T07:49:36.925603Z"},
-    ],
-}
+SNAPSHOT_TRADES: list[dict[str, object]] = [
+    {"symbol": "MATIC/USD", "side": "buy", "price": 0.5147, "qty": 6423.46326, "ord_type": "limit",
+     "trade_id": 4665846, "timestamp": "2023-09-25T07:48:36.925533Z"},
+    {"symbol": "MATIC/USD", "side": "buy", "price": 0.5147, "qty": 1136.19677815, "ord_type": "limit",
+     "trade_id": 4665847, "timestamp": "2023-09-25T07:49:36.925603Z"},
+]
+TRADE_SNAPSHOT: dict[str, object] = {"channel": "trade", "type": "snapshot", "data": SNAPSHOT_TRADES}
 
 # The ohlc channel's documented snapshot example (interval 5).
 OHLC_SNAPSHOT = {
@@ -218,7 +215,7 @@ def test_rfc3339_keeps_every_digit():
     assert rfc3339_ns("2023-10-04T15:25:00Z") == T_15_25
     assert rfc3339_ns("2023-10-04T15:25:00.5Z") == T_15_25 + 500_000_000
     for bad in ("2023-10-04T15:25:00", "2023-10-04T15:25:00.Z", "2023-10-04T15:25:00.0000000001Z",
-                "2023-13-04T15:25:00Z", "2023-10-04T15:25:00+00:00", "2023-10-04T15:25:00.１Z"):
+                "2023-13-04T15:25:00Z", "2023-10-04T15:25:00+00:00", "2023-10-04T15:25:00.\N{FULLWIDTH DIGIT ONE}Z"):
         with pytest.raises(ValueError):
             rfc3339_ns(bad)
 
@@ -247,8 +244,8 @@ def test_documented_trades_page_becomes_trades_with_microsecond_times():
 
 def test_backfill_starts_at_the_trade_before_the_jump_and_pages_by_cursor():
     protocol, tracker = KrakenProtocol(feed()), SequenceTracker()
-    before = dict(TRADE_SNAPSHOT, data=TRADE_SNAPSHOT["data"][:1])
-    after = dict(TRADE_SNAPSHOT, type="update", data=[dict(TRADE_SNAPSHOT["data"][1], trade_id=4665850)])
+    before = {**TRADE_SNAPSHOT, "data": SNAPSHOT_TRADES[:1]}
+    after = {**TRADE_SNAPSHOT, "type": "update", "data": [{**SNAPSHOT_TRADES[1], "trade_id": 4665850}]}
     assert tracker.observe(parse(protocol.open_session(), before)[1].trades) == []
     (gap,) = tracker.observe(parse(protocol.open_session(), after)[1].trades)  # ids jump 4665846 → 4665850
     assert (gap.symbol, gap.first_id, gap.last_id) == ("MATIC/USD", 4665847, 4665849)
@@ -271,8 +268,8 @@ def test_after_a_reconnect_backfill_starts_at_the_last_trade_seen():
     tracker.observe(parse(protocol.open_session(), TRADE_SNAPSHOT)[1].trades)
     (since_last,) = tracker.since_last()  # the connection was replaced
     successor = protocol.open_session()
-    (jump,) = tracker.observe(parse(successor, dict(TRADE_SNAPSHOT, data=[dict(TRADE_SNAPSHOT["data"][1],
-                                                                                 trade_id=4665860)]))[1].trades)
+    jumped = {**TRADE_SNAPSHOT, "data": [{**SNAPSHOT_TRADES[1], "trade_id": 4665860}]}
+    (jump,) = tracker.observe(parse(successor, jumped)[1].trades)
     assert (since_last.first_id, since_last.last_id, jump.first_id, jump.last_id) == (4665848, None, 4665848, 4665859)
     for gap in (since_last, jump):  # since the last id; the jump
         assert protocol.backfill_request(gap).url.endswith("pair=MATICUSD&count=1000&since=1695628176925602999")
@@ -315,7 +312,8 @@ OHLC_PAGE = {"error": [], "result": {"XXBTZUSD": [
 
 def test_ohlc_candles_that_ended_before_the_stream_resumed_are_stored_closed():
     protocol = KrakenProtocol(feed())
-    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688671350 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688671350 * 10**9, stream="BTC/USD@ohlc-1",
+              table=CANDLES)
     candles, rest = protocol.parse_backfill(gap, orjson.dumps(OHLC_PAGE), 7)
     assert rest is None  # Kraken serves the most recent entries only: there is no older page to ask for
     assert candles == [  # 19:22 was still open at 19:22:30: it closes over the live stream
@@ -330,7 +328,8 @@ def test_ohlc_candles_that_ended_before_the_stream_resumed_are_stored_closed():
 def test_ohlc_periods_without_trades_are_not_candles():
     page = orjson.loads(orjson.dumps(OHLC_PAGE))
     page["result"]["XXBTZUSD"][1] = [1688671260, "30305.7", "30305.7", "30305.7", "30305.7", "0.0", "0.00000000", 0]
-    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1",
+              table=CANDLES)
     candles, _ = KrakenProtocol(feed()).parse_backfill(gap, orjson.dumps(page), 7)
     assert [c.ts_ns // 10**9 for c in candles] == [1688671200, 1688671320]  # as the ohlc channel has them
 
@@ -342,6 +341,7 @@ def test_ohlc_periods_without_trades_are_not_candles():
     b'{"error":[],"result":{"XXBTZUSD":[[1688671200,"1","1","1","x","1","1",1],[0]],"last":1}}',
 ])
 def test_bad_ohlc_pages_are_malformed(body):
-    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
+    gap = Gap("BTC/USD", since_ns=1688671200 * 10**9, until_ns=1688672000 * 10**9, stream="BTC/USD@ohlc-1",
+              table=CANDLES)
     with pytest.raises(MalformedFrame):
         KrakenProtocol(feed()).parse_backfill(gap, body, 0)

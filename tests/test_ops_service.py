@@ -29,8 +29,8 @@ binance_feed = partial(sim_feed, "binance", symbols=SYMBOLS)
 
 
 def marketfeed(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "marketfeed.cli.main", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "marketfeed.cli.main", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def health(proc: ServiceProcess, *extra: str) -> subprocess.CompletedProcess:
@@ -107,7 +107,12 @@ def test_health_answers_in_time_while_the_simulator_floods_the_service(service):
     # simulated time runs ahead of the clock: the future-timestamp check would (rightly) reject it all.
     proc = service([binance_feed(flood, name="flood", max_future_skew_s=1e9)])
     connected(proc)
-    poll(lambda: status_file(proc)["feeds"]["feed-flood"]["messages"] > 20_000, 30, "the flood arriving")
+
+    def flooded() -> bool:
+        report = status_file(proc)
+        return report is not None and report["feeds"]["feed-flood"]["messages"] > 20_000
+
+    poll(flooded, 30, "the flood arriving")
     for _ in range(3):
         began = time.monotonic()
         result = health(proc, "--timeout", "5")

@@ -10,7 +10,7 @@ from marketfeed.feeds.rows import Trade
 from marketfeed.storage import deadletter
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.tables import TRADES
-from marketfeed.storage.writer import FlushWorker
+from marketfeed.storage.writer import FlushWorker, SinkReport
 from marketfeed.supervision.supervisor import GetStatus
 from tests.support.polling import poll
 
@@ -39,9 +39,11 @@ def buffer(request, questdb, table_prefix, tmp_path):
     ref.stop()
 
 
-def test_a_bad_row_goes_to_the_dead_letter_file_and_the_rest_of_its_batch_lands(buffer, questdb, table_prefix, tmp_path):
+def test_a_bad_row_goes_to_the_dead_letter_file_and_the_rest_of_its_batch_lands(buffer, questdb, table_prefix,
+                                                                                 tmp_path):
     rows = trades(1, 20)
-    rows[7] = rows[7]._replace(trade_id=8.5)  # a float for QuestDB's LONG column: the server refuses the request
+    # A float for QuestDB's LONG column (the wrong type is the point): the server refuses the request.
+    rows[7] = rows[7]._replace(trade_id=8.5)  # type: ignore[arg-type]
     buffer.tell(RowBatch(rows))
     status = poll(lambda: (s := buffer.ask(GetStatus(), timeout=5))["rows_dead_lettered"] == 1 and s)
     assert (status["rows_written"], status["rows_spooled"], status["breaker"]) == (19, 0, "closed")
@@ -91,7 +93,8 @@ def test_a_bad_ohlcv_refresh_is_refused_naming_file_and_key(tmp_path, value):
     path.write_text(f'[questdb]\nohlcv_refresh = "{value}"\n')
     with pytest.raises(ConfigError) as info:
         load(path, env={})
-    assert info.value.problems == [f"{path}: questdb.ohlcv_refresh: {value!r} is not one of immediate, <n>m, <n>h, <n>d"]
+    assert info.value.problems == [
+        f"{path}: questdb.ohlcv_refresh: {value!r} is not one of immediate, <n>m, <n>h, <n>d"]
 
 
 def test_ohlcv_refresh_accepts_immediate_and_questdb_intervals(tmp_path):
@@ -107,7 +110,7 @@ def test_batches_queued_behind_a_request_go_out_together_in_one_transaction(ques
     config = Config(questdb=QuestDBConfig(conf=questdb.conf, pg_dsn=questdb.pg_dsn, table_prefix=table_prefix),
                     sink=SinkConfig(max_rows=10, dead_letter_dir=str(tmp_path / "dead")),
                     spool=SpoolConfig(dir=str(tmp_path / "spool")))
-    reports = []
+    reports: list[SinkReport] = []
     worker = FlushWorker("trades", config, reports.append)
     for first in range(1, 71, 10):  # 7 batches queued before the thread runs: as if a request had been slow
         worker.submit(trades(first, 10))

@@ -77,6 +77,7 @@ stale_after_s = 5
                                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None, "stop() before start()"
         self.process.send_signal(sig)
         return self.process.wait(30)
 
@@ -143,9 +144,12 @@ def test_questdb_outage_longer_than_the_client_retry_window_loses_nothing_and_me
 
         sim.wait_emitted(rate * seconds, timeout=60)
         expected = {s: sim.truth("binance", s) for s in SYMBOLS}
-        ids = wait_stored(own_questdb, table, lambda ids: all(ids[s] and ids[s] == expected[s][expected[s].index(ids[s][0]):]
-                                                              and ids[s][-1] == expected[s][-1] for s in SYMBOLS),
-                          "the table to equal the ground truth")
+
+        def caught_up(ids: dict[str, list[int]]) -> bool:
+            return all(ids[s] and ids[s] == expected[s][expected[s].index(ids[s][0]):]
+                       and ids[s][-1] == expected[s][-1] for s in SYMBOLS)
+
+        ids = wait_stored(own_questdb, table, caught_up, "the table to equal the ground truth")
     assert outage_s * 1000 > 5 * CLIENT_RETRY_MS
     print(f"outage {outage_s:.1f}s, spooled {spooled} rows, RSS {rss_before / 2**20:.1f} -> "
           f"{rss_mid / 2**20:.1f} -> peak {rss_peak / 2**20:.1f} MiB")

@@ -24,6 +24,7 @@ from marketfeed.supervision.supervisor import (
     ONE_FOR_ONE,
     REST_FOR_ONE,
     SHUTDOWN,
+    ChildContext,
     ChildExited,
     ChildSpec,
     GetChildren,
@@ -35,6 +36,7 @@ from marketfeed.supervision.supervisor import (
     leaked_thread_count,
     start_child,
 )
+from marketfeed.telemetry.report import ChildStatus, SupervisorStatus
 from tests.support.polling import poll
 
 
@@ -62,19 +64,19 @@ class BlockInRecv:
 class Worker(Supervised):
     """Journals its start and orderly stop; dies, exits or hangs on command."""
 
-    def __init__(self, ctx, journal: list, fail_start: bool):
+    def __init__(self, ctx: ChildContext, journal: list, fail_start: bool):
         super().__init__(ctx)
-        self.journal, self.fail_start = journal, fail_start
+        self.child_id, self.journal, self.fail_start = ctx.child_id, journal, fail_start
         self.sock, self.peer = socket.socketpair()
 
     def started(self) -> None:
         if self.fail_start:
-            self.journal.append(("start_failed", self.ctx.child_id, self.actor_urn))
+            self.journal.append(("start_failed", self.child_id, self.actor_urn))
             raise RuntimeError("refused to start")
-        self.journal.append(("started", self.ctx.child_id, self.actor_urn))
+        self.journal.append(("started", self.child_id, self.actor_urn))
 
     def stopping(self) -> None:
-        self.journal.append(("stopped", self.ctx.child_id, self.actor_urn))
+        self.journal.append(("stopped", self.child_id, self.actor_urn))
 
     def interrupt(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)
@@ -150,12 +152,12 @@ def children(sup) -> dict[str, pykka.ActorRef]:
     return {child_id: ref for child_id, ref, _ in sup.ask(GetChildren(), timeout=5)}
 
 
-def status(sup) -> dict:
+def status(sup) -> SupervisorStatus:
     return sup.ask(GetStatus(), timeout=5)
 
 
-def child_state(sup, child_id: str) -> dict | None:
-    return status(sup)["children"].get(child_id)
+def child_state(sup, child_id: str) -> ChildStatus:
+    return status(sup)["children"][child_id]
 
 
 def terminate(sup, child_id: str, how: str) -> pykka.ActorRef:
@@ -204,7 +206,7 @@ def test_restart_matrix(tree, restart, how):
         poll(lambda: child_state(sup, "child1")["state"] == "stopped", what="child1 stopped")
         assert children(sup) == {}
     else:  # a temporary child's spec is forgotten: []
-        poll(lambda: child_state(sup, "child1") is None, what="child1 forgotten")
+        poll(lambda: "child1" not in status(sup)["children"], what="child1 forgotten")
         assert children(sup) == {}
     assert sup.is_alive() and tree.exits.empty()
 
@@ -412,13 +414,18 @@ def test_backoff_grows_between_restarts_and_resets_once_stable(tree, caplog):
     delays = [r.fields["delay_s"] for r in caplog.records if r.getMessage() == "child_restart_scheduled"]
     # 0.05, 0.1, 0.2 with ±20% jitter, then back to 0.05 after a stable spell.
     bounds = [(0.04, 0.06), (0.08, 0.12), (0.16, 0.24), (0.04, 0.06)]
-    assert len(delays) == 4 and all(lo <= d <= hi for d, (lo, hi) in zip(delays, bounds)), delays
+    assert len(delays) == 4 and all(lo <= d <= hi for d, (lo, hi) in zip(delays, bounds, strict=True)), delays
 
 
 def test_status_and_metrics_show_restarts_and_give_ups(tree):
     journal: list = []
-    restarts = lambda: REGISTRY.get_sample_value("marketfeed_actor_restarts_total", {"actor": "metered"}) or 0.0
-    giveups = lambda: REGISTRY.get_sample_value("marketfeed_supervisor_giveups_total") or 0.0
+
+    def restarts() -> float:
+        return REGISTRY.get_sample_value("marketfeed_actor_restarts_total", {"actor": "metered"}) or 0.0
+
+    def giveups() -> float:
+        return REGISTRY.get_sample_value("marketfeed_supervisor_giveups_total") or 0.0
+
     restarts_before, giveups_before = restarts(), giveups()
     sup = tree.start([ChildSpec("metered", worker(journal))], max_restarts=1)
     restarted(sup, "metered", terminate(sup, "metered", ABNORMAL))
@@ -459,9 +466,9 @@ def test_child_specs():
     with pytest.raises(InvalidChildSpec, match=r"invalid shutdown_timeout_s inf"):
         ChildSpec("c", start, shutdown_timeout_s=float("inf"))  # never waited for forever
     with pytest.raises(InvalidChildSpec, match=r"invalid start_timeout_s None"):
-        ChildSpec("c", start, start_timeout_s=None)
+        ChildSpec("c", start, start_timeout_s=None)  # type: ignore[arg-type]  # the wrong type is the point
     with pytest.raises(InvalidChildSpec, match=r"start must be callable"):
-        ChildSpec("c", "mfa")
+        ChildSpec("c", "mfa")  # type: ignore[arg-type]  # the wrong type is the point
     with pytest.raises(InvalidChildSpec, match=r"non-empty string"):
         ChildSpec("", start)
     with pytest.raises(InvalidChildSpec, match=r"duplicate child id 'c'"):

@@ -1,5 +1,6 @@
 """The table descriptors: the SQL of the tables already in QuestDB, keys, encoders and flush policies agree."""
 import pytest
+from questdb import TimestampNanos
 
 from marketfeed.config.loader import from_dict
 from marketfeed.config.schema import SinkConfig
@@ -15,7 +16,8 @@ CANDLES_DDL = ("CREATE TABLE IF NOT EXISTS p_candles (ts TIMESTAMP_NS, exchange 
                "interval SYMBOL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, closed BOOLEAN, "
                "received_at TIMESTAMP_NS) TIMESTAMP(ts) PARTITION BY DAY WAL "
                "DEDUP UPSERT KEYS(ts, exchange, symbol, interval)")
-SAMPLE = {  # every field a value no other field has, so each written value names the field it came from
+# Every field a value no other field has, so each written value names the field it came from.
+SAMPLE: dict[Table, Trade | Candle] = {
     TRADES: Trade(1_000, "binance", "BTCUSDT", 7, 100.5, 0.25, "buy", 2_000),
     CANDLES: Candle(3_000, "kraken", "BTC/USD", "1m", 1.5, 2.5, 0.5, 2.0, 9.75, True, 4_000),
 }
@@ -25,7 +27,7 @@ class RecordingBuffer:
     """The part of the client's buffer an appender uses; refuses the rows of `refuse` (symbol values)."""
 
     def __init__(self, refuse: frozenset[str] = frozenset()):
-        self.rows: list[tuple[str, dict, dict, int]] = []
+        self.rows: list[tuple[str, dict, dict, TimestampNanos]] = []
         self.refuse = refuse
 
     def row(self, name, *, symbols, columns, at):

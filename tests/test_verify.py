@@ -1,16 +1,16 @@
 """`marketfeed verify` against the real QuestDB: planted duplicates and gaps are found, clean data passes."""
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from questdb import Sender
 
+from marketfeed.feeds.rows import Trade
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.tables import TRADES
 from marketfeed.storage.verify import parse_since, verify
 from tests.support.questdb import REPO
-from marketfeed.feeds.rows import Trade
 
 BASE = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 
@@ -71,8 +71,8 @@ def test_verify_is_clean_on_clean_data_and_honours_since(questdb, table_prefix, 
 
 
 def test_since_accepts_iso_times_and_relative_durations():
-    now = datetime(2024, 1, 2, 12, 0, tzinfo=timezone.utc)
-    assert parse_since("2h", now) == datetime(2024, 1, 2, 10, 0, tzinfo=timezone.utc)
-    assert parse_since("7d", now) == datetime(2023, 12, 26, 12, 0, tzinfo=timezone.utc)
-    assert parse_since("2024-01-01", now) == datetime(2024, 1, 1, tzinfo=timezone.utc)
-    assert parse_since("2024-01-01T10:00:00Z", now) == datetime(2024, 1, 1, 10, tzinfo=timezone.utc)
+    now = datetime(2024, 1, 2, 12, 0, tzinfo=UTC)
+    assert parse_since("2h", now) == datetime(2024, 1, 2, 10, 0, tzinfo=UTC)
+    assert parse_since("7d", now) == datetime(2023, 12, 26, 12, 0, tzinfo=UTC)
+    assert parse_since("2024-01-01", now) == datetime(2024, 1, 1, tzinfo=UTC)
+    assert parse_since("2024-01-01T10:00:00Z", now) == datetime(2024, 1, 1, 10, tzinfo=UTC)

@@ -4,8 +4,16 @@ import websocket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marketfeed.feeds.wsframes import (OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig,
-                            ProtocolViolation)
+from marketfeed.feeds.wsframes import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    FrameDecoder,
+    MessageTooBig,
+    ProtocolViolation,
+)
 
 
 def frame(payload: bytes, opcode: int = OP_TEXT, fin: int = 1, rsv1: int = 0, mask: int = 0) -> bytes:
@@ -18,7 +26,7 @@ def frame(payload: bytes, opcode: int = OP_TEXT, fin: int = 1, rsv1: int = 0, ma
 
 def decode_in_chunks(wire: bytes, cuts: list[int], limit: int = 1 << 20) -> list[tuple[int, bytes]]:
     decoder, messages, start = FrameDecoder(limit), [], 0
-    for cut in sorted(set(cuts)) + [len(wire)]:
+    for cut in [*sorted(set(cuts)), len(wire)]:
         messages += decoder.feed(wire[start:cut])
         start = cut
     return messages

@@ -69,6 +69,7 @@ class ServiceProcess:
         return cls(path, env)
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None  # stdout=PIPE
         for line in self.proc.stdout:
             with self._lock:
                 self.raw.append(line)
