@@ -11,10 +11,19 @@ import logging
 import threading
 import time
 
-from marketfeed.actors.backfill import BackfillLimits, Backfiller
+from marketfeed.actors.backfill import Backfiller, BackfillLimits
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
-from marketfeed.actors.feed_messages import (BackfillDone, BackfillRows, Connected, Disconnected, FrameBatch, Reconnect,
-                                             ShutdownAnnounced, SubscriptionRefused, Tick)
+from marketfeed.actors.feed_messages import (
+    BackfillDone,
+    BackfillRows,
+    Connected,
+    Disconnected,
+    FrameBatch,
+    Reconnect,
+    ShutdownAnnounced,
+    SubscriptionRefused,
+    Tick,
+)
 from marketfeed.actors.feed_reader import FeedReader, ReaderLimits, ReaderOutlet
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Gap
@@ -25,7 +34,7 @@ from marketfeed.storage.tables import CANDLES
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.supervision.breaker import CircuitBreaker
 from marketfeed.supervision.reconnect import ReconnectPolicy, Retry
-from marketfeed.supervision.scheduler import scheduler
+from marketfeed.supervision.scheduler import Timer, scheduler
 from marketfeed.supervision.supervisor import ABNORMAL, ChildContext, Supervised
 from marketfeed.supervision.watch import ConnectionWatch, RateChange, Verdict, WatchLimits
 from marketfeed.telemetry import metrics
@@ -100,7 +109,7 @@ class FeedActor(Supervised):
         self.state: FeedState = FeedState.STARTING
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
         self.last_error = self.pause_reason = ""
-        self.tick_timer = None
+        self.tick_timer: Timer | None = None
         m, name = metrics, feed.name
         self.m_messages, self.m_malformed = m.MESSAGES.labels(name), m.MALFORMED.labels(name)
         self.m_dups, self.m_gaps = m.DUPLICATES.labels(name), m.GAPS.labels(name)
@@ -305,7 +314,8 @@ class FeedActor(Supervised):
         self._retry(retry, "feed_disconnected", reason)
 
     def _on_refused(self, reason: str) -> None:
-        """The exchange refused the subscription: report the feed failed, try again only after the breaker's cool-down."""
+        """The exchange refused the subscription: report the feed failed, try again only after the breaker's
+        cool-down."""
         if self.reader is not None:
             self.reader.close()
         self.generation += 1  # the refused connection's Disconnected is now stale
@@ -370,16 +380,19 @@ class FeedActor(Supervised):
             return
         verdict = self.watch.decide(now)
         if verdict is Verdict.STALE:
-            event(log, "feed_stale", logging.WARNING, feed=self.feed.name, silent_s=round(self.watch.silent_s(now), 1))
+            silent_s = self.watch.silent_s(now)
+            event(log, "feed_stale", logging.WARNING, feed=self.feed.name,
+                  silent_s=None if silent_s is None else round(silent_s, 1))
             self.reader.close()
         elif verdict is Verdict.PONG_TIMEOUT:
             event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name,
                   timeout_s=self.watch.limits.pong_timeout_s)
             self.reader.close()
         elif verdict is Verdict.ROLL:
-            event(log, "feed_connection_rolled", feed=self.feed.name, age_s=round(self.watch.age_s(now), 1))
+            age_s = self.watch.age_s(now)
+            event(log, "feed_connection_rolled", feed=self.feed.name, age_s=None if age_s is None else round(age_s, 1))
             self._roll()
-        elif verdict is Verdict.PING:
+        elif verdict is Verdict.PING and self.protocol.ping_message is not None:  # without one: ping_interval_s 0
             try:
                 self.reader.send(self.protocol.ping_message)
             except Exception:  # noqa: BLE001 - a dead socket shows up as Disconnected from the reader

@@ -17,11 +17,18 @@ from dataclasses import dataclass
 
 import websocket
 
-from marketfeed.actors.feed_messages import (Connected, Disconnected, FrameBatch, ShutdownAnnounced,
-                                             SubscriptionRefused)
+from marketfeed.actors.feed_messages import Connected, Disconnected, FrameBatch, ShutdownAnnounced, SubscriptionRefused
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, FeedSession, MalformedFrame, ParsedRows, SubscriptionRejected
-from marketfeed.feeds.wsframes import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameDecoder, MessageTooBig, ProtocolViolation
+from marketfeed.feeds.wsframes import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    FrameDecoder,
+    MessageTooBig,
+    ProtocolViolation,
+)
 
 STATUS_PROTOCOL_ERROR, STATUS_MESSAGE_TOO_BIG = 1002, 1009
 READ_CHUNK = 256 * 1024  # bytes per recv: one syscall serves hundreds of frames
@@ -146,21 +153,23 @@ class FeedReader(threading.Thread):
         except Exception as exc:  # noqa: BLE001 - every way a connection ends is reported the same way
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            ws = self.ws
-            if ws is not None:
-                ws.close(timeout=0.5) if ws.connected and not self.closing and not bad_stream else ws.shutdown()
+            made = self.ws  # None: the WebSocket could not even be made
+            if made is not None:
+                made.close(timeout=0.5) if made.connected and not self.closing and not bad_stream else made.shutdown()
             self.outlet.closed("closed by us" if self.closing else error)
 
     def _receive(self, ws: websocket.WebSocket) -> str:
         parse, outlet, limits = self.session.parse, self.outlet, self.limits
         sock = ws.sock
+        assert sock is not None, "connect() succeeded: the WebSocket holds its socket until run() closes it"
         recv = sock.recv
         decoder = FrameDecoder(limits.max_frame_bytes)
         out = ParsedRows()
         frames = data_frames = pongs = 0
         malformed: list[MalformedFrame] = []
         first_ns = 0
-        linger_ns, batch_frames, max_json_bytes = int(limits.batch_linger_s * 1e9), limits.batch_frames, limits.max_json_bytes
+        linger_ns = int(limits.batch_linger_s * 1e9)
+        batch_frames, max_json_bytes = limits.batch_frames, limits.max_json_bytes
 
         def closing() -> bool:
             return self.closing

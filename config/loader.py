@@ -215,7 +215,9 @@ def _build_feed(values: dict, i: int, source: str, problems: list[str],
                 origins: Mapping[str, str]) -> FeedConfig | None:
     """One [[feeds]] table: the common keys → FeedConfig, the others → its exchange's options."""
     where = f"feeds[{i}]" if "name" not in values else f"feeds[{i}] ({values['name']})"
-    name, entry = values.get("exchange"), None
+    name = values.get("exchange")
+    entry: registry.Exchange | None = None
+    own: list[str] = []
     if isinstance(name, str):
         try:
             entry = registry.exchange(name)
@@ -223,10 +225,10 @@ def _build_feed(values: dict, i: int, source: str, problems: list[str],
             # Named as the checks of a whole feed name it (_check_feed): "feeds (name).exchange".
             named = f"feeds ({values['name']})" if "name" in values else f"feeds[{i}]"
             problems.append(f"{_label(source, origins, named, 'exchange')}: {exc}")
-    own = [f.name for f in dataclasses.fields(entry.options)] if entry else []
-    for key in values if entry else ():  # a feed of an unknown exchange: which keys are its own is unknown
-        if key not in COMMON_FEED_KEYS and key not in own:
-            problems.append(f"{_label(source, origins, where, key)}: {_not_a_key(key, name, own)}")
+        else:  # only a known exchange says which keys are its own
+            own = [f.name for f in dataclasses.fields(entry.options)]
+            problems += [f"{_label(source, origins, where, key)}: {_not_a_key(key, name, own)}"
+                         for key in values if key not in COMMON_FEED_KEYS and key not in own]
     common = _checked(FeedConfig, {k: v for k, v in values.items() if k in COMMON_FEED_KEYS}, where, source,
                       problems, origins)
     options = _checked(entry.options, {k: v for k, v in values.items() if k in own}, where, source, problems,
@@ -234,7 +236,7 @@ def _build_feed(values: dict, i: int, source: str, problems: list[str],
     if common is None:
         return None
     _check_feed({**FEED_DEFAULTS, **common}, source, problems)
-    if options is None:
+    if entry is None or options is None:  # no known exchange, or its options have problems
         return None
     feed = FeedConfig(**common, options=entry.options(**options))
     try:
@@ -289,7 +291,7 @@ def _check_feed(feed: dict, source: str, problems: list[str]) -> None:
         problems.append(f"{where}.symbols: at least one symbol is needed")
     for key in ("url", *(() if not feed["rest_url"] else ("rest_url",))):
         url = feed[key]
-        if not url.split("://", 1)[0] in ("ws", "wss", "http", "https"):
+        if url.split("://", 1)[0] not in ("ws", "wss", "http", "https"):
             problems.append(f"{where}.{key}: {url!r} is not a ws://, wss://, http:// or https:// URL")
     if feed["reconnect_max_s"] < feed["reconnect_min_s"]:
         problems.append(f"{where}.reconnect_max_s: below reconnect_min_s")
@@ -305,12 +307,12 @@ def _apply_env(raw: dict, env: Mapping[str, str], problems: list[str]) -> dict[s
         if section == "feeds":
             index, _, key = key.partition("__")
             feeds = raw.get("feeds")
-            count = len(feeds) if isinstance(feeds, list) else 0
-            if not index.isdigit() or int(index) >= count or not isinstance(feeds[int(index)], dict):
+            tables = feeds if isinstance(feeds, list) else []
+            if not index.isdigit() or int(index) >= len(tables) or not isinstance(tables[int(index)], dict):
                 problems.append(f"${name}: the config has no feeds[{index}] "
-                                f"(its {count} [[feeds]] tables count from 0)")
+                                f"(its {len(tables)} [[feeds]] tables count from 0)")
                 continue
-            table, path = feeds[int(index)], f"feeds[{int(index)}]"
+            table, path = tables[int(index)], f"feeds[{int(index)}]"
         elif section in SECTIONS:
             table, path = raw.setdefault(section, {}), section
             if key.endswith("_file") and key not in typing.get_type_hints(SECTIONS[section]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 
 def bounded(default, *, min=None, max=None, choices=None):  # noqa: A002 - reads like the TOML docs
@@ -21,6 +22,9 @@ def secret(*, env: str):
 @dataclass(frozen=True)
 class ExchangeOptions:
     """Base of the options one exchange adds to its [[feeds]] tables (feeds/<exchange>.py, feeds/registry.py)."""
+
+
+_Options = TypeVar("_Options", bound=ExchangeOptions)
 
 
 class RefreshChoices:
@@ -115,7 +119,8 @@ class FeedConfig:
     breaker_failures: int = bounded(3, min=1)  # failed connects in a row that open the feed's circuit breaker…
     breaker_reset_s: float = bounded(60.0, min=0.0)  # …which allows one trial connect after this long (half-open)
     max_held_rows: int = bounded(100_000, min=1)  # rows held for an unavailable buffer; above it the feed stops reading
-    max_connection_age_s: float = bounded(0.0, min=0.0)  # open a fresh connection before this age (0: the exchange's limit)
+    # Open a fresh connection before this age (0: the exchange's limit).
+    max_connection_age_s: float = bounded(0.0, min=0.0)
     # Protocols with an application-level ping (Kraken): how often, and how long a pong may take (0: the protocol's).
     ping_interval_s: float = bounded(0.0, min=0.0)
     pong_timeout_s: float = bounded(0.0, min=0.0)
@@ -145,6 +150,12 @@ class FeedConfig:
         elif type(self.options) is not options:
             raise TypeError(f"feed {self.name!r}: exchange {self.exchange!r} takes {options.__name__}, "
                             f"not {type(self.options).__name__}")
+
+    def options_of(self, kind: type[_Options]) -> _Options:
+        """`options` as the exchange's own type, which its protocol names (__post_init__ made them that type)."""
+        if not isinstance(self.options, kind):
+            raise TypeError(f"feed {self.name!r}: options are {type(self.options).__name__}, not {kind.__name__}")
+        return self.options
 
 
 @dataclass(frozen=True)

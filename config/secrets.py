@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from marketfeed.config.schema import Config
+from marketfeed.config.schema import Config, ExchangeOptions
 
 REDACTED = "***"
 # Keys whose whole value is secret, as "section.key" ("feeds.key" for every feed, an exchange option included).
@@ -75,6 +73,8 @@ def secret_values(config: Config) -> set[str]:
     and so short a secret protects nothing anyway."""
     values = {v for k, v in conf_items(config.questdb.conf) if k in CONF_SECRET_KEYS - {"username"}}
     values.add(dsn_password(config.questdb.pg_dsn))
-    values.update(getattr(feed.options, option.name) for feed in config.feeds
-                  for option in dataclasses.fields(feed.options) if f"feeds.{option.name}" in SECRET_KEYS)
+    for feed in config.feeds:
+        options = feed.options_of(ExchangeOptions)
+        values.update(getattr(options, option.name) for option in dataclasses.fields(options)
+                      if f"feeds.{option.name}" in SECRET_KEYS)
     return {v for v in values if len(v) >= 6}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
 
@@ -19,6 +19,9 @@ from marketfeed.storage.tables import TRADES, Table
 
 if TYPE_CHECKING:
     from marketfeed.config.schema import FeedConfig
+
+# A JSON frame's top-level shape; its contents are untrusted and checked where read (KeyError, TypeError).
+_Shape = TypeVar("_Shape", dict[str, Any], list[Any])
 
 
 class Control(enum.Enum):
@@ -47,7 +50,7 @@ class SubscriptionRejected(Exception):
 class ParsedRows:
     """Rows parsed from a burst of frames, by table; reused across frames to avoid allocations."""
 
-    __slots__ = ("trades", "candles", "live_candles")
+    __slots__ = ("candles", "live_candles", "trades")
 
     def __init__(self) -> None:
         self.trades: list[Trade] = []
@@ -77,7 +80,8 @@ class Gap:
     since_ns: int = 0  # for exchanges without contiguous ids: the outage start…
     until_ns: int = 0  # …and its end (event time of the newest trade of the first burst after it)
     stream: str = ""  # which id sequence (FeedProtocol.stream_key) the ids belong to
-    before_ns: int = 0  # event time of the last trade seen ahead of first_id (0: unknown): REST paged by time starts there
+    # Event time of the last trade seen ahead of first_id (0: unknown): REST paged by time starts there.
+    before_ns: int = 0
     table: Table = TRADES  # what is missing: trades, or (outage_gaps) the candles that closed meanwhile
     page: str = ""  # cursor-paged REST APIs: where the next page is (e.g. Polygon's next_url path)
 
@@ -158,7 +162,7 @@ class FeedProtocol:
         raise NotImplementedError
 
 
-def load_json(frame: bytes | str, shape: type) -> dict | list:
+def load_json(frame: bytes | str, shape: type[_Shape]) -> _Shape:
     """The frame as a JSON value of the given shape (dict or list), else MalformedFrame."""
     try:
         value = orjson.loads(frame)

@@ -21,8 +21,16 @@ from urllib.parse import urlencode
 import orjson
 
 from marketfeed.config.schema import ExchangeOptions
-from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
-                        load_json)
+from marketfeed.feeds.base import (
+    Control,
+    FeedProtocol,
+    Gap,
+    HttpRequest,
+    MalformedFrame,
+    ParsedRows,
+    SubscriptionRejected,
+    load_json,
+)
 from marketfeed.feeds.rows import Candle, Trade, new_trade
 from marketfeed.storage.tables import CANDLES
 

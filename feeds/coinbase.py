@@ -25,19 +25,27 @@ the backfiller's request spacing stays below that.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import orjson
 
 from marketfeed.config.schema import ExchangeOptions
-from marketfeed.feeds.base import Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.base import (
+    Control,
+    FeedProtocol,
+    Gap,
+    HttpRequest,
+    MalformedFrame,
+    ParsedRows,
+    SubscriptionRejected,
+)
 from marketfeed.feeds.rows import Trade, new_trade
 
 BACKFILL_PAGE = 1000  # the trades endpoint's maximum limit
 CHANNELS = ("matches", "heartbeat")
 TAKER_SIDE = {"buy": "sell", "sell": "buy"}  # `side` names the maker's side
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 

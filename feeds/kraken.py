@@ -54,9 +54,17 @@ from urllib.parse import urlencode
 
 import orjson
 
-from marketfeed.config.schema import ExchangeOptions
-from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
-                        load_json)
+from marketfeed.config.schema import ExchangeOptions, FeedConfig
+from marketfeed.feeds.base import (
+    Control,
+    FeedProtocol,
+    Gap,
+    HttpRequest,
+    MalformedFrame,
+    ParsedRows,
+    SubscriptionRejected,
+    load_json,
+)
 from marketfeed.feeds.rows import Candle, Trade, new_trade
 from marketfeed.storage.tables import CANDLES
 
@@ -78,8 +86,9 @@ class KrakenProtocol(FeedProtocol):
     pong_timeout_s = 10.0
     backfill_min_interval_s = 1.0  # "calling the public endpoints at a frequency of 1 per second (or less)"
 
-    def __init__(self, feed):
+    def __init__(self, feed: FeedConfig):
         super().__init__(feed)
+        self.options = feed.options_of(KrakenOptions)
         self.trade_channel, self.ohlc_intervals = channels(feed.channels)
         self.symbols = frozenset(feed.symbols)
 
@@ -91,7 +100,7 @@ class KrakenProtocol(FeedProtocol):
         return KrakenSession(self)
 
     def subscribe_messages(self) -> list[str]:
-        symbols, snapshot = list(self.feed.symbols), self.feed.options.snapshot
+        symbols, snapshot = list(self.feed.symbols), self.options.snapshot
         params = [{"channel": "trade", "symbol": symbols, "snapshot": snapshot}] if self.trade_channel else []
         params += [{"channel": "ohlc", "symbol": symbols, "interval": interval, "snapshot": snapshot}
                    for interval in self.ohlc_intervals]

@@ -16,6 +16,7 @@ from marketfeed.feeds.dedup import DedupWindow
 from marketfeed.feeds.rows import Candle
 from marketfeed.feeds.sequence import SequenceTracker
 from marketfeed.feeds.validation import RowValidator, SampleGate, sample_row
+from marketfeed.storage.deadletter import Record
 from marketfeed.storage.tables import CANDLES, TRADES, Table
 
 REJECT_SAMPLE_INTERVAL_S = 60.0  # one dead-letter sample per rejection reason per minute
@@ -71,12 +72,13 @@ class LiveCandles:
 
 @dataclass
 class Rejected:
-    """Rows refused by validation in one step: counts by reason, the first row, the samples due for the dead-letter file."""
+    """Rows refused by validation in one step: counts by reason, the first row, the samples due for the
+    dead-letter file."""
 
     table: Table
     reasons: dict[str, int]
-    first: tuple
-    samples: list[tuple[tuple, str]]  # (row fit for JSON, why)
+    first: Record  # fit for JSON, as the samples
+    samples: list[tuple[Record, str]]  # (row fit for JSON, why)
 
 
 @dataclass
@@ -162,7 +164,8 @@ class FeedPipeline:
         return out
 
     def reconnected(self) -> list[Gap]:
-        """A connection is up: whatever happened since each stream's last id, even if no live trade follows to reveal it."""
+        """A connection is up: whatever happened since each stream's last id, even if no live trade follows to
+        reveal it."""
         return self.sequence.since_last() if self.protocol.contiguous_ids else []
 
     def stored_holes(self) -> list[Gap]:

@@ -39,9 +39,17 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
-from marketfeed.config.schema import ExchangeOptions, bounded, secret
-from marketfeed.feeds.base import (Control, FeedProtocol, Gap, HttpRequest, MalformedFrame, ParsedRows, SubscriptionRejected,
-                        load_json)
+from marketfeed.config.schema import ExchangeOptions, FeedConfig, bounded, secret
+from marketfeed.feeds.base import (
+    Control,
+    FeedProtocol,
+    Gap,
+    HttpRequest,
+    MalformedFrame,
+    ParsedRows,
+    SubscriptionRejected,
+    load_json,
+)
 from marketfeed.feeds.rows import Trade, new_trade
 
 EXCHANGE = "polygon"
@@ -102,10 +110,11 @@ class PolygonProtocol(FeedProtocol):
     exchange = EXCHANGE
     contiguous_ids = False  # ids are per venue and `q` has holes: outages are found by time
 
-    def __init__(self, feed):
+    def __init__(self, feed: FeedConfig):
         super().__init__(feed)
-        self._key, self._key_problem = feed.options.api_key, "" if feed.options.api_key else NO_KEY
-        self.min_value = feed.options.min_trade_value
+        self.options = feed.options_of(PolygonOptions)
+        self._key, self._key_problem = self.options.api_key, "" if self.options.api_key else NO_KEY
+        self.min_value = self.options.min_trade_value
         self.page_limit = BACKFILL_PAGE
         self._multipliers: dict[str, float] = {}
 
@@ -166,7 +175,7 @@ class PolygonProtocol(FeedProtocol):
             return True
         multiplier = self._multipliers.get(trade.symbol)
         if multiplier is None:
-            multiplier = self._multipliers[trade.symbol] = self.feed.options.contract_multiplier or (
+            multiplier = self._multipliers[trade.symbol] = self.options.contract_multiplier or (
                 OPTIONS_MULTIPLIER if trade.symbol.startswith(OPTIONS_PREFIX) else 1.0)
         return trade.price * trade.amount * multiplier >= self.min_value
 

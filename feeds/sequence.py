@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from marketfeed.feeds.base import Gap
+from marketfeed.feeds.rows import Trade
 
 
 class SequenceTracker:
@@ -16,14 +17,14 @@ class SequenceTracker:
     they are the feed's memory across actor restarts.
     """
 
-    def __init__(self, last_ids: dict[str, int] | None = None, stream_key: Callable[[tuple], str] | None = None,
+    def __init__(self, last_ids: dict[str, int] | None = None, stream_key: Callable[[Trade], str] | None = None,
                  symbols: dict[str, str] | None = None, last_ts: dict[str, int] | None = None):
         self.last_ids: dict[str, int] = last_ids if last_ids is not None else {}
         self.last_ts: dict[str, int] = last_ts if last_ts is not None else {}  # absent: unknown (ids from QuestDB)
         self.symbols: dict[str, str] = symbols if symbols is not None else {}  # stream → symbol, where they differ
         self.stream_key = stream_key
 
-    def observe(self, rows: list) -> list[Gap]:
+    def observe(self, rows: list[Trade]) -> list[Gap]:
         """Advance over live rows (in arrival order); return the gaps they reveal."""
         gaps = []
         last_ids, last_ts, stream_key = self.last_ids, self.last_ts, self.stream_key
@@ -44,7 +45,7 @@ class SequenceTracker:
             last_ts[stream] = row[0]
         return gaps
 
-    def fill(self, rows: list) -> None:
+    def fill(self, rows: list[Trade]) -> None:
         """Advance over backfilled rows: they close gaps, they reveal none."""
         last_ids, stream_key = self.last_ids, self.stream_key
         for row in rows:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.feeds.rows import Candle, Row, Trade
+from marketfeed.storage.deadletter import Record
 
 MIN_TS_NS = 1_230_768_000 * 10**9  # 2009-01-01T00:00:00Z: no exchange we ingest traded before
 INT64_MAX = 2**63 - 1  # QuestDB LONG
@@ -41,12 +42,12 @@ class RowValidator:
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.max_string_len = max_string_len
 
-    def split(self, rows: list, now_ns: int) -> tuple[list, list[tuple[object, str]]]:
+    def split(self, rows: list, now_ns: int) -> tuple[list, list[tuple[Row, str]]]:
         """(rows to store, [(row, reason)] rejected); the input list itself when every row is valid."""
         latest = now_ns + self.max_future_skew_ns
         if self._all_good_trades(rows, latest):
             return rows, []
-        rejected = []
+        rejected: list[tuple[Row, str]] = []
         for row in rows:
             reason = self.reason(row, latest)
             if reason is not None:
@@ -69,7 +70,7 @@ class RowValidator:
             return False
         return True
 
-    def reason(self, row: Trade | Candle, latest_ns: int) -> str | None:
+    def reason(self, row: Row, latest_ns: int) -> str | None:
         """Why `row` must not be stored (None: it may), given the latest acceptable event time."""
         try:
             ts = row.ts_ns
@@ -165,9 +166,9 @@ class RateCeiling:
         return changed
 
 
-def sample_row(row):
+def sample_row(row: Row) -> Record:
     """A rejected row made fit for the dead-letter file: long strings cut, values JSON cannot hold shown as text."""
-    def fit(value):
+    def fit(value: object) -> object:
         if isinstance(value, str):
             return value[:200]
         if isinstance(value, (bool, float)) or (isinstance(value, int) and -2**63 <= value <= INT64_MAX):

@@ -39,7 +39,8 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self._tail:
             data = self._tail + data
-        size, pos, messages = len(data), 0, []
+        messages: list[tuple[int, bytes]] = []
+        size, pos = len(data), 0
         append, limit = messages.append, self.max_message_bytes
         while size - pos >= 2:
             first, second = data[pos], data[pos + 1]

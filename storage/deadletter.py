@@ -6,10 +6,18 @@ Appended and fsynced per call: these rows exist nowhere else any more.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import orjson
+
+
+class Record(Protocol):
+    """A row as a dead letter holds it: a row QuestDB refused, or a validation sample (fields fit for JSON)."""
+
+    def _asdict(self) -> dict[str, Any]: ...
 
 
 class DeadLetters:
@@ -17,10 +25,10 @@ class DeadLetters:
         self.path = Path(directory) / f"{table}.jsonl"
         self.table = table
 
-    def write(self, rejected: list[tuple[object, str]]) -> None:
+    def write(self, rejected: Sequence[tuple[Record, str]]) -> None:
         """Append (row, error) pairs; rows are NamedTuples."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         lines = b"".join(
             orjson.dumps({"at": at, "table": self.table, "error": error, "row": row._asdict()}) + b"\n"
             for row, error in rejected)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
@@ -90,5 +90,5 @@ def stored_holes(pg_dsn: str, prefix: str, exchanges: tuple[str, ...], window_s:
 
 def _ns(stored: datetime) -> int:
     """A QuestDB timestamp (µs, returned without a zone: it is UTC) in ns."""
-    delta = stored.replace(tzinfo=timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = stored.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) * 1000

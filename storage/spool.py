@@ -31,8 +31,8 @@ class Spool:
         self.max_bytes, self.fsync = max_bytes, fsync
         for leftover in self.dir.glob("*.tmp"):  # a write our killed predecessor did not finish
             leftover.unlink()
-        self._files: deque[tuple[int, int, int]] = deque(sorted(  # (sequence, rows, bytes), oldest first
-            (*map(int, p.name[: -len(SUFFIX)].split("-")), p.stat().st_size) for p in self.dir.glob(f"*{SUFFIX}")))
+        # (sequence, rows, bytes), oldest first
+        self._files: deque[tuple[int, int, int]] = deque(sorted(map(_entry, self.dir.glob(f"*{SUFFIX}"))))
         self.bytes = sum(size for *_, size in self._files)
         self.rows = sum(rows for _, rows, _ in self._files)
         self._next = self._files[-1][0] + 1 if self._files else 1
@@ -85,3 +85,9 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _entry(path: Path) -> tuple[int, int, int]:
+    """(sequence, rows, bytes) of a batch file named <sequence>-<rows>.batch."""
+    seq, rows = path.name[: -len(SUFFIX)].split("-")
+    return int(seq), int(rows), path.stat().st_size

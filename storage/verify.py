@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
@@ -42,14 +42,14 @@ class SeriesReport:
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """'2024-01-01', '2024-01-01T10:00:00Z', or relative to now: '90s', '15m', '2h', '7d'."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if m := _RELATIVE.match(text.strip()):
         return now - timedelta(seconds=float(m[1]) * _UNIT_S[m[2]])
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"--since {text!r}: expected an ISO time (2024-01-01T10:00:00Z) or 15m, 2h, 7d") from None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def contiguous(exchange: str) -> bool:
@@ -60,7 +60,7 @@ def contiguous(exchange: str) -> bool:
 
 
 def verify(pg_dsn: str, prefix: str, since: datetime | None = None) -> list[SeriesReport]:
-    where = "" if since is None else f"WHERE ts >= '{since.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%S.%fZ}'"
+    where = "" if since is None else f"WHERE ts >= '{since.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}'"
     with psycopg2.connect(pg_dsn, connect_timeout=5) as conn, conn.cursor() as cur:
         existing = existing_tables(cur)
         reports = []

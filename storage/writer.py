@@ -19,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg2
 from questdb import QuestDBError, Sender
 
 from marketfeed.config.schema import Config
+from marketfeed.feeds.rows import Row
 from marketfeed.storage.deadletter import DeadLetters
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.spool import Spool, SpoolFull
@@ -36,6 +38,7 @@ log = logging.getLogger("marketfeed.sink")
 
 GROUP_COMMIT_FACTOR = 4  # a request carries at most this many max_rows batches that queued up
 QWP_ACK_TIMEOUT_MS = 10_000  # QWP without store-and-forward: a batch counts once the server acked it
+_R = TypeVar("_R", bound=Row)  # the rows of one table
 
 
 class Unavailable(Exception):
@@ -107,7 +110,7 @@ def is_bad_data(exc: QuestDBError) -> bool:
         "InvalidName", "InvalidUtf8", "InvalidTimestamp", "BadDataFrame", "ServerSchemaMismatch", "ServerParseError")
 
 
-def isolate_bad_rows(rows: list, write: Callable[[list], None]) -> list[tuple[object, str]]:
+def isolate_bad_rows(rows: list[_R], write: Callable[[list[_R]], None]) -> list[tuple[_R, str]]:
     """Write `rows`; when refused as bad data, split in halves until each refused row stands alone.
 
     Returns the refused rows with their errors; everything else was written. Unavailable propagates:
@@ -168,8 +171,8 @@ class FlushWorker(threading.Thread):
                 try:  # new batches first: they join the spool's tail, so memory stays bounded during a replay
                     item = self._next_batch(wait)
                 except queue.Empty:
-                    if wait == 0.0:
-                        self._replay_oldest()
+                    if wait == 0.0 and self.spool is not None:  # 0.0: the spool holds a batch to replay now
+                        self._replay_oldest(self.spool)
                     continue
                 if item is None:
                     break
@@ -209,7 +212,7 @@ class FlushWorker(threading.Thread):
 
     def _accept(self, rows: list, overflow: bool) -> None:
         if self.spool is not None and (len(self.spool) or overflow or not self.breaker.allow(time.monotonic())):
-            self._report(SinkReport(len(rows), **self._to_spool(rows)))  # behind what waits: order is kept
+            self._report(SinkReport(len(rows), **self._to_spool(self.spool, rows)))  # behind what waits: order is kept
             return
         if self.spool is None:
             self._report(self._write_retrying(rows))
@@ -218,10 +221,10 @@ class FlushWorker(threading.Thread):
             self._report(SinkReport(len(rows), **self._write(rows)))
         except Unavailable as exc:
             self._failed(exc)
-            self._report(SinkReport(len(rows), error=str(exc)[:300], **self._to_spool(rows)))
+            self._report(SinkReport(len(rows), error=str(exc)[:300], **self._to_spool(self.spool, rows)))
 
-    def _replay_oldest(self) -> None:
-        rows = self.spool.oldest(self.table.row_type)
+    def _replay_oldest(self, spool: Spool) -> None:
+        rows = spool.oldest(self.table.row_type)
         try:
             outcome = self._write(rows)
         except Unavailable as exc:
@@ -229,7 +232,7 @@ class FlushWorker(threading.Thread):
             self.next_trial = time.monotonic() + self.backoff.next_delay()
             self._report(SinkReport(0, error=str(exc)[:300]))
             return
-        self.spool.remove_oldest()
+        spool.remove_oldest()
         self.spool_full = False
         self._report(SinkReport(0, **outcome))
 
@@ -253,19 +256,19 @@ class FlushWorker(threading.Thread):
         event(log, "flush_failed", logging.WARNING, table=self.name_in_db, error=str(exc)[:300],
               breaker=self.breaker.state(time.monotonic()), consecutive_failures=self.breaker.failures)
 
-    def _to_spool(self, rows: list) -> dict:
+    def _to_spool(self, spool: Spool, rows: list) -> dict:
         dropped = 0
         while True:
             try:
-                self.spool.append(rows)
+                spool.append(rows)
                 return {"spooled": len(rows), "dropped": dropped}
             except SpoolFull as exc:
                 self.spool_full = True
-                if not self.drop_oldest or not len(self.spool):
+                if not self.drop_oldest or not len(spool):
                     event(log, "spool_full", logging.CRITICAL, table=self.name_in_db, dropped_rows=len(rows),
                           policy="pause_feeds" if not self.drop_oldest else "drop_oldest", error=str(exc))
                     return {"dropped": dropped + len(rows)}
-                removed = self.spool.remove_oldest()
+                removed = spool.remove_oldest()
                 dropped += removed
                 event(log, "spool_full", logging.CRITICAL, table=self.name_in_db, dropped_rows=removed,
                       policy="drop_oldest")
@@ -288,24 +291,25 @@ class FlushWorker(threading.Thread):
     def _flush(self, rows: list) -> None:
         """One request carrying `rows`. Raises BadData or Unavailable."""
         try:
-            self._ensure_ready()
-            buffer = self.sender.new_buffer()
+            sender = self._ready_sender()
+            buffer = sender.new_buffer()
             refused = self.table.append(buffer, self.name_in_db, rows)
             if refused:  # the client itself refused to encode a row (bad timestamp, bad name…)
                 raise BadData(refused[0])
             if not self.qwp:
-                self.sender.flush(buffer, clear=False, transactional=True)
+                sender.flush(buffer, clear=False, transactional=True)
             else:
-                fsn = self.sender.flush_and_keep_and_get_fsn(buffer)
+                fsn = sender.flush_and_keep_and_get_fsn(buffer)
                 # With sf_dir the frame is on disk in the client's store: the client delivers it.
-                if not self.client_sf and fsn is not None and not self.sender.await_acked_fsn(fsn, QWP_ACK_TIMEOUT_MS):
+                if not self.client_sf and fsn is not None and not sender.await_acked_fsn(fsn, QWP_ACK_TIMEOUT_MS):
                     raise Unavailable(f"QWP: no ack within {QWP_ACK_TIMEOUT_MS} ms")
         except QuestDBError as exc:
             raise (BadData if is_bad_data(exc) else Unavailable)(str(exc)) from None
         except (psycopg2.Error, OSError) as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}") from None
 
-    def _ensure_ready(self) -> None:
+    def _ready_sender(self) -> Sender:
+        """The connected sender, the table created first."""
         if not self.tables_ready:
             create_tables(self.pg_dsn, self.prefix, (self.table,), self.ohlcv_refresh)
             self.tables_ready = True
@@ -313,6 +317,7 @@ class FlushWorker(threading.Thread):
             sender = Sender.from_conf(self.conf)
             sender.establish()
             self.sender = sender
+        return self.sender
 
     def _close_sender(self) -> None:
         sender, self.sender = self.sender, None
