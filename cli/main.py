@@ -71,6 +71,21 @@ def cmd_demo(args) -> int:
     return demo(args.duration, args.rate, args.http_listen, args.state_dir)
 
 
+def cmd_files(args) -> int:
+    from marketfeed.config.shipped import SHIPPED, shipped_file
+
+    if args.name is None:
+        for name, entry in SHIPPED.items():
+            print(f"{name:18} {shipped_file(name)}   {entry.what}")
+        return 0
+    try:
+        sys.stdout.buffer.write(shipped_file(args.name).read_bytes())
+    except KeyError as exc:
+        print(f"marketfeed files: {exc.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketfeed", description="Exchange WebSocket feeds into QuestDB.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-listen", default="127.0.0.1:8766", help="metrics/health endpoint (default: %(default)s)")
     demo.add_argument("--state-dir", default="var", help="log, status, pid and config files (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
+    files = sub.add_parser("files", help="the shipped operations files: list them, or print one "
+                                        "(e.g. marketfeed files systemd-unit > marketfeed.service)")
+    files.add_argument("name", nargs="?", default=None, help="the file to print (default: list them with their paths)")
+    files.set_defaults(func=cmd_files)
     sub.add_parser("sim", help="run the exchange simulator standalone (marketfeed sim --help)", add_help=False)
     return p
 

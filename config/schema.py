@@ -140,19 +140,11 @@ class FeedConfig:
     # The exchange's own keys, which sit beside these in the TOML table; None: that exchange's defaults.
     options: ExchangeOptions | None = None
 
-    def __post_init__(self) -> None:
-        # Imported here: the registry imports every exchange module, and they import this one.
-        from marketfeed.feeds.registry import exchange
-
-        options = exchange(self.exchange).options
-        if self.options is None:
-            object.__setattr__(self, "options", options())
-        elif type(self.options) is not options:
-            raise TypeError(f"feed {self.name!r}: exchange {self.exchange!r} takes {options.__name__}, "
-                            f"not {type(self.options).__name__}")
-
     def options_of(self, kind: type[_Options]) -> _Options:
-        """`options` as the exchange's own type, which its protocol names (__post_init__ made them that type)."""
+        """`options` as the exchange's own type, which its protocol names; its defaults when none were given
+        (a FeedConfig built in code). The loader always gives the exchange's own (feeds/registry.py)."""
+        if self.options is None:
+            return kind()
         if not isinstance(self.options, kind):
             raise TypeError(f"feed {self.name!r}: options are {type(self.options).__name__}, not {kind.__name__}")
         return self.options
