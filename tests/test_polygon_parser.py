@@ -4,13 +4,7 @@ import pytest
 
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
-from marketfeed.feeds.polygon import (
-    BACKFILL_PAGE,
-    PolygonOptions,
-    PolygonProtocol,
-    option_trade_id,
-    stock_trade_id,
-)
+from marketfeed.feeds.polygon import BACKFILL_PAGE, PolygonOptions, PolygonProtocol, option_trade_id, stock_trade_id
 
 KEY = "PK-marker-4f1d9c"
 OPTION = "O:SPY251219C00650000"
