@@ -57,9 +57,14 @@ class BackfillRows:
 
 @dataclass(frozen=True)
 class BackfillDone:
-    gap: Gap
-    rows: int
-    error: str
+    """The backfill thread is done with one gap: filled, or failed with the exchange's word on what next."""
+
+    gap: Gap  # as requested
+    rows: int  # rows fetched (and told as BackfillRows) before it ended
+    error: str = ""  # "": filled
+    left: Gap | None = None  # on error: what is still missing (the page that failed)
+    retry_after_s: float = 0.0  # on error: the exchange's own delay (Retry-After, the end of a ban); 0: ours
+    unrecoverable: bool = False  # on error: asking again cannot help (e.g. past the exchange's retention)
 
 
 @dataclass(frozen=True)

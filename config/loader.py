@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from marketfeed.config.schema import Config, FeedConfig
+from marketfeed.config.schema import Config, FeedConfig, is_secret
 from marketfeed.config.secrets import SECRET_KEYS, conf_items
 from marketfeed.feeds import registry
 
@@ -193,7 +193,7 @@ def _checked(cls, values: dict, where: str, source: str, problems: list[str], or
             continue
         converted = _convert(hints[key], value)
         if converted is _INVALID:
-            secret = f"{where.split('[', 1)[0]}.{key}" in SECRET_KEYS
+            secret = f"{where.split('[', 1)[0]}.{key}" in SECRET_KEYS or is_secret(fields[key])
             got = f"a value of type {type(value).__name__} (not shown: it is a secret)" if secret else repr(value)
             problems.append(f"{at}: expected {_type_name(hints[key])}, got {got}")
             continue

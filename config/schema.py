@@ -5,7 +5,7 @@ Field metadata may carry `min`/`max` bounds and `choices`; the loader enforces t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
 from typing import TypeVar
 
 
@@ -16,7 +16,12 @@ def bounded(default, *, min=None, max=None, choices=None):  # noqa: A002 - reads
 def secret(*, env: str):
     """A secret string option: hidden from repr. The loader fills it from the option itself, else the file
     its `<name>_file` option names, else $<env>, else the file $<env>_FILE names."""
-    return field(default="", repr=False, metadata={"env": env})
+    return field(default="", repr=False, metadata={"secret": True, "env": env})
+
+
+def is_secret(option: Field) -> bool:
+    """An option declared with secret(): redacted in problems, hidden in logs (config/secrets.py)."""
+    return bool(option.metadata.get("secret"))
 
 
 @dataclass(frozen=True)

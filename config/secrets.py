@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from marketfeed.config.schema import Config, ExchangeOptions
+from marketfeed.config.schema import Config, ExchangeOptions, is_secret
 
 REDACTED = "***"
 # Keys whose whole value is secret, as "section.key" ("feeds.key" for every feed, an exchange option included).
-SECRET_KEYS = frozenset(("questdb.conf", "questdb.pg_dsn", "feeds.api_key"))
+# Exchange options declare their own secrets (config.schema.secret()); these are the service's.
+SECRET_KEYS = frozenset(("questdb.conf", "questdb.pg_dsn"))
 CONF_SECRET_KEYS = frozenset(("username", "password", "token", "token_x", "token_y"))
 _DSN_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)""")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@\s]+)(@)")
@@ -76,5 +77,5 @@ def secret_values(config: Config) -> set[str]:
     for feed in config.feeds:
         options = feed.options_of(ExchangeOptions)
         values.update(getattr(options, option.name) for option in dataclasses.fields(options)
-                      if f"feeds.{option.name}" in SECRET_KEYS)
+                      if is_secret(option))
     return {v for v in values if len(v) >= 6}
