@@ -28,8 +28,7 @@ from marketfeed.config.secrets import secret_values
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory
-from marketfeed.feeds.rows import Trade
-from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, stored_holes
+from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, restore_streams, stored_holes, stream_of
 from marketfeed.storage.tables import TABLES
 from marketfeed.supervision.supervisor import (
     AddChild,
@@ -55,11 +54,6 @@ EXIT_OK, EXIT_GAVE_UP = 0, 1
 # in flight: a fifth of the process's CPU at 40k rows/s (bench/). Nearly all of them are freed by reference
 # counting, not by the collector, so it runs 100x less often; cyclic garbage waits longer, and is rare here.
 GC_THRESHOLDS = (70_000, 10, 10)
-
-
-def stream_of(protocol, exchange: str, symbol: str) -> str:
-    """The id sequence (FeedProtocol.stream_key) of the stored trades of (exchange, symbol)."""
-    return protocol.stream_key(Trade(0, exchange, symbol, 0, 0.0, 0.0, "", 0))
 
 
 class Service:
@@ -130,8 +124,9 @@ class Service:
         self.notifier.ready(f"started: {len(self.config.feeds)} feeds")
 
     def _recover_last_ids(self) -> None:
-        """Each feed's sequence starts where the stored history ends, so downtime shows as a gap to backfill;
-        so does its outage window (time-windowed trades, candles), from its newest stored row."""
+        """Each feed's sequence starts where the stored history ends (per stream: last id, its time, its symbol),
+        so downtime shows as a gap to backfill; so does its outage window (time-windowed trades, candles), from its
+        newest stored row."""
         q = self.config.questdb
         try:
             stored = last_trade_ids(q.pg_dsn, q.table_prefix)
@@ -147,9 +142,7 @@ class Service:
                 default=0)
         protocols = [(f, p) for f, p in protocols if p.contiguous_ids]
         for f, protocol in protocols:
-            self.memories[f.name].last_ids.update({
-                stream_of(protocol, label, symbol): stored[(label, symbol)]
-                for label in protocol.trade_labels() for symbol in f.symbols if (label, symbol) in stored})
+            restore_streams(self.memories[f.name], protocol, f.symbols, stored)
         event(log, "last_ids_recovered", feeds={name: m.last_ids for name, m in self.memories.items()})
         if q.hole_scan_h:
             self._recover_holes(protocols)

@@ -3,28 +3,68 @@
 A feed's sequence tracker starts from the last ids, so its first live trade after downtime shows
 the downtime as a gap, which the feed backfills over REST. Holes below the last id (a process
 killed while a gap was being fetched) would never show that way: they are looked for directly.
+
+A restored stream carries all the tracker keeps of a stream it saw live: its last id, the event time
+of that id (REST paged by time, Kraken's `since`, starts there) and, where the stream key is more
+than a symbol (Binance's "BTCUSDT@aggTrade"), its symbol: REST is asked for symbols, never for keys.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
+from marketfeed.feeds.base import FeedProtocol
+from marketfeed.feeds.pipeline import FeedMemory
+from marketfeed.feeds.rows import Trade
 from marketfeed.storage.schema import existing_tables
 from marketfeed.storage.tables import TABLES, TRADES
 
 
-def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
-    """{(exchange, symbol): highest stored trade id}; empty when the table does not exist yet."""
+@dataclass(frozen=True)
+class StoredLast:
+    """The newest stored trade id of a series, and the event time of the row holding it."""
+
+    trade_id: int
+    ts_ns: int  # a QuestDB timestamp read to the µs: never later than the trade, so a `since` from it misses none
+
+
+def last_trade_ids(pg_dsn: str, prefix: str) -> dict[tuple[str, str], StoredLast]:
+    """{(exchange, symbol): highest stored trade id and its time}; empty when the table does not exist yet.
+
+    The time is that of the row holding the highest id, not the newest time: backfilled or late rows make
+    them differ. An id stored under two times (a duplicate) gives the earlier one."""
     trades = TRADES.name_in_db(prefix)
     with closing(psycopg2.connect(pg_dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
         if trades not in existing_tables(cur):
             return {}
-        cur.execute(f"SELECT exchange, symbol, max(trade_id) FROM {trades}")
-        ids = {(exchange, symbol): last for exchange, symbol, last in cur.fetchall() if last is not None}
+        cur.execute(f"""SELECT t.exchange, t.symbol, t.trade_id, min(t.ts) FROM {trades} t
+                        JOIN (SELECT exchange, symbol, max(trade_id) last FROM {trades}) m
+                        ON t.exchange = m.exchange AND t.symbol = m.symbol AND t.trade_id = m.last""")
+        ids = {(exchange, symbol): StoredLast(last, _ns(ts)) for exchange, symbol, last, ts in cur.fetchall()}
     return ids
+
+
+def stream_of(protocol: FeedProtocol, exchange: str, symbol: str) -> str:
+    """The id sequence (FeedProtocol.stream_key) of the stored trades of (exchange, symbol)."""
+    return protocol.stream_key(Trade(0, exchange, symbol, 0, 0.0, 0.0, "", 0))
+
+
+def restore_streams(memory: FeedMemory, protocol: FeedProtocol, symbols: Iterable[str],
+                    stored: Mapping[tuple[str, str], StoredLast]) -> None:
+    """Each stream of a feed (its trade labels × its symbols) starts where its stored history ends."""
+    for label in protocol.trade_labels():
+        for symbol in symbols:
+            if (last := stored.get((label, symbol))) is None:
+                continue
+            stream = stream_of(protocol, label, symbol)
+            memory.last_ids[stream] = last.trade_id
+            memory.last_ts[stream] = last.ts_ns
+            if stream != symbol:
+                memory.stream_symbols[stream] = symbol
 
 
 def newest_stored_ns(pg_dsn: str, prefix: str) -> dict[tuple[str, str], int]:
