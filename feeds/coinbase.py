@@ -54,6 +54,16 @@ def rfc3339_ns(text: str) -> int:
     return (datetime.fromisoformat(text) - _EPOCH) // _MICROSECOND * 1000
 
 
+def rest_trade_id(value: object) -> int:
+    """A REST trade_id as the exchange types it: the docs say integer (86327327), some captures show the same
+    digits as a string ("86327327"). Anything else (a float, a bool, a signed or spaced string) is no id."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise ValueError(f"trade_id {value!r} is not an integer")
+
+
 class CoinbaseProtocol(FeedProtocol):
     exchange = "coinbase"
     contiguous_ids = True
@@ -101,22 +111,22 @@ class CoinbaseProtocol(FeedProtocol):
 
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
         try:
-            page = orjson.loads(body)
+            page = [(rest_trade_id(t["trade_id"]), t) for t in orjson.loads(body)]
             rows = [
                 Trade(
                     rfc3339_ns(t["time"]),
                     "coinbase",
                     gap.symbol,
-                    t["trade_id"],
+                    trade_id,
                     float(t["price"]),
                     float(t["size"]),
                     TAKER_SIDE[t["side"]],
                     received_ns,
                 )
-                for t in page
-                if t["trade_id"] >= gap.first_id and (gap.last_id is None or t["trade_id"] <= gap.last_id)
+                for trade_id, t in page
+                if trade_id >= gap.first_id and (gap.last_id is None or trade_id <= gap.last_id)
             ]
-            oldest = min((t["trade_id"] for t in page), default=None)
+            oldest = min((trade_id for trade_id, _ in page), default=None)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad trades page: {exc!r}", body) from None
         if oldest is None or oldest <= gap.first_id:

@@ -154,3 +154,21 @@ def test_empty_page_ends_the_backfill():
 def test_bad_page_is_malformed():
     with pytest.raises(MalformedFrame):
         PROTOCOL(FEED).parse_backfill(Gap("BTC-USD", 5, 9), b'{"message": "NotFound"}', RECEIVED_NS)
+
+
+def test_backfill_takes_trade_ids_as_integers_or_as_the_same_digits_in_a_string():
+    documented = rest_page(range(100, 103))  # trade_id an integer, as the REST reference types it
+    captured = orjson.dumps([{**t, "trade_id": str(t["trade_id"])} for t in orjson.loads(documented)])
+    assert b'"trade_id":"102"' in captured
+    for body in (documented, captured):
+        rows, rest = PROTOCOL(FEED).parse_backfill(Gap("BTC-USD", 95, 101), body, RECEIVED_NS)
+        assert [(t.trade_id, type(t.trade_id)) for t in rows] == [(101, int), (100, int)]
+        assert rest == Gap("BTC-USD", 95, 99)
+
+
+@pytest.mark.parametrize("trade_id", ["", "12.0", "-5", " 7", "1_000", "١٢", 12.0, True, None, [12]])
+def test_a_trade_id_that_is_no_integer_makes_the_page_malformed(trade_id):
+    page = [*orjson.loads(rest_page(range(100, 102))), {"time": "2020-03-20T00:36:59.860Z", "trade_id": trade_id,
+                                                        "price": "1", "size": "1", "side": "buy"}]
+    with pytest.raises(MalformedFrame, match="bad trades page"):
+        PROTOCOL(FEED).parse_backfill(Gap("BTC-USD", 5, 200), orjson.dumps(page), RECEIVED_NS)
