@@ -1,21 +1,26 @@
-"""`marketfeed verify [-c FILE] [--since T] [--json]`: duplicates and trade-id gaps in QuestDB.
+"""`marketfeed verify [-c FILE] [--since T] [--json]`: duplicates and trade-id gaps in QuestDB, and the gaps the
+recovery ledger closed without filling them.
 
-Exit 0: clean; 1: duplicates or gaps found; 2: QuestDB could not be asked (or a bad --since).
+Exit 0: clean; 1: duplicates, gaps or unfilled gaps found; 2: QuestDB could not be asked (or a bad --since).
 """
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg2
 
 from marketfeed.config.schema import Config
-from marketfeed.storage.verify import SeriesReport, as_dict, parse_since, verify
+from marketfeed.storage.verify import SeriesReport, UnfilledGap, as_dict, parse_since, unfilled_since, verify
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 
 
-def run(config: Config, since: str | None, as_json: bool) -> int:
+def run(config: Config, since: str | None, as_json: bool, closed_unfilled: Iterable[UnfilledGap] = ()) -> int:
+    """`closed_unfilled`: the gaps the recovery ledger closed without filling them (unrecoverable, expired)."""
     try:
         cutoff = parse_since(since) if since else None
         reports = verify(config.questdb.pg_dsn, config.questdb.table_prefix, cutoff)
@@ -26,19 +31,40 @@ def run(config: Config, since: str | None, as_json: bool) -> int:
         print(f"verify: cannot query QuestDB ({config.questdb.pg_dsn.split(' password')[0]}): {exc}".strip(),
               file=sys.stderr)
         return EXIT_ERROR
-    clean = all(r.clean for r in reports)
+    unfilled = unfilled_since(closed_unfilled, cutoff)
+    clean = all(r.clean for r in reports) and not unfilled
     if as_json:
         body = {"clean": clean, "since": cutoff.isoformat() if cutoff else None,
-                "series": [as_dict(r) for r in reports]}
+                "series": [as_dict(r) for r in reports], "unfilled": [asdict(g) for g in unfilled]}
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render(reports))
+        print(render(reports, unfilled))
     return EXIT_CLEAN if clean else EXIT_FOUND
 
 
-def render(reports: list[SeriesReport]) -> str:
+def render(reports: list[SeriesReport], unfilled: list[UnfilledGap]) -> str:
+    out = [*_render_series(reports), *(f"unfilled: {_render_gap(g)}" for g in unfilled)]
+    out.append("clean" if all(r.clean for r in reports) and not unfilled else "problems found")
+    return "\n".join(out)
+
+
+def _render_gap(g: UnfilledGap) -> str:
+    if g.since_ns:
+        until = _iso(g.until_ns) if g.until_ns else "now"
+        span = f"{_iso(g.since_ns)}..{until}"
+    else:
+        span = f"ids {g.first_id}..{'' if g.last_id is None else g.last_id}"
+    return f"{g.table} feed {g.feed} {g.symbol} ({g.stream}) {span}: {g.reason}"
+
+
+def _iso(ns: int) -> str:
+    t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _render_series(reports: list[SeriesReport]) -> list[str]:
     if not reports:
-        return "no rows stored"
+        return ["no rows stored"]
     header = ("table", "exchange", "symbol", "interval", "rows", "duplicates", "missing_ids")
     lines = [header] + [(r.table, r.exchange, r.symbol, r.interval or "-", str(r.rows), str(r.duplicates),
                          "-" if r.missing_ids is None else str(r.missing_ids)) for r in reports]
@@ -48,5 +74,4 @@ def render(reports: list[SeriesReport]) -> str:
         where = f"{r.table} {r.exchange} {r.symbol}"
         out += [f"duplicate: {where} trade id {i}" for i in r.duplicate_ids]
         out += [f"gap: {where} ids {a}..{b} ({b - a + 1} missing)" for a, b in r.gaps]
-    out.append("clean" if all(r.clean for r in reports) else "problems found")
-    return "\n".join(out)
+    return out

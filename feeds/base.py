@@ -145,6 +145,12 @@ class FeedProtocol:
         """The `exchange` values this feed's trade rows carry (recovery reads the last stored ids of each)."""
         return (self.exchange,)
 
+    @classmethod
+    def stored_labels(cls) -> tuple[str, ...]:
+        """Every `exchange` value trade rows of this protocol may carry, whatever a feed subscribes to (verify
+        checks the ids of each, where they are contiguous, without a feed config)."""
+        return (cls.exchange,)
+
     def stream_key(self, row: Trade) -> str:
         """The id sequence a trade belongs to: ids are contiguous within one stream (default: per symbol)."""
         return row.symbol

@@ -57,6 +57,10 @@ class BinanceProtocol(FeedProtocol):
         return (("binance",) if "trade" in self.feed.channels else ()) + (
             (AGG_EXCHANGE,) if "aggTrade" in self.feed.channels else ())
 
+    @classmethod
+    def stored_labels(cls) -> tuple[str, ...]:
+        return ("binance", AGG_EXCHANGE)
+
     def stream_key(self, row: Trade) -> str:
         return row.symbol + AGG_STREAM if row.exchange == AGG_EXCHANGE else row.symbol
 

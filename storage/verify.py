@@ -1,12 +1,17 @@
-"""What is stored, checked: per (table, exchange, symbol[, interval]) row count, duplicate keys, trade-id gaps.
+"""What is stored, checked: per (table, exchange, symbol[, interval]) row count, duplicate keys, trade-id gaps;
+and what the recovery ledger could not fill.
 
 DEDUP UPSERT KEYS cannot catch everything: the same trade id stored under two timestamps is two
 keys to QuestDB and one trade to us. Gaps only mean something where the exchange numbers trades
-contiguously (the protocol says so); elsewhere they are reported as None.
+contiguously (the protocol says so): every exchange label such a protocol stores is checked on its
+own (Binance's trades and its aggregate trades, "binance-agg", are two sequences); elsewhere they
+are reported as None. Time windows (Polygon trades, candles) have no ids to show a hole: what is
+missing there is known only to the ledger, as the gaps it closed unfilled.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -52,11 +57,37 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def contiguous(exchange: str) -> bool:
-    try:
-        return registry.exchange(exchange).protocol.contiguous_ids
-    except ValueError:
-        return False
+# Exchange labels (the trades table's `exchange` column) whose ids are contiguous per symbol.
+CONTIGUOUS_LABELS = frozenset(label for e in registry.EXCHANGES.values() if e.protocol.contiguous_ids
+                              for label in e.protocol.stored_labels())
+
+
+@dataclass(frozen=True)
+class UnfilledGap:
+    """Rows the recovery ledger closed without filling: the exchange no longer serves them (unrecoverable) or they
+    grew older than the configured maximum age (expired). An id range (first_id..last_id) or a time window
+    (since_ns..until_ns, e.g. Polygon trades, candles)."""
+
+    feed: str
+    table: str
+    symbol: str
+    stream: str
+    reason: str  # why the ledger closed it, with its last error
+    first_id: int = 0
+    last_id: int | None = None
+    since_ns: int = 0
+    until_ns: int = 0  # 0: open-ended
+
+
+def unfilled_since(gaps: Iterable[UnfilledGap], since: datetime | None = None) -> list[UnfilledGap]:
+    """The closed unfilled gaps that reach into the checked period (all of them without `since`), oldest first."""
+    cutoff = None if since is None else _ns(since)
+    return sorted((g for g in gaps if cutoff is None or not g.until_ns or g.until_ns >= cutoff),
+                  key=lambda g: (g.since_ns, g.feed, g.stream, g.first_id))
+
+
+def _ns(t: datetime) -> int:
+    return (t.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 
 def verify(pg_dsn: str, prefix: str, since: datetime | None = None) -> list[SeriesReport]:
@@ -76,7 +107,7 @@ def _check_trades(cur, table: str, where: str) -> list[SeriesReport]:
                     FROM {table} {where} ORDER BY exchange, symbol""")
     reports = []
     for exchange, symbol, rows, distinct, first, last in cur.fetchall():
-        missing = (last - first + 1 - distinct) if contiguous(exchange) else None
+        missing = (last - first + 1 - distinct) if exchange in CONTIGUOUS_LABELS else None
         report = SeriesReport(TRADES.name, exchange, symbol, "", rows, rows - distinct, missing, first, last)
         series = f"exchange = '{_quote(exchange)}' AND symbol = '{_quote(symbol)}'"
         scope = f"{where} AND {series}" if where else f"WHERE {series}"

@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 import orjson
 from questdb import Sender
 
+from marketfeed.cli.verify import run
+from marketfeed.config.schema import Config, QuestDBConfig
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.tables import TRADES
-from marketfeed.storage.verify import parse_since, verify
+from marketfeed.storage.verify import CONTIGUOUS_LABELS, UnfilledGap, parse_since, unfilled_since, verify
 from tests.support.questdb import REPO
 
 BASE = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
@@ -26,8 +28,8 @@ def plant(questdb, prefix: str, rows: list[Trade]) -> None:
                      what="planted rows")
 
 
-def trade(symbol: str, trade_id: int, ts_ns: int | None = None) -> Trade:
-    return Trade(BASE + trade_id * 10**6 if ts_ns is None else ts_ns, "binance", symbol, trade_id, 1.0, 1.0, "buy", 0)
+def trade(symbol: str, trade_id: int, ts_ns: int | None = None, exchange: str = "binance") -> Trade:
+    return Trade(BASE + trade_id * 10**6 if ts_ns is None else ts_ns, exchange, symbol, trade_id, 1.0, 1.0, "buy", 0)
 
 
 def run_cli(tmp_path, questdb, prefix: str, *args: str) -> subprocess.CompletedProcess:
@@ -76,3 +78,61 @@ def test_since_accepts_iso_times_and_relative_durations():
     assert parse_since("7d", now) == datetime(2023, 12, 26, 12, 0, tzinfo=UTC)
     assert parse_since("2024-01-01", now) == datetime(2024, 1, 1, tzinfo=UTC)
     assert parse_since("2024-01-01T10:00:00Z", now) == datetime(2024, 1, 1, 10, tzinfo=UTC)
+
+
+def test_every_contiguous_id_sequence_is_checked_aggregate_trades_too(questdb, table_prefix, tmp_path):
+    assert CONTIGUOUS_LABELS == {"binance", "binance-agg", "kraken", "coinbase"}  # polygon's ids are not contiguous
+    holes = {"binance-agg": (30, 31), "kraken": (5, 5), "coinbase": (12, 14), "polygon": (20, 29)}
+    plant(questdb, table_prefix, [trade("BTCUSDT", i) for i in range(1, 51)]  # binance trades: clean
+          + [trade("BTCUSDT" if label.startswith("binance") else "BTC-USD", i, exchange=label)
+             for label, (first, last) in holes.items() for i in range(1, 51) if not first <= i <= last])
+    found = {r.exchange: r for r in verify(questdb.pg_dsn, table_prefix)}
+    assert found["binance"].clean and found["binance"].missing_ids == 0
+    for label in ("binance-agg", "kraken", "coinbase"):
+        assert (found[label].missing_ids, found[label].gaps) == (holes[label][1] - holes[label][0] + 1, [holes[label]])
+    assert found["polygon"].missing_ids is None and found["polygon"].clean
+    result = run_cli(tmp_path, questdb, table_prefix)
+    assert result.returncode == 1, result.stderr
+    assert "gap: trades binance-agg BTCUSDT ids 30..31 (2 missing)" in result.stdout
+
+
+UNFILLED = [  # as the recovery ledger closes them
+    UnfilledGap("polygon", "trades", "AAPL", "AAPL", "unrecoverable: HTTP 403 NOT_AUTHORIZED",
+                since_ns=BASE + 60 * 10**9, until_ns=BASE + 120 * 10**9),
+    UnfilledGap("kraken", "candles", "BTC/USD", "BTC/USD@ohlc-1", "unrecoverable: older than the 720 entries served",
+                since_ns=BASE - 86400 * 10**9, until_ns=BASE - 3600 * 10**9),
+    UnfilledGap("binance", "trades", "BTCUSDT", "BTCUSDT@aggTrade", "expired: older than max_gap_age", first_id=7,
+                last_id=9),
+]
+
+
+def test_unfilled_gaps_are_those_reaching_into_the_checked_period_oldest_first():
+    assert unfilled_since(UNFILLED) == [UNFILLED[2], UNFILLED[1], UNFILLED[0]]  # an id range has no time: first
+    since = datetime(2024, 1, 1, tzinfo=UTC)  # BASE: the kraken window ended an hour before
+    assert unfilled_since(UNFILLED, since) == [UNFILLED[2], UNFILLED[0]]
+    assert unfilled_since([], since) == []
+
+
+def test_verify_reports_what_the_ledger_could_not_fill_and_exits_1(questdb, table_prefix, capsys):
+    plant(questdb, table_prefix, [trade("BTCUSDT", i) for i in range(1, 31)])  # stored rows: clean
+    config = Config(questdb=QuestDBConfig(pg_dsn=questdb.pg_dsn, table_prefix=table_prefix))
+    assert run(config, None, False) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "clean"
+
+    assert run(config, "2024-01-01T00:00:00Z", False, UNFILLED) == 1
+    text = capsys.readouterr().out.splitlines()
+    assert text[-3:] == [
+        "unfilled: trades feed binance BTCUSDT (BTCUSDT@aggTrade) ids 7..9: expired: older than max_gap_age",
+        ("unfilled: trades feed polygon AAPL (AAPL) 2024-01-01T00:01:00.000Z..2024-01-01T00:02:00.000Z: "
+         "unrecoverable: HTTP 403 NOT_AUTHORIZED"),
+        "problems found"]
+
+    assert run(config, None, True, UNFILLED) == 1
+    body = orjson.loads(capsys.readouterr().out)
+    assert body["clean"] is False and all(s["clean"] for s in body["series"])
+    assert [(g["feed"], g["table"], g["stream"]) for g in body["unfilled"]] == [
+        ("binance", "trades", "BTCUSDT@aggTrade"), ("kraken", "candles", "BTC/USD@ohlc-1"),
+        ("polygon", "trades", "AAPL")]
+    assert body["unfilled"][0] == {"feed": "binance", "table": "trades", "symbol": "BTCUSDT",
+                                   "stream": "BTCUSDT@aggTrade", "reason": "expired: older than max_gap_age",
+                                   "first_id": 7, "last_id": 9, "since_ns": 0, "until_ns": 0}
