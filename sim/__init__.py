@@ -24,11 +24,18 @@ Adding an exchange = one file sim/<exchange>.py defining TWIN, a subclass of sim
   heartbeat(session, emitted), heartbeat_interval   optional: periodic frames on quiet connections
   shutdown_frames(session)                 optional: what Connection.announce_shutdown() sends (Binance serverShutdown)
   rest(path, query, emitted) -> RestResponse  plain GETs on the same port; trades < emitted have happened
+  rest_limited(retry_after_s), rest_server_error(status, retry_after_s)   the documented answers REST faults ask for
+  rest_banned(until_ms, retry_after_s), weights, rest_weight(path, query), weight_header   (Binance: 418, weights)
+REST faults (Simulator, any thread): rest_throttle(exchange, count, retry_after_s=None) → the next count
+requests get the exchange's rate-limit answer; rest_ban(exchange, seconds) → Binance 418 until it ends;
+rest_errors(exchange, count, status=503, retry_after_s=None) → server errors. rest_log(exchange) → every
+REST request as RestLogEntry(time (monotonic), path, query, status), e.g. to check a client kept to Retry-After.
+Binance also budgets request weights per minute (X-MBX-USED-WEIGHT-1M; 429, then 418 when 429s are ignored).
 Simulator options worth knowing: clock_paused (tests subscribe before trade 0, then start_clock()),
 max_connection_age (the exchange's connection lifetime cut, e.g. Binance's 24 h), ssl_context (wss/https).
 Session(style, streams, symbols): `symbols` routes trades to the connection; `style` picks the rendering.
 The server provides the clock, history, connection tracking and every fault, for every twin.
 """
-from marketfeed.sim.server import Connection, ConnectionCounters, ExchangeFaults, Simulator
+from marketfeed.sim.server import Connection, ConnectionCounters, ExchangeFaults, RestLogEntry, Simulator
 
-__all__ = ["Connection", "ConnectionCounters", "ExchangeFaults", "Simulator"]
+__all__ = ["Connection", "ConnectionCounters", "ExchangeFaults", "RestLogEntry", "Simulator"]

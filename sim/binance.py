@@ -9,7 +9,14 @@ trade that opens a new period first closes the previous one with "x": true, so a
 on its next trade rather than on the clock). Other well-formed stream names are accepted and stay quiet.
 Connection.announce_shutdown() sends {"event": {"e": "serverShutdown", "E": ms}}.
 REST: GET /api/v3/historicalTrades?symbol=&fromId=&limit=, /api/v3/trades?symbol=&limit=,
-/api/v3/aggTrades?symbol=&fromId=&limit=, /api/v3/klines?symbol=&interval=&startTime=&endTime=&limit=.
+/api/v3/aggTrades?symbol=&fromId=&limit=, /api/v3/klines?symbol=&interval=&startTime=&endTime=&limit=,
+/api/v3/exchangeInfo[?symbol=] (rateLimits and each symbol's status only).
+Every REST answer carries X-MBX-USED-WEIGHT-1M, the weight used this minute, each request counted at its
+documented weight (WEIGHTS); past `weight_limit` (exchangeInfo REQUEST_WEIGHT, 6000 per minute) the
+answer is 429 with Retry-After until the minute ends, and 429s ignored make an IP ban, 418 with
+Retry-After until it ends (sim.faults.WeightLimit: the documented rules and our simplifications).
+Both carry Binance's -1003 TOO_MANY_REQUESTS body; twin options weight_limit, weight_minute_s,
+ban_after, ban_s shrink the budget, the minute and the ban for tests.
 """
 from __future__ import annotations
 
@@ -20,8 +27,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from marketfeed.sim.market import SymbolMarket, Trade
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.faults import WeightLimit
+from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, retry_after, server_error
 
 COMBINED, RAW = "combined", "raw"
 DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
@@ -35,10 +43,31 @@ _METHODS = "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `G
 # Binance's REST error bodies (HTTP 400).
 INVALID_SYMBOL = {"code": -1121, "msg": "Invalid symbol."}
 MISSING_SYMBOL = {"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."}
+# -1003 TOO_MANY_REQUESTS and -1001 DISCONNECTED, worded as in
+# developers.binance.com/docs/binance-spot-api-docs/errors.
+TOO_MUCH_WEIGHT = ("Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
+                   "Please use WebSocket Streams for live updates to avoid polling the API.")
+BANNED = ("Way too much request weight used; IP banned until {until_ms}. "
+          "Please use WebSocket Streams for live updates to avoid bans.")
+INTERNAL_ERROR = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
+# Request weights, from developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints
+# (trades, historicalTrades 25; aggTrades 4; klines 2) and general-endpoints (exchangeInfo 20).
+WEIGHTS = {"/api/v3/trades": 25, "/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4, "/api/v3/klines": 2,
+           "/api/v3/exchangeInfo": 20}
+OTHER_WEIGHT = 1  # an unknown path (404) still counts as a request
+USED_WEIGHT = "X-MBX-USED-WEIGHT-1M"
 
 
 class BinanceTwin(Twin):
     exchange = "binance"
+    weight_header = USED_WEIGHT
+
+    def __init__(self, market: ExchangeMarket, weight_limit: int = 6000, weight_minute_s: float = 60.0,
+                 ban_after: int = 3, ban_s: float = 120.0):
+        """weight_limit: REQUEST_WEIGHT per minute; weight_minute_s: how long the twin's minute lasts (the header
+        keeps its -1M name); ban_after: ignored 429s that make an IP ban; ban_s: how long it lasts."""
+        super().__init__(market)
+        self.weights = WeightLimit(weight_limit, weight_minute_s, ban_after, ban_s)
 
     def open_session(self, path: str) -> Session:
         url = urlsplit(path)
@@ -125,9 +154,11 @@ class BinanceTwin(Twin):
         return [orjson.dumps({"event": {"e": "serverShutdown", "E": int(time.time() * 1000)}})]
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
-        if path not in ("/api/v3/historicalTrades", "/api/v3/trades", "/api/v3/aggTrades", "/api/v3/klines"):
+        if path not in WEIGHTS:
             return RestResponse(404, b"", "text/html")
         symbol = query.get("symbol", "")
+        if path == "/api/v3/exchangeInfo" and symbol in ("", *self.market.symbols):
+            return self._exchange_info(symbol)
         if not symbol:
             return RestResponse.json(MISSING_SYMBOL, 400)
         if symbol not in self.market:
@@ -148,6 +179,35 @@ class BinanceTwin(Twin):
                                       for t in trades])
         start = emitted - limit if from_id is None else market.index_of(from_id)  # no fromId: most recent
         return RestResponse.json([_rest_trade(t) for t in market.trades(start, min(max(start, 0) + limit, emitted))])
+
+    def rest_weight(self, path: str, query: dict[str, str]) -> int:
+        return WEIGHTS.get(path, OTHER_WEIGHT)
+
+    def rest_limited(self, retry_after_s: int | None) -> RestResponse:
+        """429 with Retry-After, which Binance sends with every 429 of a request limit."""
+        if retry_after_s is None:
+            raise ValueError("binance sends Retry-After with a request-limit 429: give retry_after_s")
+        assert self.weights is not None  # set in __init__
+        body = {"code": -1003, "msg": TOO_MUCH_WEIGHT.format(limit=self.weights.limit)}
+        return RestResponse.json(body, 429, retry_after(retry_after_s))
+
+    def rest_banned(self, until_ms: int, retry_after_s: int) -> RestResponse:
+        """418 with Retry-After until the ban is over; the message names its end."""
+        body = {"code": -1003, "msg": BANNED.format(until_ms=until_ms)}
+        return RestResponse.json(body, 418, retry_after(retry_after_s))
+
+    def rest_server_error(self, status: int, retry_after_s: int | None) -> RestResponse:
+        server_error(status)  # refuses a status that is no server error
+        return RestResponse.json(INTERNAL_ERROR, status, retry_after(retry_after_s))
+
+    def _exchange_info(self, symbol: str) -> RestResponse:
+        """The rate limits a client budgets against and the symbols served (real answers carry many more fields)."""
+        assert self.weights is not None  # set in __init__
+        limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                   "limit": self.weights.limit}]
+        symbols = [{"symbol": name, "status": "TRADING"} for name in self.market.symbols if symbol in ("", name)]
+        return RestResponse.json({"timezone": "UTC", "serverTime": int(time.time() * 1000), "rateLimits": limits,
+                                  "exchangeFilters": [], "symbols": symbols})
 
     def _subscribe(self, session: Session, names: list[str]) -> None:
         session.streams += [name for name in dict.fromkeys(names) if name not in session.streams]

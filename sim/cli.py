@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import orjson
 
@@ -36,8 +37,75 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one malformed frame per connection every N trades")
     parser.add_argument("--duplicate-every", type=int, metavar="N", help="send one trade twice every N trades")
     parser.add_argument("--skip-every", type=int, metavar="N", help="lose one trade in transit every N trades")
+    rest = parser.add_argument_group(
+        "REST faults", "each exchange's documented answer (see marketfeed.sim.Simulator.rest_throttle); applied "
+                       "at start, then again every --rest-every seconds if given; each is repeatable")
+    rest.add_argument("--rest-throttle", action="append", default=[], metavar="EXCHANGE=COUNT[:RETRY_AFTER_S]",
+                      help="the next COUNT REST requests are rate-limited: binance 429 + Retry-After (required) "
+                           "+ code -1003, kraken HTTP 200 EAPI:Rate limit exceeded (no Retry-After), coinbase "
+                           "and polygon 429 (e.g. binance=3:2)")
+    rest.add_argument("--rest-ban", action="append", default=[], metavar="binance=SECONDS",
+                      help="Binance's IP ban: HTTP 418 with Retry-After until it ends")
+    rest.add_argument("--rest-errors", action="append", default=[], metavar="EXCHANGE=COUNT[:STATUS[:RETRY_AFTER_S]]",
+                      help="the next COUNT REST requests get server error STATUS (default 503; kraken=COUNT:200 "
+                           "is its EService:Unavailable in the body), with Retry-After if given")
+    rest.add_argument("--rest-every", type=float, metavar="S", help="apply the REST faults again every S seconds")
+    rest.add_argument("--binance-weight-limit", type=int, default=6000, metavar="N",
+                      help="Binance request weight per minute (X-MBX-USED-WEIGHT-1M; 429 past it, 418 when "
+                           "429s are ignored; default 6000, as documented)")
+    rest.add_argument("--coinbase-string-ids", action="store_true", help="Coinbase REST trade ids as JSON strings")
     parser.add_argument("-v", "--verbose", action="store_true", help="log connections to stderr")
     return parser
+
+
+class RestFaultKind(StrEnum):
+    THROTTLE = "throttle"
+    BAN = "ban"
+    ERRORS = "errors"
+
+
+_REST_FAULT_NUMBERS = {RestFaultKind.THROTTLE: (1, 2), RestFaultKind.BAN: (1, 1), RestFaultKind.ERRORS: (1, 3)}
+
+
+@dataclass(frozen=True)
+class RestFault:
+    """One --rest-* option: EXCHANGE=N[:N…], applied to the simulator as often as asked."""
+
+    kind: RestFaultKind
+    exchange: str
+    numbers: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, kind: RestFaultKind, spec: str, exchanges: list[str]) -> RestFault:
+        exchange, _, values = spec.partition("=")
+        fewest, most = _REST_FAULT_NUMBERS[kind]
+        try:
+            numbers = tuple(int(value) for value in values.split(":"))
+        except ValueError:
+            numbers = ()
+        if not fewest <= len(numbers) <= most:
+            raise ValueError(f"--rest-{kind} {spec!r}: expected EXCHANGE=" + ":".join(["N"] * most)
+                             + f" with at least {fewest} number(s)")
+        if exchange not in exchanges:
+            raise ValueError(f"--rest-{kind} {spec!r}: {exchange!r} is not one of the --exchange twins {exchanges}")
+        return cls(kind, exchange, numbers)
+
+    def apply(self, sim: Simulator) -> None:
+        """ValueError for an answer the exchange never gives (e.g. a Kraken ban)."""
+        match self.kind, self.numbers:
+            case RestFaultKind.THROTTLE, (count, *retry_after):
+                sim.rest_throttle(self.exchange, count, *retry_after)
+            case RestFaultKind.BAN, (seconds,):
+                sim.rest_ban(self.exchange, seconds)
+            case RestFaultKind.ERRORS, (count, *rest):
+                sim.rest_errors(self.exchange, count, *rest)
+
+
+def rest_faults(args: argparse.Namespace, exchanges: list[str]) -> list[RestFault]:
+    """Every --rest-throttle/--rest-ban/--rest-errors option, parsed; ValueError names a bad one."""
+    options = ((RestFaultKind.THROTTLE, args.rest_throttle), (RestFaultKind.BAN, args.rest_ban),
+               (RestFaultKind.ERRORS, args.rest_errors))
+    return [RestFault.parse(kind, spec, exchanges) for kind, specs in options for spec in specs]
 
 
 @dataclass
@@ -50,13 +118,15 @@ class _CountedFault:
 
 
 class PeriodicFaults:
-    """Fault schedule for long runs: by wall time (drops) or by trades emitted (the rest)."""
+    """Fault schedule for long runs: by wall time (drops, REST faults) or by trades emitted (the rest)."""
 
-    def __init__(self, sim: Simulator, args: argparse.Namespace):
+    def __init__(self, sim: Simulator, args: argparse.Namespace, rest: list[RestFault]):
         self._sim = sim
         self._faults = [sim.faults(name) for name in sim.exchange_names]
         self._drop_every = args.drop_every
         self._next_drop = time.monotonic() + (args.drop_every or 0)
+        self._rest, self._rest_every = rest, args.rest_every
+        self._next_rest = time.monotonic() + (args.rest_every or 0)
         by_count: list[tuple[int | None, Callable[[ExchangeFaults], int]]] = [
             (args.garbage_every, lambda f: f.send_garbage_all(1)),
             (args.duplicate_every, lambda f: f.duplicate_next_all(1)),
@@ -68,6 +138,10 @@ class PeriodicFaults:
         if self._drop_every and time.monotonic() >= self._next_drop:
             self._next_drop += self._drop_every
             self._apply(lambda f: f.drop_all())
+        if self._rest_every and time.monotonic() >= self._next_rest:
+            self._next_rest += self._rest_every
+            for fault in self._rest:
+                fault.apply(self._sim)
         emitted = min(self._sim.emitted(name) for name in self._sim.exchange_names)
         for schedule in self._by_count:
             if emitted >= schedule.mark:
@@ -103,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     exchanges = args.exchange or ["binance"]
     try:
         symbols = symbols_by_exchange(args.symbols or [], exchanges)
+        rest = rest_faults(args, exchanges)
     except ValueError as exc:
         parser.error(str(exc))
     sim = Simulator(
@@ -116,12 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         ping_interval=args.ping_interval,
         pong_timeout=args.pong_timeout,
+        twin_options={"binance": {"weight_limit": args.binance_weight_limit},
+                      "coinbase": {"string_ids": args.coinbase_string_ids}},
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with sim:
-        faults = PeriodicFaults(sim, args)
+        for fault in rest:  # before the URLs are out, so no client's request comes first
+            try:
+                fault.apply(sim)
+            except ValueError as exc:
+                parser.error(str(exc))
+        faults = PeriodicFaults(sim, args, rest)
         sys.stdout.write(orjson.dumps(sim.urls()).decode() + "\n")
         sys.stdout.flush()
         while not stop.wait(TICK_S):

@@ -11,7 +11,12 @@ simulated here, so it skips by design. The heartbeat channel sends one message p
 second with the product's last_trade_id and sequence.
 REST: GET /products/{product_id}/trades?limit=&after=&before= — newest first, cursor pagination by
 trade_id: `after` pages to older trades (ids below it), `before` to newer ones (ids above it); the
-CB-BEFORE / CB-AFTER headers carry the newest / oldest id of the page.
+CB-BEFORE / CB-AFTER headers carry the newest / oldest id of the page. Twin option string_ids: REST
+trade ids arrive as JSON strings, as some captures show (the feed's stay numbers).
+Errors are {"message": …} with a 4xx or 5xx status (docs.cdp.coinbase.com/exchange/rest-api/requests);
+past the public limit (10 requests/s per IP, bursts of 15) "a status of 429 Too Many Requests is
+returned" (…/exchange/rest-api/rate-limits) with {"message": "Public rate limit exceeded"}, the message
+clients report (github.com/askmike/gekko/issues/2859). Coinbase documents no Retry-After.
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from marketfeed.sim.market import SymbolMarket, Trade
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, retry_after, server_error
 
 STYLE = "feed"
 CHANNELS = ("matches", "heartbeat")
@@ -34,6 +39,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class CoinbaseTwin(Twin):
     exchange = "coinbase"
     heartbeat_interval = 1.0
+
+    def __init__(self, market: ExchangeMarket, string_ids: bool = False):
+        """string_ids: REST trade_id values are JSON strings instead of numbers."""
+        super().__init__(market)
+        self.string_ids = string_ids
 
     def open_session(self, path: str) -> Session:
         if path.split("?")[0] not in ("", "/"):
@@ -114,7 +124,15 @@ class CoinbaseTwin(Twin):
         headers: tuple[tuple[str, str], ...] = ()
         if trades:
             headers = (("CB-BEFORE", str(trades[0].trade_id)), ("CB-AFTER", str(trades[-1].trade_id)))
-        return RestResponse.json([_rest_trade(t) for t in trades], headers=headers)
+        return RestResponse.json([_rest_trade(t, self.string_ids) for t in trades], headers=headers)
+
+    def rest_limited(self, retry_after_s: int | None) -> RestResponse:
+        """429 and its message; a Retry-After only if asked for (a gateway's, not documented by Coinbase)."""
+        return RestResponse.json({"message": "Public rate limit exceeded"}, 429, retry_after(retry_after_s))
+
+    def rest_server_error(self, status: int, retry_after_s: int | None) -> RestResponse:
+        phrase = server_error(status).phrase
+        return RestResponse.json({"message": phrase}, status, retry_after(retry_after_s))
 
     def _streams(self, request: dict) -> list[str]:
         """'channel:product' names of a (un)subscribe request; ValueError names what is invalid."""
@@ -189,10 +207,10 @@ def _match(trade: Trade, kind: str, market: SymbolMarket) -> bytes:
     )
 
 
-def _rest_trade(trade: Trade) -> dict:
+def _rest_trade(trade: Trade, string_id: bool) -> dict:
     return {
         "time": _time(trade),
-        "trade_id": trade.trade_id,
+        "trade_id": str(trade.trade_id) if string_id else trade.trade_id,
         "price": trade.price,
         "size": trade.qty,
         "side": "buy" if trade.buyer_is_maker else "sell",  # the maker's side, as on the feed

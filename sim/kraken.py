@@ -22,6 +22,12 @@ GET /0/public/OHLC?pair=XBTUSD&interval=<minutes, default 1>&since=<unix s, excl
 that had trades), oldest first; the last one is the current, not-yet-committed candle and is always
 present whatever `since` says; at most the OHLC_MAX_ENTRIES most recent (older ones cannot be had).
 A bad interval or `since` → {"error": ["EGeneral:Invalid arguments"]}.
+Kraken reports errors in the body with HTTP 200 ("HTTP status codes are generally not used by our API
+to convey information about the state of requests … Status codes other than 200 indicate that there was
+an issue with the request reaching our servers", docs.kraken.com/api/docs/guides/spot-rest-intro): a rate
+limit is {"error": ["EAPI:Rate limit exceeded"]} (docs.kraken.com/api/docs/guides/spot-rest-ratelimits),
+the API offline {"error": ["EService:Unavailable"]} (support.kraken.com "API error messages", service
+status errors); a 5xx comes from the network edge, not as JSON.
 REST names pairs with Kraken's own asset codes (BTC → XBT, DOGE → XDG; slash dropped), and keys
 the answer by the internal pair name (X-prefixed crypto, Z-prefixed fiat for the legacy assets);
 an unknown pair → {"error": ["EQuery:Unknown asset pair"]}.
@@ -38,7 +44,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade, fixed
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, retry_after
 
 INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
 TRADE_SNAPSHOT = 50  # "The snapshot reflects the most recent 50 trades."
@@ -197,6 +203,17 @@ class KrakenTwin(Twin):
         return [HEARTBEAT] if quiet and session.streams else []
 
     # ---- REST ----
+
+    def rest_limited(self, retry_after_s: int | None) -> RestResponse:
+        if retry_after_s is not None:
+            raise ValueError("kraken answers a rate limit with HTTP 200 and an error array, no Retry-After")
+        return RestResponse.json({"error": ["EAPI:Rate limit exceeded"]})
+
+    def rest_server_error(self, status: int, retry_after_s: int | None) -> RestResponse:
+        """status 200: the API is offline, said in the body as Kraken does; a 5xx: the edge's answer."""
+        if status == 200:
+            return RestResponse.json({"error": ["EService:Unavailable"]}, headers=retry_after(retry_after_s))
+        return super().rest_server_error(status, retry_after_s)
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
         if path not in ("/0/public/Trades", "/0/public/OHLC"):

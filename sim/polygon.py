@@ -8,6 +8,11 @@ arrays, every trade of one clock tick in one frame.
 REST GET /v3/trades/{ticker}?timestamp.gte|gt|lte|lt=NS&limit=&sort=timestamp&order=asc|desc&apiKey=
 answers {"status":"OK","request_id","results":[…],"next_url"} from the same ground truth; next_url
 points at Polygon's own host with an opaque cursor, and carries no key (clients add it again).
+Errors are {"status": "ERROR", "request_id", "error"} (as its 401s); past a plan's request limit the
+answer is HTTP 429 with the message clients capture ("You've exceeded the maximum requests per minute,
+please wait or upgrade your subscription to continue. https://polygon.io/pricing"; polygon.io/pricing
+states each plan's limit, e.g. 5 per minute on the free plan). A Retry-After only if asked for: Polygon
+documents none.
 
 How ground-truth trade i is rendered (illustrative values, deterministic): venue slots cycle per
 trade; the stock trade id "i" counts per venue slot, so different venues (and two TRFs of venue 4)
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +34,7 @@ from urllib.parse import unquote
 import orjson
 
 from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin
+from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, retry_after, server_error
 
 OPTIONS_PREFIX = "O:"
 CLUSTERS = ("stocks", "options")
@@ -37,6 +43,8 @@ OPTION_VENUES = (302, 303, 308, 312, 313, 316)
 ODD_LOT = 37  # trade condition of stock prints under 100 shares
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 50_000
 PUBLIC_REST = "https://api.polygon.io"  # where next_url points, as on the real service
+RATE_LIMITED = ("You've exceeded the maximum requests per minute, please wait or upgrade your subscription to "
+                "continue. https://polygon.io/pricing")
 _MS = 1_000_000
 
 
@@ -111,6 +119,7 @@ class PolygonTwin(Twin):
         """api_key: the key auth and REST accept; None accepts any non-empty key."""
         super().__init__(market)
         self.api_key = api_key
+        self._error_numbers = itertools.count()
 
     def accepts(self, key: object) -> bool:
         return isinstance(key, str) and bool(key) and (self.api_key is None or key == self.api_key)
@@ -200,6 +209,19 @@ class PolygonTwin(Twin):
         if rest_from is not None:
             body["next_url"] = f"{PUBLIC_REST}/v3/trades/{ticker}?cursor={window.after(rest_from).cursor()}"
         return RestResponse.json(body)
+
+
+    def rest_limited(self, retry_after_s: int | None) -> RestResponse:
+        return self._error(429, RATE_LIMITED, retry_after_s)
+
+    def rest_server_error(self, status: int, retry_after_s: int | None) -> RestResponse:
+        return self._error(status, server_error(status).phrase, retry_after_s)
+
+    def _error(self, status: int, message: str, retry_after_s: int | None) -> RestResponse:
+        """Polygon's error body; a request id is unique per answer, so a counter keeps repeats apart."""
+        request_id = _request_id(f"{status}:{next(self._error_numbers)}")
+        return RestResponse.json({"status": "ERROR", "request_id": request_id, "error": message}, status,
+                                 retry_after(retry_after_s))
 
 
 class _SipTimes:

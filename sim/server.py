@@ -14,8 +14,9 @@ import ssl
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from marketfeed.sim.faults import FaultPlan, garbage_frames
+from marketfeed.sim.faults import FaultPlan, RestFaultPlan, RestVerdict, garbage_frames
 from marketfeed.sim.market import ExchangeMarket, Trade
 from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, twin_class
 
@@ -38,6 +39,17 @@ CALL_TIMEOUT_S = 5.0
 MAX_RATE_CHUNK = 1000  # max_rate: trades per symbol per transport write
 MAX_RATE_LOW_WATER = 1 << 20  # max_rate: the next chunk goes out once a send buffer is below this
 PACED_CHUNK_S = 0.002  # max_rate with paced: trades due within this long go out in one write
+REST_LOG_LIMIT = 100_000  # requests kept per exchange: bounded for runs of days, ample for a test's assertions
+
+
+@dataclass(frozen=True)
+class RestLogEntry:
+    """One REST request as the simulator answered it."""
+
+    time: float  # time.monotonic() on arrival
+    path: str
+    query: dict[str, str]
+    status: int
 
 
 @dataclass
@@ -258,6 +270,8 @@ class _Exchange:
         self.subscribers: dict[str, set[Connection]] = {symbol: set() for symbol in self.market.symbols}
         self.sessions: weakref.WeakKeyDictionary[ServerConnection, Session] = weakref.WeakKeyDictionary()
         self.heartbeats: asyncio.Task[None] | None = None  # the twin's application-level heartbeats, if any
+        self.rest_plan = RestFaultPlan(twin.weights, time.monotonic())  # minutes count from here
+        self.rest_log: deque[RestLogEntry] = deque(maxlen=REST_LOG_LIMIT)
 
     @property
     def port(self) -> int:
@@ -266,6 +280,41 @@ class _Exchange:
 
     def sample_trade(self) -> Trade:
         return next(iter(self.market.symbols.values())).trade(0)
+
+    def answer_rest(self, path: str, query: dict[str, str]) -> RestResponse:
+        """The twin's answer, or the one a REST fault or the weight budget calls for; logged."""
+        now, twin = time.monotonic(), self.twin
+        decision = self.rest_plan.decide(now, twin.rest_weight(path, query))
+        match decision.verdict:
+            case RestVerdict.SERVE:
+                response = twin.rest(path, query, self.emitted)
+            case RestVerdict.LIMITED:
+                response = twin.rest_limited(decision.retry_after_s)
+            case RestVerdict.BANNED:
+                assert decision.retry_after_s is not None  # a ban always says when it ends
+                until_ms = int((time.time() + decision.banned_until - now) * 1000)
+                response = twin.rest_banned(until_ms, decision.retry_after_s)
+            case RestVerdict.ERROR:
+                response = twin.rest_server_error(decision.status, decision.retry_after_s)
+        if decision.used_weight is not None:
+            response = replace(response, headers=(*response.headers, (twin.weight_header, str(decision.used_weight))))
+        self.rest_log.append(RestLogEntry(now, path, query, response.status))
+        return response
+
+    def throttle_rest(self, count: int, retry_after_s: int | None) -> None:
+        _check_fault(count, retry_after_s)
+        self.twin.rest_limited(retry_after_s)  # rendered once: refuses an answer the exchange never gives
+        self.rest_plan.throttle(count, retry_after_s)
+
+    def fail_rest(self, count: int, status: int, retry_after_s: int | None) -> None:
+        _check_fault(count, retry_after_s)
+        self.twin.rest_server_error(status, retry_after_s)  # rendered once: refuses a status it never sends
+        self.rest_plan.fail(count, status, retry_after_s)
+
+    def ban_rest(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError(f"a ban lasts a positive number of seconds (got {seconds})")
+        self.rest_plan.ban(time.monotonic(), seconds)
 
     def route(self, connection: Connection, before: set[str]) -> None:
         """Keep the symbol → subscribers index in step with the connection's session."""
@@ -294,7 +343,9 @@ class Simulator:
     trade i of every symbol is written at clock start + i / rate (at most PACED_CHUNK_S late), and
     clock_started_ns tells when that start was. Event times stay the market's (1 ms apart above
     1000 trades/s), so a trade's send time is derived from its index, not read from the frame.
-    twin_options: exchange → keyword arguments of its twin (e.g. {"polygon": {"api_key": "k"}}).
+    twin_options: exchange → keyword arguments of its twin (e.g. {"polygon": {"api_key": "k"}},
+    {"binance": {"weight_limit": 100, "weight_minute_s": 2}}, {"coinbase": {"string_ids": True}}).
+    REST faults: rest_throttle, rest_ban, rest_errors; rest_log lists every REST request with its status.
     ssl_context: serve wss:// and https:// with this server context (tests of certificate verification).
     """
 
@@ -452,6 +503,30 @@ class Simulator:
     def faults(self, exchange: str) -> ExchangeFaults:
         self._exchange(exchange)
         return ExchangeFaults(self, exchange)
+
+    # ---- REST faults and the request log (any thread; in effect when they return) ----
+
+    def rest_throttle(self, exchange: str, count: int, retry_after_s: int | None = None) -> None:
+        """The next `count` REST requests get the exchange's documented rate-limit answer: Binance 429,
+        Retry-After: retry_after_s (required), code -1003; Kraken HTTP 200 {"error":["EAPI:Rate limit exceeded"]}
+        (no Retry-After: retry_after_s must be None); Coinbase 429 {"message": "Public rate limit exceeded"};
+        Polygon 429 {"status": "ERROR", …}. Coinbase and Polygon document no Retry-After; given, it is sent.
+        Faults queue in the order given. ValueError for an answer the exchange never gives."""
+        self._call(self._exchange(exchange).throttle_rest, count, retry_after_s)
+
+    def rest_ban(self, exchange: str, seconds: float) -> None:
+        """Binance's IP ban: every REST request gets 418, Retry-After until the ban ends, for `seconds` from now."""
+        self._call(self._exchange(exchange).ban_rest, seconds)
+
+    def rest_errors(self, exchange: str, count: int, status: int = 503, retry_after_s: int | None = None) -> None:
+        """The next `count` REST requests get a server error `status` in the exchange's error shape (Kraken's 5xx
+        come from its network edge, not as JSON; Kraken's status 200 says "EService:Unavailable" in the body),
+        with Retry-After if retry_after_s is given (RFC 9110: what a 503 may say)."""
+        self._call(self._exchange(exchange).fail_rest, count, status, retry_after_s)
+
+    def rest_log(self, exchange: str) -> list[RestLogEntry]:
+        """Every REST request of an exchange so far (the last REST_LOG_LIMIT), oldest first, with its status."""
+        return self._call(list, self._exchange(exchange).rest_log)
 
     @staticmethod
     def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
@@ -627,7 +702,7 @@ class Simulator:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             url = urlsplit(request.path)
             query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-            return _http_response(ex.twin.rest(url.path, query, ex.emitted))
+            return _http_response(ex.answer_rest(url.path, query))
         try:
             ex.sessions[connection] = ex.twin.open_session(request.path)
         except Rejected as rejected:
@@ -662,6 +737,12 @@ class Simulator:
                 subscribers.discard(connection)
             del ex.connections[connection.id]
             log.info("%s connection %d closed: code %s", ex.name, connection.id, ws.close_code)
+
+
+def _check_fault(count: int, retry_after_s: int | None) -> None:
+    """A REST fault lasts at least one request; a Retry-After is not negative."""
+    if count < 1 or (retry_after_s is not None and retry_after_s < 0):
+        raise ValueError(f"count must be at least 1 and retry_after_s not negative (got {count}, {retry_after_s})")
 
 
 def _text_frame(payload: bytes) -> bytes:

@@ -1,17 +1,20 @@
 """The contract every exchange twin fulfils: wire format in and out, no sockets.
 
 A twin turns a WebSocket request path into a Session, answers client messages, renders trades as
-frames and answers REST GETs. The Simulator owns sockets, the market clock, connection tracking and
-fault injection, so an exchange is one file: sim/<exchange>.py defining TWIN.
+frames and answers REST GETs, including the exchange's documented answers to rate limits, bans and
+server errors, which the Simulator's REST faults ask for. The Simulator owns sockets, the market clock,
+connection tracking and fault injection, so an exchange is one file: sim/<exchange>.py defining TWIN.
 """
 from __future__ import annotations
 
+import http
 import importlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import orjson
 
+from marketfeed.sim.faults import WeightLimit
 from marketfeed.sim.market import ExchangeMarket, Trade
 
 
@@ -104,6 +107,40 @@ class Twin:
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
         """Answer a plain HTTP GET; only trades with index < `emitted` have happened."""
         raise NotImplementedError
+
+    # ---- REST faults (Simulator.rest_throttle / rest_ban / rest_errors): the exchange's documented answers ----
+
+    weights: WeightLimit | None = None  # a request-weight budget (Binance); None: requests are not weighed
+    weight_header = ""  # the response header carrying the minute's used weight, with `weights`
+
+    def rest_weight(self, path: str, query: dict[str, str]) -> int:
+        """The documented weight of one request, counted against `weights`."""
+        return 0
+
+    def rest_limited(self, retry_after_s: int | None) -> RestResponse:
+        """The answer to a rate-limited request; raise ValueError for a Retry-After the exchange never sends."""
+        raise NotImplementedError
+
+    def rest_banned(self, until_ms: int, retry_after_s: int) -> RestResponse:
+        """The answer while the client's IP is banned (until `until_ms`, epoch ms)."""
+        raise ValueError(f"{self.exchange} documents no REST ban")
+
+    def rest_server_error(self, status: int, retry_after_s: int | None) -> RestResponse:
+        """A server error: by default what a front proxy answers (not JSON); Retry-After as RFC 9110 §10.2.3.
+        Raise ValueError for a status that is no server error of this exchange."""
+        return RestResponse(status, server_error(status).phrase.encode(), "text/plain", retry_after(retry_after_s))
+
+
+def server_error(status: int) -> http.HTTPStatus:
+    """`status` as a server error (5xx); ValueError otherwise."""
+    if not 500 <= status <= 599:
+        raise ValueError(f"{status} is not a server error (5xx)")
+    return http.HTTPStatus(status)
+
+
+def retry_after(seconds: int | None) -> tuple[tuple[str, str], ...]:
+    """The Retry-After header (delay in whole seconds, RFC 9110 §10.2.3), if any."""
+    return () if seconds is None else (("Retry-After", str(seconds)),)
 
 
 def twin_class(exchange: str) -> type[Twin]:
