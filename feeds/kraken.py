@@ -28,8 +28,8 @@ final state of recent candles, /0/public/OHLC that of every one closed while we 
 REST backfill pages by time, not by id: `since` is a nanosecond timestamp (exclusive) and the
 answer's `last` is the cursor of the next page. A gap's first page starts just before the last
 trade seen ahead of it (`Gap.before_ns`, from the sequence tracker: on an id jump, and on every
-reconnect for the range since the last id); when that is unknown (ids read from QuestDB at start),
-the first page is the most recent 1000 trades. REST names pairs with Kraken's
+reconnect for the range since the last id; after a restart, the time recovery read with the last id);
+when that is unknown, the first page is the most recent 1000 trades. REST names pairs with Kraken's
 own asset codes: the v2 symbol "BTC/USD" is pair "XBTUSD" (BTC → XBT, DOGE → XDG, every other
 code unchanged, slash dropped); answers are keyed by the internal pair name (e.g. XXBTZUSD), so the
 parser takes the one result key that is not "last". Kraken asks for at most one public call per
