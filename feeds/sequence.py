@@ -20,7 +20,7 @@ class SequenceTracker:
     def __init__(self, last_ids: dict[str, int] | None = None, stream_key: Callable[[Trade], str] | None = None,
                  symbols: dict[str, str] | None = None, last_ts: dict[str, int] | None = None):
         self.last_ids: dict[str, int] = last_ids if last_ids is not None else {}
-        self.last_ts: dict[str, int] = last_ts if last_ts is not None else {}  # absent: unknown (ids from QuestDB)
+        self.last_ts: dict[str, int] = last_ts if last_ts is not None else {}  # absent: unknown
         self.symbols: dict[str, str] = symbols if symbols is not None else {}  # stream → symbol, where they differ
         self.stream_key = stream_key
 
