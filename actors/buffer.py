@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pykka
 
+from marketfeed.actors.ledger import LedgerOutlet, MarkRows
 from marketfeed.config.schema import Config
 from marketfeed.storage.batching import Batcher
 from marketfeed.storage.tables import TABLES
@@ -90,9 +91,11 @@ class SinkDirectory:
 class BufferActor(Supervised):
     kind = "buffer"
 
-    def __init__(self, ctx: ChildContext | None, table: str, config: Config, directory: SinkDirectory):
+    def __init__(self, ctx: ChildContext | None, table: str, config: Config, directory: SinkDirectory,
+                 ledger: LedgerOutlet | None = None):
         super().__init__(ctx)
         self.table, self.config, self.directory = table, config, directory
+        self.ledger = ledger or LedgerOutlet()
         self.batcher = Batcher(*TABLES[table].flush_policy(config.sink))
         self.high_water = config.spool.high_water_rows
         self.behind = False  # rows waiting here and in the writer above half the high-water mark
@@ -136,6 +139,8 @@ class BufferActor(Supervised):
                     self._flush(everything=True)
             case FlushDone(report):
                 self._reported(report)
+                if report.marks:
+                    self.ledger.tell(MarkRows(report.marks))
             case _:
                 return super().handle(message)
         waiting = len(self.batcher) + self.in_flight

@@ -25,11 +25,13 @@ from marketfeed.actors.feed_messages import (
     Tick,
 )
 from marketfeed.actors.feed_reader import FeedReader, ReaderLimits, ReaderOutlet
+from marketfeed.actors.ledger import LedgerOutlet, LedgerRecords
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline, Outcome
 from marketfeed.feeds.registry import exchange
 from marketfeed.storage.deadletter import DeadLetters
+from marketfeed.storage.ledger import CloseReason, OpenGap, Origin, Record
 from marketfeed.storage.tables import CANDLES
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.supervision.breaker import CircuitBreaker
@@ -81,9 +83,13 @@ class FeedActor(Supervised):
     kind = "feed"
 
     def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory,
-                 dead_letter_dir: str = "var/deadletter"):
+                 dead_letter_dir: str = "var/deadletter", ledger: LedgerOutlet | None = None,
+                 gap_max_age_s: float = 0.0):
         super().__init__(ctx)
         self.feed, self.sinks, self.dead_letter_dir = feed, sinks, dead_letter_dir
+        self.ledger, self.gap_max_age_s = ledger or LedgerOutlet(), gap_max_age_s
+        self.gaps = memory.gaps  # this feed's open gaps: they outlive the actor (and, journaled, the process)
+        self.fetching: dict[Gap, str] = {}  # gaps handed to the backfill thread → their ledger key
         self.protocol = exchange(feed.exchange).protocol(feed)
         self.pipeline = FeedPipeline(feed, self.protocol, memory)
         self.reconnect = ReconnectPolicy(
@@ -124,7 +130,8 @@ class FeedActor(Supervised):
                                          BackfillLimits.of(self.feed, self.protocol))
             self.backfiller.start()
             for gap in self.pipeline.stored_holes():
-                self._gap(gap)
+                self._gap(gap, Origin.STORED_HOLE)
+            self._retry_due_gaps()  # those the ledger kept open across a restart
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
         self._connect()
 
@@ -164,11 +171,8 @@ class FeedActor(Supervised):
                     self._credit_back(message.generation)
             case BackfillRows(table, rows):
                 self._apply(self.pipeline.backfill(table, rows, time.time_ns(), time.monotonic()))
-            case BackfillDone(gap, rows, error):
-                level = logging.WARNING if error else logging.INFO
-                event(log, "backfill_done", level, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
-                      first_id=gap.first_id, last_id=gap.last_id, since_ns=gap.since_ns, until_ns=gap.until_ns,
-                      rows=rows, error=error)
+            case BackfillDone():
+                self._on_backfill_done(message)
             case Connected(generation, url) if generation == self.generation:
                 self._on_connected(url)
             case Disconnected(generation, reason) if generation == self.generation:
@@ -232,7 +236,9 @@ class FeedActor(Supervised):
         if outcome.backfilled:
             self.m_backfilled.inc(outcome.backfilled)
         for gap in outcome.gaps:
-            self._gap(gap)
+            self._gap(gap, Origin.LIVE_ID_JUMP)
+        for gap in outcome.outage_gaps:
+            self._gap(gap, Origin.PROCESS_DOWNTIME if outcome.after_restart else Origin.CONNECTION_OUTAGE)
         for table, rows in outcome.rows.items():
             self._send(table, rows)
 
@@ -241,15 +247,64 @@ class FeedActor(Supervised):
         if self.sinks.get(CANDLES.name) is not None and not self.outbox.holds(CANDLES.name):
             self._send(CANDLES.name, self.pipeline.live_candles.take())
 
-    def _gap(self, gap: Gap) -> None:
+    def _gap(self, gap: Gap, origin: Origin) -> None:
         self.m_gaps.inc()
         if gap.last_id is not None:
             event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
-                  first_id=gap.first_id, last_id=gap.last_id, missing=gap.last_id - gap.first_id + 1)
+                  first_id=gap.first_id, last_id=gap.last_id, missing=gap.last_id - gap.first_id + 1, origin=origin)
         else:
             event(log, "gap_detected", logging.WARNING, feed=self.feed.name, symbol=gap.symbol,
-                  since_ns=gap.since_ns, until_ns=gap.until_ns)
-        self._backfill(gap)
+                  since_ns=gap.since_ns, until_ns=gap.until_ns, origin=origin)
+        if self.backfiller is None:
+            return
+        opened, records = self.gaps.open_gap(self.feed.name, gap, origin, time.time_ns())
+        self._journal(records)
+        self._fetch(opened)
+
+    def _fetch(self, opened: OpenGap) -> None:
+        if self.backfiller is not None and opened.key not in self.fetching.values():
+            self.fetching[opened.gap] = opened.key
+            self.backfiller.gaps.put(opened.gap)
+
+    def _journal(self, records: list[Record]) -> None:
+        if records:
+            self.ledger.tell(LedgerRecords(tuple(records)))
+
+    def _on_backfill_done(self, done: BackfillDone) -> None:
+        """A gap filled closes in the ledger; a failed one waits for its next attempt, or is given up on."""
+        gap, now_ns = done.gap, time.time_ns()
+        level = logging.WARNING if done.error else logging.INFO
+        event(log, "backfill_done", level, feed=self.feed.name, symbol=gap.symbol, stream=gap.stream,
+              first_id=gap.first_id, last_id=gap.last_id, since_ns=gap.since_ns, until_ns=gap.until_ns,
+              rows=done.rows, error=done.error, retry_after_s=done.retry_after_s or None)
+        key = self.fetching.pop(gap, None)
+        if key is None:
+            return  # a reconnect's look past the last id: a live id jump reveals anything it missed
+        if not done.error:
+            self._close_gap(key, CloseReason.FILLED, "", now_ns)
+        elif done.unrecoverable:
+            self._close_gap(key, CloseReason.UNRECOVERABLE, done.error, now_ns)
+        else:
+            self._journal(self.gaps.failed(key, done.error, now_ns, done.retry_after_s, done.left))
+
+    def _close_gap(self, key: str, reason: CloseReason, detail: str, now_ns: int) -> None:
+        opened = self.gaps.open.get(key)
+        self._journal(self.gaps.close(key, reason, detail, now_ns))
+        metrics.GAPS_CLOSED.labels(self.feed.name, reason.value).inc()
+        if reason is not CloseReason.FILLED and opened is not None:
+            g = opened.gap
+            event(log, "gap_unrecoverable", logging.ERROR, feed=self.feed.name, reason=reason, detail=detail,
+                  symbol=g.symbol, stream=g.stream, table=g.table.name, first_id=g.first_id, last_id=g.last_id,
+                  since_ns=g.since_ns, until_ns=g.until_ns, origin=opened.origin, attempts=opened.attempts)
+
+    def _retry_due_gaps(self) -> None:
+        now_ns = time.time_ns()
+        if self.gap_max_age_s:
+            for key, opened in list(self.gaps.open.items()):
+                if opened.feed == self.feed.name and now_ns - opened.opened_at_ns > self.gap_max_age_s * 1e9:
+                    self._close_gap(key, CloseReason.EXPIRED, f"open for more than {self.gap_max_age_s:g} s", now_ns)
+        for opened in self.gaps.due(self.feed.name, now_ns):
+            self._fetch(opened)
 
     def _backfill(self, gap: Gap) -> None:
         if self.backfiller is not None:
@@ -358,6 +413,8 @@ class FeedActor(Supervised):
 
     def _tick(self) -> None:
         self.outbox.deliver()
+        if self.backfiller is not None and self.state is not FeedState.PAUSED:
+            self._retry_due_gaps()
         now = time.monotonic()
         self._check_rate(now)
         if self.pipeline.live_candles:

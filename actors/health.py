@@ -176,9 +176,10 @@ class HealthActor(Supervised):
         feeds: dict[str, FeedStatus | SilentStatus] = {}
         buffers: dict[str, SinkStatus | SilentStatus] = {}
         supervisors: dict[str, SupervisorStatus | SilentStatus] = {}
+        others: dict[str, dict] = {}  # children of other kinds: the ledger
         if root is not None:
-            self._walk(root, "root", feeds, buffers, supervisors)
-        return {
+            self._walk(root, "root", feeds, buffers, supervisors, others)
+        report: GatheredReport = {
             "reason": reason,
             "gather_started_at": gather_started_at,  # `marketfeed health` wants a report begun after its signal
             "generated_at": time.time(),
@@ -190,10 +191,13 @@ class HealthActor(Supervised):
             "supervisors": supervisors,
             "process": self._process(),
         }
+        if "ledger" in others:
+            report["ledger"] = others["ledger"]  # type: ignore[typeddict-item]  # the ledger actor's own status
+        return report
 
     def _walk(self, ref: pykka.ActorRef, name: str, feeds: dict[str, FeedStatus | SilentStatus],
               buffers: dict[str, SinkStatus | SilentStatus], supervisors: dict[str, SupervisorStatus | SilentStatus],
-              ) -> None:
+              others: dict[str, dict]) -> None:
         try:  # block=True: only then do pykka's types give the reply, not "reply or future"
             supervisors[name] = ref.ask(GetStatus(), block=True, timeout=ASK_TIMEOUT_S)
             children = ref.ask(GetChildren(), block=True, timeout=ASK_TIMEOUT_S)
@@ -203,7 +207,7 @@ class HealthActor(Supervised):
         asks = []
         for child_id, child_ref, is_supervisor in children:
             if is_supervisor:
-                self._walk(child_ref, child_id, feeds, buffers, supervisors)
+                self._walk(child_ref, child_id, feeds, buffers, supervisors, others)
             elif child_ref is not None and child_ref.actor_urn != self.actor_urn:
                 try:
                     asks.append((child_id, child_ref.ask(GetStatus(), block=False)))
@@ -215,12 +219,15 @@ class HealthActor(Supervised):
                 status = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except pykka.Timeout:
                 kind = ("feed" if child_id.startswith("feed-") else "buffer" if child_id.startswith("buffer-")
-                        else "unknown")
+                        else "ledger" if child_id == "ledger" else "unknown")
                 status = {"kind": kind, "state": NoAnswer.UNRESPONSIVE}
             except Exception as exc:  # noqa: BLE001 - an actor that died while asked
                 status = {"kind": "unknown", "state": NoAnswer.DEAD, "last_error": repr(exc)}
             kind = status.pop("kind", "unknown")
-            (buffers if kind == "buffer" else feeds if kind == "feed" else supervisors)[child_id] = status
+            if kind == "ledger":
+                others[child_id] = status
+            else:
+                (buffers if kind == "buffer" else feeds if kind == "feed" else supervisors)[child_id] = status
 
     def _process(self) -> ProcessFigures:
         p = self.process

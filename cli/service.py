@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg2
@@ -21,6 +22,7 @@ import pykka
 from marketfeed.actors.buffer import BufferActor, SinkDirectory
 from marketfeed.actors.feed import FeedActor
 from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
+from marketfeed.actors.ledger import LedgerActor, LedgerOutlet
 from marketfeed.cli.reload import applied, plan
 from marketfeed.config.loader import ConfigError, load
 from marketfeed.config.schema import Config, FeedConfig
@@ -28,8 +30,16 @@ from marketfeed.config.secrets import secret_values
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory
-from marketfeed.storage.recovery import last_trade_ids, newest_stored_ns, restore_streams, stored_holes, stream_of
-from marketfeed.storage.tables import TABLES
+from marketfeed.storage.ledger import Journal
+from marketfeed.storage.recovery import (
+    StoredLast,
+    last_trade_ids,
+    newest_stored_ns,
+    restore_streams,
+    stored_holes,
+    stream_of,
+)
+from marketfeed.storage.tables import TABLES, TRADES
 from marketfeed.supervision.supervisor import (
     AddChild,
     ChildContext,
@@ -67,6 +77,8 @@ class Service:
         self.started_at = time.monotonic()
         self.sinks = SinkDirectory()
         self.memories: dict[str, FeedMemory] = {f.name: FeedMemory() for f in config.feeds}
+        self.journal = Journal(config.ledger.dir, config.ledger.compact_every)
+        self.ledger = LedgerOutlet()
         self.root: pykka.ActorRef[Supervisor] | None = None
         self.health_ref: pykka.ActorRef[HealthActor] | None = None
         self.stop_requested = threading.Event()
@@ -89,16 +101,23 @@ class Service:
         timeout = self.config.service.shutdown_timeout_s
 
         def buffer(table: str) -> ChildSpec:
-            return ChildSpec(f"buffer-{table}", lambda ctx: BufferActor.start(ctx, table, self.config, self.sinks),
+            return ChildSpec(f"buffer-{table}",
+                             lambda ctx: BufferActor.start(ctx, table, self.config, self.sinks, self.ledger),
                              shutdown_timeout_s=timeout)
         buffers = [buffer(table) for table in TABLES]
         return ChildSpec("sinks", lambda ctx: Supervisor.start(ctx, "sinks", buffers, **self._supervisor_options()),
                          shutdown_timeout_s=timeout * len(buffers) + 1, supervisor=True)
 
     def _feed_child(self, f: FeedConfig) -> ChildSpec:
-        return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(ctx, f, self.sinks, self.memories[f.name],
-                                                                      self.config.sink.dead_letter_dir),
-                         shutdown_timeout_s=5.0)
+        return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(
+            ctx, f, self.sinks, self.memories[f.name], self.config.sink.dead_letter_dir, self.ledger,
+            self.config.ledger.gap_max_age_h * 3600), shutdown_timeout_s=5.0)
+
+    def _ledger_spec(self) -> ChildSpec:
+        def start(ctx: ChildContext):
+            ledger, _ = self.journal.load()  # a restarted ledger actor reads back what its predecessor wrote
+            return LedgerActor.start(ctx, self.journal, ledger, self.ledger)
+        return ChildSpec("ledger", start, shutdown_timeout_s=10.0)
 
     def _feed_spec(self) -> ChildSpec:
         def start(ctx: ChildContext):
@@ -109,9 +128,11 @@ class Service:
         return ChildSpec("feeds", start, shutdown_timeout_s=5.0 * max(1, len(self.config.feeds)) + 1, supervisor=True)
 
     def start(self) -> None:
+        self._recover_from_ledger()
         self._recover_last_ids()
         self._start_http()
-        specs = [self._health_spec(), self._sink_spec(), self._feed_spec()]
+        # The ledger before the sinks and feeds that tell it things; stopped after them.
+        specs = [self._health_spec(), self._ledger_spec(), self._sink_spec(), self._feed_spec()]
         root = ChildSpec("root", lambda ctx: Supervisor.start(ctx, "root", specs, on_give_up=self._give_up,
                                                               **self._supervisor_options()))
         try:
@@ -123,6 +144,43 @@ class Service:
               config=self.config.source)
         self.notifier.ready(f"started: {len(self.config.feeds)} feeds")
 
+    def _recover_from_ledger(self) -> None:
+        """The ledger first, QuestDB never asked: where each series' stored history ends, and every gap still open.
+        A QuestDB outage at start then changes nothing: the downtime is an outage window all the same."""
+        try:
+            ledger, torn = self.journal.load()
+        except OSError as exc:  # an unreadable ledger directory: start from QuestDB alone, say so
+            event(log, "ledger_unavailable", logging.ERROR, dir=self.config.ledger.dir, error=str(exc))
+            return
+        for record in torn:
+            event(log, "ledger_record_torn", logging.WARNING, dir=self.config.ledger.dir, offset=record.offset,
+                  reason=record.reason)
+        stored = {(m.exchange, m.symbol): StoredLast(m.last_id, m.last_ts_ns) for m in ledger.marks.values()
+                  if m.table == TRADES.name and m.last_id is not None}
+        newest: dict[tuple[str, str], int] = {}
+        for m in ledger.marks.values():
+            newest[(m.exchange, m.symbol)] = max(newest.get((m.exchange, m.symbol), 0), m.last_ts_ns)
+        self._restore(stored, newest)
+        for f in self.config.feeds:
+            for opened in ledger.feed_gaps(f.name):
+                self.memories[f.name].gaps.open[opened.key] = opened
+        event(log, "ledger_loaded", series=len(ledger.marks), open_gaps=len(ledger.open),
+              torn_records=len(torn))
+
+    def _restore(self, stored: Mapping[tuple[str, str], StoredLast], newest: Mapping[tuple[str, str], int]) -> None:
+        """Each feed's streams start at the newest of what is known (the ledger's or QuestDB's): never later."""
+        for f in self.config.feeds:
+            protocol = registry.exchange(f.exchange).protocol(f)
+            memory = self.memories[f.name]
+            labels = {protocol.exchange, *protocol.trade_labels()}
+            memory.last_event_ns = max([memory.last_event_ns, *(
+                newest[(label, symbol)] for label in labels for symbol in f.symbols if (label, symbol) in newest)])
+            if protocol.contiguous_ids:
+                known = {key: last for key, last in stored.items()
+                         if (last_id := memory.last_ids.get(stream_of(protocol, *key))) is None
+                         or last.trade_id > last_id}
+                restore_streams(memory, protocol, f.symbols, known)
+
     def _recover_last_ids(self) -> None:
         """Each feed's sequence starts where the stored history ends (per stream: last id, its time, its symbol),
         so downtime shows as a gap to backfill; so does its outage window (time-windowed trades, candles), from its
@@ -131,18 +189,12 @@ class Service:
         try:
             stored = last_trade_ids(q.pg_dsn, q.table_prefix)
             newest = newest_stored_ns(q.pg_dsn, q.table_prefix)
-        except psycopg2.Error as exc:  # QuestDB down at start: feeds start from the live stream
+        except psycopg2.Error as exc:  # QuestDB down at start: the ledger's marks stand alone
             event(log, "last_ids_unavailable", logging.WARNING, error=str(exc).strip()[:300])
             return
-        protocols = [(f, registry.exchange(f.exchange).protocol(f)) for f in self.config.feeds]
-        for f, protocol in protocols:
-            labels = {protocol.exchange, *protocol.trade_labels()}
-            self.memories[f.name].last_event_ns = max(
-                (newest[(label, symbol)] for label in labels for symbol in f.symbols if (label, symbol) in newest),
-                default=0)
-        protocols = [(f, p) for f, p in protocols if p.contiguous_ids]
-        for f, protocol in protocols:
-            restore_streams(self.memories[f.name], protocol, f.symbols, stored)
+        self._restore(stored, newest)
+        protocols = [(f, p) for f in self.config.feeds
+                     if (p := registry.exchange(f.exchange).protocol(f)).contiguous_ids]
         event(log, "last_ids_recovered", feeds={name: m.last_ids for name, m in self.memories.items()})
         if q.hole_scan_h:
             self._recover_holes(protocols)
@@ -192,7 +244,7 @@ class Service:
         for name in change.removed:
             self.memories.pop(name, None)
         for f in new.feeds:
-            self.memories.setdefault(f.name, FeedMemory())
+            self.memories.setdefault(f.name, FeedMemory())  # a new feed: nothing stored, no gap yet
         feeds = self.feeds_ref
         assert feeds is not None, "SIGHUP is acted on only while the tree runs: start() gave it its feed supervisor"
         try:

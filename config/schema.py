@@ -98,6 +98,16 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    """The recovery ledger (README, failure behaviour): the newest stored row of every series and every open gap,
+    on local disk, read at start before QuestDB is asked anything."""
+
+    dir: str = "var/ledger"  # journal + snapshot; keep it with the spool, on a disk that survives restarts
+    gap_max_age_h: float = bounded(72.0, min=0.0)  # an open gap older than this is given up on (0: never)
+    compact_every: int = bounded(10_000, min=100)  # journal records between snapshots
+
+
+@dataclass(frozen=True)
 class SupervisorConfig:
     max_restarts: int = bounded(10, min=0)
     within_s: float = bounded(60.0, min=0.1)
@@ -165,6 +175,7 @@ class AlertConfig:
     errors_per_minute: int = bounded(10, min=0)  # more errors (reconnects, malformed, flush failures) in 60 s
     rss_mb: float = bounded(500.0, min=1.0)  # resident memory above this: degraded
     sink_stalled_s: float = bounded(60.0, min=0.0)  # rows waiting and no successful flush for longer: critical
+    gap_age_s: float = bounded(900.0, min=0.0)  # the oldest open gap older than this: degraded
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,7 @@ class Config:
     questdb: QuestDBConfig = QuestDBConfig()
     sink: SinkConfig = SinkConfig()
     spool: SpoolConfig = SpoolConfig()
+    ledger: LedgerConfig = LedgerConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     alerts: AlertConfig = AlertConfig()
     feeds: tuple[FeedConfig, ...] = ()

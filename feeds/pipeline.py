@@ -17,6 +17,7 @@ from marketfeed.feeds.rows import Candle
 from marketfeed.feeds.sequence import SequenceTracker
 from marketfeed.feeds.validation import RowValidator, SampleGate, sample_row
 from marketfeed.storage.deadletter import Record
+from marketfeed.storage.ledger import Ledger
 from marketfeed.storage.tables import CANDLES, TRADES, Table
 
 REJECT_SAMPLE_INTERVAL_S = 60.0  # one dead-letter sample per rejection reason per minute
@@ -33,6 +34,7 @@ class FeedMemory:
         self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
         self.last_event_ns = 0
         self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
+        self.gaps = Ledger()  # this feed's open gaps (the recovery ledger's, at start): retried until closed
 
 
 class LiveCandles:
@@ -86,7 +88,9 @@ class Outcome:
     """What one step of the pipeline produced, for the actor to apply."""
 
     rows: dict[str, list] = field(default_factory=dict)  # to store now, by table name (never empty lists)
-    gaps: list[Gap] = field(default_factory=list)  # to backfill
+    gaps: list[Gap] = field(default_factory=list)  # to backfill: ids that jumped
+    outage_gaps: list[Gap] = field(default_factory=list)  # to backfill: the window of an outage (time, candles)
+    after_restart: bool = False  # the outage window is the process's (or the actor's) downtime
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: int = 0  # dropped by the dedup window in this step
     backfilled: int = 0  # REST rows kept in this step
@@ -110,6 +114,7 @@ class FeedPipeline:
         # Set while an outage awaits its window backfill (protocol.outage_gaps). A new incarnation begins with
         # one: since the last trade its predecessor (or, at process start, QuestDB) saw.
         self.outage_since_ns = memory.last_event_ns
+        self.window_is_downtime = bool(memory.last_event_ns)
         self.rejected: dict[str, int] = {}  # every row refused so far, by reason
         self.gaps = self.backfilled = 0
 
@@ -117,6 +122,7 @@ class FeedPipeline:
         """The connection is gone (or paused): the window starts at the newest event seen."""
         if not self.outage_since_ns:
             self.outage_since_ns = self.memory.last_event_ns or now_ns
+            self.window_is_downtime = False
 
     def live(self, rows: ParsedRows, current: bool, now_ns: int, now: float) -> Outcome:
         """A burst of live rows; `current`: it comes from the connection in use (not one being replaced)
@@ -129,7 +135,8 @@ class FeedPipeline:
             # The first burst after an outage bounds its window: what happened before comes over REST. Its
             # newest trade, not its oldest: a resubscribe snapshot (Kraken) may reach back into the outage.
             until_ns = max((t.ts_ns for t in trades), default=now_ns)
-            out.gaps += self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns)
+            out.outage_gaps = self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns)
+            out.after_restart = self.window_is_downtime
             self.outage_since_ns = 0
         memory = self.memory
         if trades:
@@ -146,7 +153,7 @@ class FeedPipeline:
         if closed:
             self.live_candles.close(closed)
             out.add(CANDLES, closed)
-        self.gaps += len(out.gaps)
+        self.gaps += len(out.gaps) + len(out.outage_gaps)
         return out
 
     def backfill(self, table: Table, rows: list, now_ns: int, now: float) -> Outcome:

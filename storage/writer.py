@@ -27,9 +27,10 @@ from questdb import QuestDBError, Sender
 from marketfeed.config.schema import Config
 from marketfeed.feeds.rows import Row
 from marketfeed.storage.deadletter import DeadLetters
+from marketfeed.storage.ledger import Mark
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.spool import Spool, SpoolFull
-from marketfeed.storage.tables import TABLES
+from marketfeed.storage.tables import TABLES, TRADES, Table
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.supervision.breaker import CircuitBreaker
 from marketfeed.telemetry.logs import event
@@ -65,6 +66,30 @@ class SinkReport:
     spool_bytes: int = 0
     spool_rows: int = 0
     spool_full: bool = False
+    marks: tuple[Mark, ...] = ()  # the newest row of each series of the batch, now stored or spooled (the ledger's)
+
+
+def series_marks(table: Table, rows: list) -> tuple[Mark, ...]:
+    """The newest row of each (exchange, symbol) of a batch: its highest trade id (trades) and event time.
+    One pass in the writer thread per batch, off the feeds' path."""
+    newest: dict[tuple[str, str], list[int]] = {}
+    if table is TRADES:
+        for row in rows:
+            held = newest.get((row.exchange, row.symbol))
+            if held is None:
+                newest[(row.exchange, row.symbol)] = [row.trade_id, row.ts_ns]
+            else:
+                if row.trade_id > held[0]:
+                    held[0] = row.trade_id
+                if row.ts_ns > held[1]:
+                    held[1] = row.ts_ns
+        return tuple(Mark(table.name, exchange, symbol, last_id, ts) for (exchange, symbol), (last_id, ts)
+                     in newest.items())
+    for row in rows:
+        held = newest.get((row.exchange, row.symbol))
+        if held is None or row.ts_ns > held[0]:
+            newest[(row.exchange, row.symbol)] = [row.ts_ns]
+    return tuple(Mark(table.name, exchange, symbol, None, ts) for (exchange, symbol), (ts,) in newest.items())
 
 
 def transport(conf: str) -> str:
@@ -212,16 +237,18 @@ class FlushWorker(threading.Thread):
 
     def _accept(self, rows: list, overflow: bool) -> None:
         if self.spool is not None and (len(self.spool) or overflow or not self.breaker.allow(time.monotonic())):
-            self._report(SinkReport(len(rows), **self._to_spool(self.spool, rows)))  # behind what waits: order is kept
-            return
-        if self.spool is None:
-            self._report(self._write_retrying(rows))
-            return
-        try:
-            self._report(SinkReport(len(rows), **self._write(rows)))
-        except Unavailable as exc:
-            self._failed(exc)
-            self._report(SinkReport(len(rows), error=str(exc)[:300], **self._to_spool(self.spool, rows)))
+            report = SinkReport(len(rows), **self._to_spool(self.spool, rows))  # behind what waits: order is kept
+        elif self.spool is None:
+            report = self._write_retrying(rows)
+        else:
+            try:
+                report = SinkReport(len(rows), **self._write(rows))
+            except Unavailable as exc:
+                self._failed(exc)
+                report = SinkReport(len(rows), error=str(exc)[:300], **self._to_spool(self.spool, rows))
+        if not report.dropped:  # written or spooled: durable, so a restart may start after these rows
+            report = dataclasses.replace(report, marks=series_marks(self.table, rows))
+        self._report(report)
 
     def _replay_oldest(self, spool: Spool) -> None:
         rows = spool.oldest(self.table.row_type)

@@ -119,6 +119,17 @@ class AlertRules:
                     alert(HealthLevel.DEGRADED, "child_restarting", supervisor=name, child=child,
                           error=info.get("last_failure", ""))
 
+        ledger = report.get("ledger")
+        if ledger is not None and silent(ledger):
+            alert(HealthLevel.CRITICAL, "actor_unresponsive", actor="ledger", state=ledger["state"])
+        elif ledger is not None:
+            age = ledger.get("oldest_open_gap_age_s")
+            if t.gap_age_s and age is not None and age > t.gap_age_s:
+                alert(HealthLevel.DEGRADED, "gap_open", open_gaps=ledger.get("open_gaps", 0), oldest_age_s=age,
+                      threshold_s=t.gap_age_s)
+            if ledger.get("write_failures"):
+                alert(HealthLevel.DEGRADED, "ledger_write_failed", error=ledger.get("last_error", ""))
+
         errors = self._errors_last_minute(error_counts(report), now)
         if errors > t.errors_per_minute:
             alert(HealthLevel.DEGRADED, "error_rate", errors_last_minute=errors, threshold=t.errors_per_minute)

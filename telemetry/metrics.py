@@ -45,3 +45,11 @@ SPOOL_BYTES = Gauge("marketfeed_spool_bytes", "Bytes of rows spooled to disk whi
 BREAKER_STATE = Gauge("marketfeed_breaker_state", "Sink circuit breaker: 0 closed, 1 half-open, 2 open", ["table"])
 HEALTH_STATUS = Gauge("marketfeed_health_status", "Overall health: 0 ok, 1 degraded, 2 critical")
 HEALTH_ALERTS = Gauge("marketfeed_health_alerts", "Active health alerts by cause", ["cause"])
+
+# The recovery ledger (actors/ledger.py): gaps survive restarts until filled or given up on.
+GAPS_OPEN = Gauge("marketfeed_gaps_open", "Gaps waiting to be backfilled (the ledger's open gaps)")
+OLDEST_GAP_AGE = Gauge("marketfeed_oldest_gap_age_seconds", "Age of the oldest open gap (0: none)")
+GAPS_CLOSED = Counter("marketfeed_gaps_closed_total", "Gaps closed, by reason (filled, unrecoverable, expired)",
+                      ["feed", "reason"])
+LEDGER_RECORDS = Counter("marketfeed_ledger_records_total", "Records appended to the recovery ledger's journal")
+LEDGER_WRITE_FAILURES = Counter("marketfeed_ledger_write_failures_total", "Failed appends to the ledger's journal")

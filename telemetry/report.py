@@ -144,7 +144,7 @@ class SilentStatus(TypedDict):
 _SILENT = frozenset(NoAnswer)
 
 
-def silent(status: FeedStatus | SinkStatus | SupervisorStatus | SilentStatus) -> TypeIs[SilentStatus]:
+def silent(status: FeedStatus | SinkStatus | SupervisorStatus | LedgerStatus | SilentStatus) -> TypeIs[SilentStatus]:
     """Whether `status` stands for an actor that did not answer (plain strings read back from JSON too)."""
     return status.get("state") in _SILENT
 
@@ -166,6 +166,9 @@ class AlertDetail(TypedDict, total=False):
     buffer: str
     supervisor: str
     child: str
+    actor: str
+    open_gaps: int
+    oldest_age_s: float
     state: str
     breaker: str | None
     error: str
@@ -188,6 +191,16 @@ class Alert(AlertDetail):
     cause: str
 
 
+class LedgerStatus(TypedDict):
+    """The ledger actor's `status()`: the recovery ledger's gaps."""
+
+    open_gaps: int
+    oldest_open_gap_age_s: float | None
+    closed_gaps: dict[str, int]  # by reason: filled, unrecoverable, expired
+    write_failures: int
+    last_error: str
+
+
 class GatheredReport(TypedDict):
     """What the health actor gathers from the tree, before the rules judge it."""
 
@@ -200,6 +213,7 @@ class GatheredReport(TypedDict):
     feeds: dict[str, FeedStatus | SilentStatus]
     buffers: dict[str, SinkStatus | SilentStatus]
     supervisors: dict[str, SupervisorStatus | SilentStatus]
+    ledger: NotRequired[LedgerStatus | SilentStatus]
     process: ProcessFigures
     actors_as_of: NotRequired[float]  # the final report: when its actors' part was gathered
 
