@@ -23,7 +23,8 @@ from marketfeed.telemetry.logs import event
 log = logging.getLogger("marketfeed.ledger")
 
 RECORDS_LINGER_S = 0.1  # gap records wait at most this long for company before one write + fsync
-MARKS_INTERVAL_S = 1.0  # marks of a series are journaled at most this often
+MARKS_INTERVAL_S = 0.1  # marks are journaled at most this often (each flush brings new ones)
+MAX_UNWRITTEN = 100_000  # records kept for the next write while the disk refuses them; then the oldest go
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class JournalWriter(threading.Thread):
         self.marks_due = 0.0
         self.failures = 0
         self.last_error = ""
+        self.unwritten: list[Record] = []  # applied to the replica, not yet on disk: written ahead of the next batch
 
     def stop(self) -> None:
         self.queue.put(None)
@@ -98,19 +100,22 @@ class JournalWriter(threading.Thread):
             self._write(records)
 
     def _write(self, records: list[Record]) -> None:
-        if not records:
+        with self.lock:
+            for record in records:
+                if record.get("op") != "mark":  # marks were applied by ledger.mark()
+                    self.ledger.apply(record)
+        batch = self.unwritten + records
+        if not batch:
             return
         try:
-            with self.lock:
-                for record in records:
-                    if record.get("op") != "mark":  # marks were applied by ledger.mark()
-                        self.ledger.apply(record)
-            self.journal.append(records)
-            metrics.LEDGER_RECORDS.inc(len(records))
+            self.journal.append(batch)
+            self.unwritten = []
+            metrics.LEDGER_RECORDS.inc(len(batch))
             if self.journal.records_since_compact >= self.journal.compact_every:
                 with self.lock:
                     self.journal.compact(self.ledger)
-        except (OSError, ValueError, TypeError) as exc:  # counted, logged; the next batch tries again
+        except (OSError, ValueError, TypeError) as exc:  # counted, logged; the next batch writes these first
+            self.unwritten = batch[-MAX_UNWRITTEN:]
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             metrics.LEDGER_WRITE_FAILURES.inc()

@@ -130,6 +130,7 @@ class Bench:
                         "log_file": str(run_dir / "marketfeed.log"), "log_level": "warning", "http_listen": ""},
             "questdb": {"conf": self.questdb.conf, "pg_dsn": self.questdb.pg_dsn, "table_prefix": prefix},
             "spool": {"dir": str(run_dir / "spool")},
+            "ledger": {"dir": str(run_dir / "ledger")},
             "sink": {"dead_letter_dir": str(run_dir / "deadletter"), **(sink or {})},
             "feeds": feed_list,
         }

@@ -36,6 +36,7 @@ def demo(duration_s: float | None, rate: float, http_listen: str, state_dir: str
                     "log_file": str(var / "demo.log"), "health_interval_s": 30.0, "http_listen": http_listen},
         "sink": {"dead_letter_dir": str(var / "deadletter")},
         "spool": {"dir": str(var / "spool")},
+        "ledger": {"dir": str(var / "ledger")},
         "questdb": {"conf": f"http::addr=127.0.0.1:{http_port};", "pg_dsn": pg_dsn, "table_prefix": "demo_"},
         "feeds": [{"name": f"{ex}-sim", "exchange": ex, "url": sim.url(ex), "rest_url": sim.rest_url(ex),
                    "symbols": symbols, **extra} for ex, (symbols, extra) in DEMO_FEEDS.items()],

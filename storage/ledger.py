@@ -284,6 +284,7 @@ class Journal:
         self.directory = Path(directory)
         self.compact_every = compact_every
         self.records_since_compact = 0
+        self.good_size: int | None = None  # the journal's length after its last complete write (None: not read)
 
     @property
     def path(self) -> Path:
@@ -303,16 +304,22 @@ class Journal:
                 os.fsync(f.fileno())
         (self.directory / "snapshot.tmp").unlink(missing_ok=True)  # a compaction that did not finish
         self.records_since_compact = 0
+        self.good_size = valid
         return ledger, torn
 
     def append(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True)
+            self._fsync_dir()
         with open(self.path, "ab") as f:
+            if self.good_size is not None and f.tell() != self.good_size:
+                f.truncate(self.good_size)  # a write that failed part-way: its half record would swallow the next
             f.write(b"".join(_frame(r) for r in records))
             f.flush()
             os.fsync(f.fileno())
+            self.good_size = f.tell()
         self.records_since_compact += len(records)
 
     def compact(self, ledger: Ledger) -> None:
@@ -326,7 +333,7 @@ class Journal:
         self._fsync_dir()
         with open(self.path, "wb") as f:  # crash before this: the old journal replays idempotently over the snapshot
             os.fsync(f.fileno())
-        self.records_since_compact = 0
+        self.records_since_compact, self.good_size = 0, 0
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)

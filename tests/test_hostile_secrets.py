@@ -83,6 +83,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                         "http_listen": "127.0.0.1:0", "status_interval_s": 0.2, "shutdown_timeout_s": 3.0},
             "questdb": {"pg_dsn": f"host=127.0.0.1 port={dead} user=admin password={MARKER} connect_timeout=1"},
             "sink": {"flush_interval_s": 0.05, "retry_min_s": 0.05, "retry_max_s": 0.2},
+            "spool": {"dir": str(tmp_path / "spool")}, "ledger": {"dir": str(tmp_path / "ledger")},
             "feeds": [{"name": "marker", "exchange": "polygon", "url": sim.url("polygon"), "symbols": ["AAPL"],
                        "rest_url": sim.rest_url("polygon"), "api_key_file": str(key_file)}],
         }

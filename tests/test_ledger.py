@@ -163,3 +163,15 @@ def test_loading_the_journal_of_any_operations_gives_the_ledger_that_made_it(tmp
     journal.compact(ledger)
     assert state(Journal(directory).load()[0]) == state(ledger)
     assert sorted(os.listdir(directory)) == ["journal", "snapshot"]
+
+
+def test_a_write_that_failed_part_way_does_not_swallow_the_next_record(tmp_path):
+    ledger, journal = Ledger(), Journal(tmp_path)
+    journal.load()
+    records = some_operations(ledger)
+    journal.append(records[:2])
+    with open(journal.path, "ab") as f:  # what a write cut short (disk full) leaves behind
+        f.write(b"0123abcd {\"op\":\"mar")
+    journal.append(records[2:])
+    loaded, torn = Journal(tmp_path).load()
+    assert torn == [] and state(loaded) == state(ledger)

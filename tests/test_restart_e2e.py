@@ -43,3 +43,23 @@ def test_a_restart_backfills_aggregate_trades_by_symbol_and_kraken_trades_since_
     failed = [(e["stream"], e["error"]) for e in second.events("backfill_done") if e.get("error")]
     assert not failed, failed
     assert second.stop() == 0
+
+
+def test_a_torn_ledger_record_is_skipped_with_a_log_line_and_the_service_starts_where_the_ledger_says(
+        service, questdb, table_prefix, tmp_path):
+    symbols = {"binance": ["BTCUSDT"]}
+    sim = service.simulator(["binance"], symbols, rate=500, seed=32)
+    feeds = [sim_feed("binance", sim, symbols["binance"])]
+    first = service(feeds)
+    journal = tmp_path / "ledger" / "journal"
+    questdb.wait_for(lambda: journal.exists() and b'"op":"mark"' in journal.read_bytes(), 30, "marks journaled")
+    first.kill()
+    with open(journal, "ab") as f:  # a SIGKILL in the middle of a write
+        f.write(b'0badc0de {"op":"open","key":"binance|trades|BTCUS')
+    second = service(feeds)
+    torn = second.wait_event("ledger_record_torn", timeout=30)
+    assert torn["reason"] == "no line end (torn write)"
+    loaded = second.wait_event("ledger_loaded", timeout=30)
+    assert loaded["series"] >= 1 and loaded["torn_records"] == 1
+    second.wait_event("service_started", timeout=30)
+    assert b"BTCUS\n" not in journal.read_bytes()  # cut off: what the second process appends stays readable

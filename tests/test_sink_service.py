@@ -55,6 +55,9 @@ retry_max_s = 0.5
 breaker_reset_s = 0.5
 dead_letter_dir = "{tmp}/deadletter"
 
+[ledger]
+dir = "{tmp}/ledger"
+
 [spool]
 dir = "{tmp}/spool"
 high_water_rows = {HIGH_WATER_ROWS}
@@ -186,3 +189,39 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_doubles_nothing(own_q
         assert ids[s] == list(range(ids[s][0], ids[s][-1] + 1)), f"{s}: missing ids"
         assert ids[s][0] < first[s] + killed_at  # the history spans the kill
     assert "last_ids_recovered" in svc.log_text() and "backfill_done" in svc.log_text()
+
+
+def test_sigkill_while_questdb_is_down_and_a_restart_while_it_still_is_lose_nothing(own_questdb, service,
+                                                                                      table_prefix):
+    """Where the stored history ends comes from the ledger, not QuestDB: the downtime is a gap all the same."""
+    table = f"{table_prefix}trades"
+    rate = 500
+    with Simulator(["binance"], SYMBOLS, rate=rate, seed=13) as sim:
+        svc = service(sim)
+        svc.start()
+        wait_stored(own_questdb, table, lambda ids: all(len(v) > rate for v in ids.values()), "rows before the outage")
+        own_questdb.stop()
+        try:
+            spooled = svc.spooled_rows()
+            own_questdb.wait_for(lambda: svc.spooled_rows() > spooled + rate, 30, "rows spooled during the outage")
+            svc.process.send_signal(signal.SIGKILL)
+            svc.process.wait(10)
+            killed_at = sim.emitted("binance")
+            sim.wait_emitted(killed_at + 2 * rate)  # two seconds of trades nobody receives
+            svc.start()  # QuestDB is still down: only the ledger knows where the history ends
+            restarted = svc.tmp / f"run-{svc.runs}.log"
+            own_questdb.wait_for(lambda: '"gap_detected"' in restarted.read_text(errors="replace"), 60,
+                                 "the downtime found as a gap")
+        finally:
+            own_questdb.start()
+        first = {s: sim.market("binance")[s].first_id for s in SYMBOLS}
+        target = {s: first[s] + sim.emitted("binance") + rate for s in SYMBOLS}
+        ids = wait_stored(own_questdb, table,
+                          lambda ids: all(ids[s] and ids[s][-1] >= target[s]
+                                          and len(ids[s]) == ids[s][-1] - ids[s][0] + 1 for s in SYMBOLS),
+                          "a contiguous history past the restart", timeout=90)
+        assert svc.stop() == 0
+    for s in SYMBOLS:
+        assert ids[s] == list(range(ids[s][0], ids[s][-1] + 1)), f"{s}: missing ids"
+        assert ids[s][0] < first[s] + killed_at  # the history spans the outage, the kill and the restart
+    assert "last_ids_unavailable" in svc.log_text()  # the second start really found QuestDB down

@@ -33,6 +33,7 @@ def service_config(tmp_path: Path, questdb, table_prefix: str, feeds: list[dict]
         "questdb": {"conf": questdb.conf, "pg_dsn": questdb.pg_dsn, "table_prefix": table_prefix},
         "sink": {"max_rows": 1000, "flush_interval_s": 0.1, "dead_letter_dir": str(tmp_path / "deadletter")},
         "spool": {"dir": str(tmp_path / "spool")},
+        "ledger": {"dir": str(tmp_path / "ledger")},
         "supervisor": {"min_backoff_s": 0.1, "max_backoff_s": 1.0, "liveness_interval_s": 1.0},
         "feeds": feeds,
     }
