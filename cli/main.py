@@ -60,9 +60,11 @@ def cmd_top(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from marketfeed.cli.verify import ledger_unfilled
     from marketfeed.cli.verify import run as verify
 
-    return verify(_config(args), args.since, args.json)
+    config = _config(args)
+    return verify(config, args.since, args.json, ledger_unfilled(config))
 
 
 def cmd_demo(args) -> int:

@@ -14,9 +14,18 @@ import orjson
 import psycopg2
 
 from marketfeed.config.schema import Config
+from marketfeed.storage.ledger import Journal
 from marketfeed.storage.verify import SeriesReport, UnfilledGap, as_dict, parse_since, unfilled_since, verify
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+
+def ledger_unfilled(config: Config) -> list[UnfilledGap]:
+    """The gaps the service's recovery ledger gave up on (read only: the service may be writing it)."""
+    ledger, _ = Journal(config.ledger.dir).load(repair=False)
+    return [UnfilledGap(c.gap.feed, c.gap.gap.table.name, c.gap.gap.symbol, c.gap.gap.stream,
+                        f"{c.reason}: {c.detail}", c.gap.gap.first_id, c.gap.gap.last_id, c.gap.gap.since_ns,
+                        c.gap.gap.until_ns) for c in ledger.closed]
 
 
 def run(config: Config, since: str | None, as_json: bool, closed_unfilled: Iterable[UnfilledGap] = ()) -> int:

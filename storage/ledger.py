@@ -294,10 +294,14 @@ class Journal:
     def snapshot_path(self) -> Path:
         return self.directory / "snapshot"
 
-    def load(self) -> tuple[Ledger, list[TornRecord]]:
+    def load(self, repair: bool = True) -> tuple[Ledger, list[TornRecord]]:
+        """The state on disk. `repair` (the service at start): cut a torn tail, remove a compaction's leftover;
+        without it (`marketfeed verify`, while the service may be writing) nothing is changed."""
         ledger, torn = Ledger(), list[TornRecord]()
         _read(self.snapshot_path, ledger, torn)
         valid = _read(self.path, ledger, torn)
+        if not repair:
+            return ledger, torn
         if self.path.exists() and self.path.stat().st_size > valid:
             with open(self.path, "r+b") as f:  # cut a torn tail: later appends start on a line of their own
                 f.truncate(valid)

@@ -8,9 +8,11 @@ from questdb import Sender
 
 from marketfeed.cli.verify import run
 from marketfeed.config.schema import Config, QuestDBConfig
+from marketfeed.feeds.base import Gap
 from marketfeed.feeds.rows import Trade
+from marketfeed.storage.ledger import CloseReason, Journal, Ledger, Origin
 from marketfeed.storage.schema import create_tables
-from marketfeed.storage.tables import TRADES
+from marketfeed.storage.tables import CANDLES, TRADES
 from marketfeed.storage.verify import CONTIGUOUS_LABELS, UnfilledGap, parse_since, unfilled_since, verify
 from tests.support.questdb import REPO
 
@@ -34,7 +36,8 @@ def trade(symbol: str, trade_id: int, ts_ns: int | None = None, exchange: str = 
 
 def run_cli(tmp_path, questdb, prefix: str, *args: str) -> subprocess.CompletedProcess:
     config = tmp_path / "verify.toml"
-    config.write_text(f'[questdb]\npg_dsn = "{questdb.pg_dsn}"\ntable_prefix = "{prefix}"\n')
+    config.write_text(f'[questdb]\npg_dsn = "{questdb.pg_dsn}"\ntable_prefix = "{prefix}"\n'
+                      f'[ledger]\ndir = "{tmp_path / "ledger"}"\n')
     return subprocess.run([sys.executable, "-m", "marketfeed.cli.main", "verify", "-c", str(config), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
@@ -136,3 +139,17 @@ def test_verify_reports_what_the_ledger_could_not_fill_and_exits_1(questdb, tabl
     assert body["unfilled"][0] == {"feed": "binance", "table": "trades", "symbol": "BTCUSDT",
                                    "stream": "BTCUSDT@aggTrade", "reason": "expired: older than max_gap_age",
                                    "first_id": 7, "last_id": 9, "since_ns": 0, "until_ns": 0}
+
+
+def test_verify_reports_the_gaps_the_ledger_gave_up_on_and_exits_1(questdb, table_prefix, tmp_path):
+    plant(questdb, table_prefix, [trade("BTCUSDT", i) for i in range(1, 11)])  # the stored ids are clean
+    assert run_cli(tmp_path, questdb, table_prefix).returncode == 0
+    ledger = Ledger()
+    candles = Gap("BTC/USD", since_ns=BASE, until_ns=BASE + 3600 * 10**9, stream="BTC/USD@ohlc-1", table=CANDLES)
+    lost, records = ledger.open_gap("kraken-1", candles, Origin.PROCESS_DOWNTIME, BASE)
+    records += ledger.close(lost.key, CloseReason.UNRECOVERABLE, "Kraken keeps 720 candles", BASE)
+    Journal(tmp_path / "ledger").append(records)
+    result = run_cli(tmp_path, questdb, table_prefix)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "unfilled: candles feed kraken-1 BTC/USD (BTC/USD@ohlc-1)" in result.stdout
+    assert "unrecoverable: Kraken keeps 720 candles" in result.stdout and "problems found" in result.stdout
