@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from marketfeed.actors.backfill import Backfiller, BackfillLimits
+from marketfeed.actors.backfill import Backfiller
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
 from marketfeed.actors.feed_messages import (
     BackfillDone,
@@ -26,6 +26,7 @@ from marketfeed.actors.feed_messages import (
 )
 from marketfeed.actors.feed_reader import FeedReader, ReaderLimits, ReaderOutlet
 from marketfeed.actors.ledger import LedgerOutlet, LedgerRecords
+from marketfeed.actors.rest_client import RestLimits
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline, Outcome
@@ -127,7 +128,7 @@ class FeedActor(Supervised):
     def started(self) -> None:
         if self.feed.backfill:
             self.backfiller = Backfiller(self.feed.name, self.protocol, self.actor_ref, self.may_backfill,
-                                         BackfillLimits.of(self.feed, self.protocol))
+                                         RestLimits.of(self.feed))
             self.backfiller.start()
             for gap in self.pipeline.stored_holes():
                 self._gap(gap, Origin.STORED_HOLE)

@@ -9,11 +9,13 @@ backfill thread hands REST bodies to the protocol.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
 
+from marketfeed.feeds.rest_policy import RestVerdict, http_verdict
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.storage.tables import TRADES, Table
 
@@ -117,6 +119,9 @@ class FeedProtocol:
     pong_timeout_s: ClassVar[float] = 0.0  # no Control.PONG this long after a ping: reconnect (0: not enforced)
     max_connection_age_s: ClassVar[float] = 0.0  # the exchange ends connections this old: roll over before (0: never)
     backfill_min_interval_s: ClassVar[float] = 0.2  # the REST API's rate limit: at least this long between requests
+    rest_limited_wait_s: ClassVar[float] = 1.0  # after a rate-limit answer that names no Retry-After, wait this long
+    rest_weight_limit: ClassVar[int] = 0  # request weight per clock minute the host allows (0: requests not weighed)
+    rest_weight_header: ClassVar[str] = ""  # the answer header (lower case) with the weight used this minute
 
     def __init__(self, feed: FeedConfig):
         self.feed = feed
@@ -166,6 +171,15 @@ class FeedProtocol:
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
         """Rows from one REST page, and the gap still left to fetch (None when done)."""
         raise NotImplementedError
+
+    def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:
+        """What a REST answer means (headers: names in lower case): by default by its HTTP status, Retry-After
+        honoured (feeds/rest_policy.py); exchanges whose errors say more (or arrive with 200) refine it."""
+        return http_verdict(status, headers, body, self.rest_limited_wait_s)
+
+    def request_weight(self, request: HttpRequest) -> int:
+        """What the request counts against rest_weight_limit (the exchange's documented weight)."""
+        return 1
 
 
 def load_json(frame: bytes | str, shape: type[_Shape]) -> _Shape:

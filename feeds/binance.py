@@ -15,8 +15,9 @@ trade_id) keeps them apart and `verify` checks each sequence on its own.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 
@@ -31,6 +32,7 @@ from marketfeed.feeds.base import (
     SubscriptionRejected,
     load_json,
 )
+from marketfeed.feeds.rest_policy import RestVerdict, VerdictKind, error_text, retry_after_s
 from marketfeed.feeds.rows import Candle, Trade, new_trade
 from marketfeed.storage.tables import CANDLES
 
@@ -42,12 +44,18 @@ INTERVAL_MS = {"1s": 1000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 90
                "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
                "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000}
 _MS = 1_000_000
+# Request weights, developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints: "Old trade
+# lookup" historicalTrades 25, aggTrades 4, klines 2; an endpoint that states none weighs 1.
+REQUEST_WEIGHTS = {"historicalTrades": 25, "aggTrades": 4, "klines": 2}
+SHORTEST_BAN_S = 120.0  # "IP bans … scale in duration for repeat offenders, from 2 minutes to 3 days"
 
 
 class BinanceProtocol(FeedProtocol):
     exchange = "binance"
     contiguous_ids = True
     max_connection_age_s = 24 * 3600 - 600  # Binance cuts at 24 h: roll over to a fresh connection 10 min before
+    rest_weight_limit = 6000  # exchangeInfo rateLimits: REQUEST_WEIGHT 6000 per 1 MINUTE, per IP
+    rest_weight_header = "x-mbx-used-weight-1m"
 
     def url(self, base: str) -> str:
         streams = "/".join(f"{s.lower()}@{ch}" for s in self.feed.symbols for ch in self.feed.channels)
@@ -146,6 +154,17 @@ class BinanceProtocol(FeedProtocol):
         if gap.last_id is not None and next_id > gap.last_id:
             return rows, None
         return rows, Gap(gap.symbol, next_id, gap.last_id, stream=gap.stream)
+
+    def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:
+        """418 is Binance's IP ban: no request until Retry-After ("until the ban is over") has passed; asking
+        meanwhile extends it. 429 carries Retry-After too, and both the {"code": -1003, "msg"} body."""
+        if status == 418:
+            return RestVerdict(VerdictKind.BANNED, retry_after_s(headers) or SHORTEST_BAN_S,
+                               f"HTTP 418: {error_text(body)}")
+        return super().rest_verdict(status, headers, body)
+
+    def request_weight(self, request: HttpRequest) -> int:
+        return REQUEST_WEIGHTS.get(urlsplit(request.url).path.rsplit("/", 1)[-1], 1)
 
     def _parse_klines(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Candle], Gap | None]:
         """Closed candles of a klines page: those that closed before the live stream resumed (until_ns).

@@ -67,6 +67,10 @@ def rest_trade_id(value: object) -> int:
 class CoinbaseProtocol(FeedProtocol):
     exchange = "coinbase"
     contiguous_ids = True
+    # Public REST is a token bucket of 15 refilled at 10 per second per IP; past it "a status of 429 Too Many
+    # Requests is returned" without Retry-After (docs.cdp.coinbase.com/exchange/rest-api/rate-limits): a
+    # second refills ten requests. Errors are {"message": …} with a 4xx/5xx status (the default verdict).
+    rest_limited_wait_s = 1.0
 
     def subscribe_messages(self) -> list[str]:
         message = {"type": "subscribe", "product_ids": list(self.feed.symbols), "channels": list(CHANNELS)}

@@ -50,6 +50,7 @@ import calendar
 import dataclasses
 import functools
 import time
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import orjson
@@ -65,6 +66,7 @@ from marketfeed.feeds.base import (
     SubscriptionRejected,
     load_json,
 )
+from marketfeed.feeds.rest_policy import OK, RestVerdict, VerdictKind, server_delay_s
 from marketfeed.feeds.rows import Candle, Trade, new_trade
 from marketfeed.storage.tables import CANDLES
 
@@ -85,6 +87,9 @@ class KrakenProtocol(FeedProtocol):
     ping_interval_s = 10.0
     pong_timeout_s = 10.0
     backfill_min_interval_s = 1.0  # "calling the public endpoints at a frequency of 1 per second (or less)"
+    # Past the limit, "additional calls will be restricted for a few seconds (or possibly longer if calls
+    # continue to be made while the rate limits are active)" (docs.kraken.com/api/docs/guides/spot-rest-ratelimits).
+    rest_limited_wait_s = 3.0
 
     def __init__(self, feed: FeedConfig):
         super().__init__(feed)
@@ -147,6 +152,40 @@ class KrakenProtocol(FeedProtocol):
         if newest is None or len(page) < BACKFILL_PAGE or (last_id is not None and newest >= last_id):
             return rows, None  # the gap is covered, or nothing newer exists yet
         return rows, dataclasses.replace(gap, first_id=max(gap.first_id, newest + 1), since_ns=cursor)
+
+    def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:
+        """Kraken says what went wrong in the body's error array, with HTTP 200 ("HTTP status codes are
+        generally not used by our API to convey information about the state of requests",
+        docs.kraken.com/api/docs/guides/spot-rest-intro); other statuses come from its network edge."""
+        if status != 200:
+            return super().rest_verdict(status, headers, body)
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            answer = None
+        listed = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(listed, list):
+            return OK  # not Kraken's envelope: the page parser says what is wrong with it
+        # "<E|W><category>:<type>[:<extra info>]": W is a warning, the request still succeeded.
+        errors = [error for error in listed if isinstance(error, str) and error.startswith("E")]
+        return rest_error_verdict(errors[0], headers, self.rest_limited_wait_s) if errors else OK
+
+
+def rest_error_verdict(error: str, headers: Mapping[str, str], limited_wait_s: float) -> RestVerdict:
+    """One Kraken error string (support.kraken.com "API error messages"; docs.kraken.com spot-rest-ratelimits):
+    the rate limit and the EService family (unavailable, busy, "EService:Throttled: [UNIX timestamp]" —
+    "try again after [timestamp]") are worth asking again; anything else (EQuery:Unknown asset pair,
+    EGeneral:Invalid arguments, …) is about the request itself."""
+    reason = f"Kraken error: {error}"
+    if error == "EAPI:Rate limit exceeded":
+        return RestVerdict(VerdictKind.RETRY, limited_wait_s, reason)
+    if error.startswith("EService:Throttled"):
+        until = error.rpartition(":")[2].strip(" []")
+        wait = server_delay_s(float(until), headers) if until.isdigit() else 0.0
+        return RestVerdict(VerdictKind.RETRY, wait or limited_wait_s, reason)
+    if error.startswith("EService:") or error == "EGeneral:Internal error":
+        return RestVerdict(VerdictKind.RETRY, 0.0, reason)
+    return RestVerdict(VerdictKind.FAILED, 0.0, reason)
 
 
 class KrakenSession:

@@ -109,6 +109,10 @@ def rest_trade(symbol: str, result: dict, received_ns: int) -> Trade:
 class PolygonProtocol(FeedProtocol):
     exchange = EXCHANGE
     contiguous_ids = False  # ids are per venue and `q` has holes: outages are found by time
+    # A plan's request limit is per minute (polygon.io/pricing: 5 on the free plan) and its 429 names no
+    # Retry-After: wait one request's share of the minute. Errors are {"status": "ERROR", "error"|"message"}
+    # with a 4xx/5xx status (the default verdict: 401/403 for a bad key or plan are not asked again).
+    rest_limited_wait_s = 12.0
 
     def __init__(self, feed: FeedConfig):
         super().__init__(feed)

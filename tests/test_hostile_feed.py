@@ -18,10 +18,11 @@ import pykka
 import pytest
 from prometheus_client import REGISTRY
 
-from marketfeed.actors.backfill import Backfiller, BackfillLimits
+from marketfeed.actors.backfill import Backfiller
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
 from marketfeed.actors.feed import FeedActor
 from marketfeed.actors.feed_messages import BackfillDone
+from marketfeed.actors.rest_client import RestLimits
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import Gap
@@ -159,7 +160,7 @@ def backfill(sim: Simulator, **extra) -> BackfillDone:
     allowed = threading.Event()
     allowed.set()
     protocol = registry.exchange("binance").protocol(feed)
-    limits = dataclasses.replace(BackfillLimits.of(feed, protocol), min_interval_s=0.0, attempts=1)
+    limits = dataclasses.replace(RestLimits.of(feed), attempts=1)
     backfiller = Backfiller(feed.name, protocol, Inbox(), allowed, limits)
     backfiller.start()
     backfiller.gaps.put(Gap("BTCUSDT", sim.truth("binance", "BTCUSDT")[0], sim.truth("binance", "BTCUSDT")[-1]))
