@@ -116,10 +116,10 @@ class JournalWriter(threading.Thread):
                     self.journal.compact(self.ledger)
         except (OSError, ValueError, TypeError) as exc:  # counted, logged; the next batch writes these first
             self.unwritten = batch[-MAX_UNWRITTEN:]
-            self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+            event(log, "ledger_write_failed", logging.ERROR, records=len(batch), error=self.last_error)
             metrics.LEDGER_WRITE_FAILURES.inc()
-            event(log, "ledger_write_failed", logging.ERROR, records=len(records), error=self.last_error)
+            self.failures += 1  # last: whoever sees the count also finds the log line
 
     def stats(self) -> LedgerStats:
         with self.lock:
