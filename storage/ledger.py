@@ -6,7 +6,8 @@ same ledger. `Journal` keeps it on local disk, crash-safe: an append-only file o
 a torn last record (SIGKILL mid-write) is detected, reported and cut off; a snapshot every `compact_every`
 records (written, fsynced, renamed) keeps the file short. A crash between the snapshot's rename and the
 journal's truncation replays records the snapshot already holds: marks and gaps come out the same (marks
-never move back; gaps re-open and close again in order), only the counts of closed gaps count those twice.
+never move back; a failed/close record only touches the gap opened when it was written; a closed gap is
+listed once), only the counts of closed gaps count those twice.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ class Ledger:
             return []
         attempts = held.attempts + 1
         wait_s = max(retry_after_s, min(MAX_RETRY_S, MIN_RETRY_S * 2 ** (attempts - 1)))
-        record: Record = {"op": "failed", "key": key, "attempts": attempts,
+        record: Record = {"op": "failed", "key": key, "opened_at_ns": held.opened_at_ns, "attempts": attempts,
                           "next_attempt_ns": now_ns + int(wait_s * 1e9), "last_error": error[:300],
                           "gap": _gap_record(left if left is not None else held.gap)}
         self.apply(record)
@@ -150,8 +151,8 @@ class Ledger:
     def close(self, key: str, reason: CloseReason, detail: str, now_ns: int) -> list[Record]:
         if key not in self.open:
             return []
-        record: Record = {"op": "close", "key": key, "reason": reason.value, "detail": detail[:300],
-                          "closed_at_ns": now_ns}
+        record: Record = {"op": "close", "key": key, "opened_at_ns": self.open[key].opened_at_ns,
+                          "reason": reason.value, "detail": detail[:300], "closed_at_ns": now_ns}
         self.apply(record)
         return [record]
 
@@ -186,20 +187,28 @@ class Ledger:
                 self.open[key] = OpenGap(key, str(record["feed"]), _gap_of(record["gap"]),
                                          Origin(str(record["origin"])), _int(record["opened_at_ns"]))
         elif op == "failed":
-            held = self.open.get(str(record["key"]))
+            held = self._target(record)
             if held is not None:
                 self.open[held.key] = dataclasses.replace(
                     held, gap=_gap_of(record["gap"]), attempts=_int(record["attempts"]),
                     next_attempt_ns=_int(record["next_attempt_ns"]), last_error=str(record["last_error"]))
         elif op == "close":
-            held = self.open.pop(str(record["key"]), None)
+            held = self._target(record)
             if held is not None:
+                del self.open[held.key]
                 reason = CloseReason(str(record["reason"]))
                 self.closed_counts[reason.value] = self.closed_counts.get(reason.value, 0) + 1
-                if reason is not CloseReason.FILLED:
-                    self.closed.append(ClosedGap(held, reason, str(record["detail"]), _int(record["closed_at_ns"])))
+                closed = ClosedGap(held, reason, str(record["detail"]), _int(record["closed_at_ns"]))
+                if reason is not CloseReason.FILLED and closed not in self.closed:  # replayed twice: listed once
+                    self.closed.append(closed)
         else:
             raise ValueError(f"unknown ledger record {op!r}")
+
+    def _target(self, record: Record) -> OpenGap | None:
+        """The open gap a failed/close record is about: its key, opened at the same time. An older journal
+        replayed over a newer snapshot (a crash mid-compaction) then cannot touch a gap reopened since."""
+        held = self.open.get(str(record["key"]))
+        return held if held is not None and held.opened_at_ns == record.get("opened_at_ns") else None
 
     def snapshot(self) -> list[Record]:
         """Records that rebuild this state from nothing (the compacted journal)."""
@@ -209,11 +218,12 @@ class Ledger:
             records.append({"op": "open", "key": g.key, "feed": g.feed, "gap": _gap_record(g.gap),
                             "origin": g.origin.value, "opened_at_ns": g.opened_at_ns})
             if g.attempts:
-                records.append({"op": "failed", "key": g.key, "attempts": g.attempts,
+                records.append({"op": "failed", "key": g.key, "opened_at_ns": g.opened_at_ns, "attempts": g.attempts,
                                 "next_attempt_ns": g.next_attempt_ns, "last_error": g.last_error,
                                 "gap": _gap_record(g.gap)})
             if closed is not None:
-                records.append({"op": "close", "key": g.key, "reason": closed.reason.value, "detail": closed.detail,
+                records.append({"op": "close", "key": g.key, "opened_at_ns": g.opened_at_ns,
+                                "reason": closed.reason.value, "detail": closed.detail,
                                 "closed_at_ns": closed.closed_at_ns})
         records.append({"op": "counts", "closed": dict(self.closed_counts)})
         return records

@@ -175,3 +175,17 @@ def test_a_write_that_failed_part_way_does_not_swallow_the_next_record(tmp_path)
     journal.append(records[2:])
     loaded, torn = Journal(tmp_path).load()
     assert torn == [] and state(loaded) == state(ledger)
+
+
+def test_an_old_journal_replayed_over_a_newer_snapshot_cannot_close_a_gap_reopened_since(tmp_path):
+    ledger, journal = Ledger(), Journal(tmp_path)
+    first, records = ledger.open_gap("f", gap(), Origin.LIVE_ID_JUMP, T0)
+    records += ledger.close(first.key, CloseReason.UNRECOVERABLE, "gone", T0 + S)
+    again, more = ledger.open_gap("f", gap(), Origin.LIVE_ID_JUMP, T0 + 2 * S)  # the same hole found again
+    journal.append(records + more)
+    old_journal = journal.path.read_bytes()
+    journal.compact(ledger)
+    journal.path.write_bytes(old_journal)  # a crash after the snapshot's rename, before the journal was emptied
+    loaded = Journal(tmp_path).load()[0]
+    assert loaded.open == {again.key: again} and again.key == first.key
+    assert [c.gap.opened_at_ns for c in loaded.closed] == [T0]
