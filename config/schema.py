@@ -32,19 +32,29 @@ class ExchangeOptions:
 _Options = TypeVar("_Options", bound=ExchangeOptions)
 
 
-class RefreshChoices:
-    """Choices by pattern: "immediate" or a QuestDB refresh interval <n>m, <n>h, <n>d (it refuses seconds)."""
+class PatternChoices:
+    """Choices by pattern, named for a problem by a few examples."""
 
-    pattern = re.compile(r"immediate|[1-9][0-9]{0,3}[mhd]")
+    def __init__(self, pattern: str, names: tuple[str, ...]):
+        self.pattern, self.names = re.compile(pattern), names
 
     def __contains__(self, value) -> bool:
         return isinstance(value, str) and self.pattern.fullmatch(value) is not None
 
     def __iter__(self):  # how the loader names the choices in a problem
-        return iter(("immediate", "<n>m", "<n>h", "<n>d"))
+        return iter(self.names)
 
 
-REFRESH_CHOICES = RefreshChoices()
+# "immediate" or a QuestDB refresh interval <n>m, <n>h, <n>d (it refuses seconds).
+REFRESH_CHOICES = PatternChoices(r"immediate|[1-9][0-9]{0,3}[mhd]", ("immediate", "<n>m", "<n>h", "<n>d"))
+# How much history a stream with nothing stored starts with (feeds.history): empty (none) or <n>m, <n>h, <n>d.
+HISTORY_CHOICES = PatternChoices(r"|[1-9][0-9]{0,4}[mhd]", ("''", "<n>m", "<n>h", "<n>d"))
+HISTORY_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
+
+
+def history_s(history: str) -> float:
+    """feeds.history in seconds (0: none)."""
+    return int(history[:-1]) * HISTORY_UNIT_S[history[-1]] if history else 0.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,8 @@ class FeedConfig:
     batch_rows: int = bounded(2_000, min=1)  # reader thread hands rows on at this size…
     batch_linger_s: float = bounded(0.005, min=0.0)  # …or once the oldest waited this long
     backfill: bool = True
+    # A stream with nothing stored yet (a new table, a new symbol) starts with this much history over REST.
+    history: str = bounded("", choices=HISTORY_CHOICES)
     # Hostile input and secrets (README, Security).
     ca_file: str = ""  # CA bundle for wss:// and https:// (empty: service.ca_file, else the system's)
     max_frame_bytes: int = bounded(16 << 20, min=1024)  # a bigger WebSocket message closes the connection
