@@ -16,7 +16,7 @@ import pykka
 
 from marketfeed.actors.feed_messages import BackfillDone, BackfillRows
 from marketfeed.actors.rest_client import Cancelled, RestLimits, fetch
-from marketfeed.feeds.base import FeedProtocol, Gap, MalformedFrame
+from marketfeed.feeds.base import BeyondRetention, FeedProtocol, Gap, MalformedFrame
 from marketfeed.feeds.rest_policy import VerdictKind
 from marketfeed.telemetry.logs import event, scrub
 
@@ -70,6 +70,10 @@ class Backfiller(threading.Thread):
                     self.actor_ref.tell(BackfillRows(gap.table, rows))
             except (Cancelled, pykka.ActorDeadError):
                 raise
+            except BeyondRetention as exc:  # what is left cannot be had: the rows still served are kept
+                if exc.rows:
+                    self.actor_ref.tell(BackfillRows(gap.table, exc.rows))
+                return BackfillDone(gap, fetched + len(exc.rows), scrub(exc.reason), left=page, unrecoverable=True)
             except MalformedFrame as exc:  # this answer; a later one may parse
                 return BackfillDone(gap, fetched, scrub(f"MalformedFrame: {exc.reason}"), left=page)
             except Exception as exc:  # noqa: BLE001 — a bug must end this gap's attempt, never the thread unseen

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 from marketfeed.actors.backfill import Backfiller
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
@@ -32,7 +33,7 @@ from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline, Outcome
 from marketfeed.feeds.registry import exchange
 from marketfeed.storage.deadletter import DeadLetters
-from marketfeed.storage.ledger import CloseReason, OpenGap, Origin, Record
+from marketfeed.storage.ledger import CloseReason, OpenGap, Origin, Record, RequestBox, UnreadableRequest
 from marketfeed.storage.tables import CANDLES
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.supervision.breaker import CircuitBreaker
@@ -85,11 +86,14 @@ class FeedActor(Supervised):
 
     def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory,
                  dead_letter_dir: str = "var/deadletter", ledger: LedgerOutlet | None = None,
-                 gap_max_age_s: float = 0.0):
+                 gap_max_age_s: float = 0.0, requests: RequestBox | None = None):
         super().__init__(ctx)
         self.feed, self.sinks, self.dead_letter_dir = feed, sinks, dead_letter_dir
         self.ledger, self.gap_max_age_s = ledger or LedgerOutlet(), gap_max_age_s
+        self.memory = memory
         self.gaps = memory.gaps  # this feed's open gaps: they outlive the actor (and, journaled, the process)
+        self.requests = requests  # gaps handed over from outside (verify --repair)
+        self.requests_taken: set[Path] = set()  # opened, their file not yet removed by the ledger writer
         self.fetching: dict[Gap, str] = {}  # gaps handed to the backfill thread → their ledger key
         self.protocol = exchange(feed.exchange).protocol(feed)
         self.pipeline = FeedPipeline(feed, self.protocol, memory)
@@ -132,6 +136,10 @@ class FeedActor(Supervised):
             self.backfiller.start()
             for gap in self.pipeline.stored_holes():
                 self._gap(gap, Origin.STORED_HOLE)
+            history, self.memory.history = self.memory.history, []
+            for gap in history:
+                self._gap(gap, Origin.HISTORY)
+            self._take_requests()
             self._retry_due_gaps()  # those the ledger kept open across a restart
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
         self._connect()
@@ -307,6 +315,26 @@ class FeedActor(Supervised):
         for opened in self.gaps.due(self.feed.name, now_ns):
             self._fetch(opened)
 
+    def _take_requests(self) -> None:
+        """Gaps handed to this feed from outside (storage/ledger.py RequestBox): opened and fetched like its own."""
+        if self.requests is None:
+            return
+        for request in self.requests.pending(self.feed.name):
+            if isinstance(request, UnreadableRequest):
+                if request.path not in self.requests_taken:  # left where it is for the operator, logged once
+                    self.requests_taken.add(request.path)
+                    event(log, "gap_request_unreadable", logging.ERROR, feed=self.feed.name, file=str(request.path),
+                          error=request.error)
+                continue
+            if request.path in self.requests_taken:
+                continue
+            self.requests_taken.add(request.path)
+            event(log, "gap_request_taken", feed=self.feed.name, file=str(request.path), gaps=len(request.gaps),
+                  origin=request.origin)
+            for gap in request.gaps:
+                self._gap(gap, request.origin)
+            self.ledger.tell(LedgerRecords((), done=(str(request.path),)))
+
     def _backfill(self, gap: Gap) -> None:
         if self.backfiller is not None:
             self.backfiller.gaps.put(gap)
@@ -415,6 +443,7 @@ class FeedActor(Supervised):
     def _tick(self) -> None:
         self.outbox.deliver()
         if self.backfiller is not None and self.state is not FeedState.PAUSED:
+            self._take_requests()
             self._retry_due_gaps()
         now = time.monotonic()
         self._check_rate(now)

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pykka
 
@@ -35,6 +36,7 @@ class MarkRows:
 @dataclass(frozen=True)
 class LedgerRecords:
     records: tuple[Record, ...]
+    done: tuple[str, ...] = ()  # request files (storage/ledger.py RequestBox) to remove once these are on disk
 
 
 class LedgerOutlet:
@@ -67,6 +69,7 @@ class JournalWriter(threading.Thread):
         self.failures = 0
         self.last_error = ""
         self.unwritten: list[Record] = []  # applied to the replica, not yet on disk: written ahead of the next batch
+        self.done: list[str] = []  # request files whose records are (once unwritten is empty) on disk
 
     def stop(self) -> None:
         self.queue.put(None)
@@ -90,6 +93,7 @@ class JournalWriter(threading.Thread):
                         self.pending_marks[(mark.table, mark.exchange, mark.symbol)] = mark
                 else:
                     records += item.records
+                    self.done += item.done
                     if linger_until is None:
                         linger_until = time.monotonic() + RECORDS_LINGER_S
             now = time.monotonic()
@@ -98,6 +102,10 @@ class JournalWriter(threading.Thread):
                     records += self.ledger.mark(self.pending_marks.values())
                 self.pending_marks, self.marks_due = {}, now + MARKS_INTERVAL_S
             self._write(records)
+            if self.done and not self.unwritten:
+                for path in self.done:
+                    Path(path).unlink(missing_ok=True)
+                self.done = []
 
     def _write(self, records: list[Record]) -> None:
         with self.lock:

@@ -67,6 +67,12 @@ def cmd_verify(args) -> int:
     return verify(config, args.since, args.json, ledger_unfilled(config))
 
 
+def cmd_backfill(args) -> int:
+    from marketfeed.cli.backfill import backfill
+
+    return backfill(_config(args), args.feed, args.symbol, args.since, args.to, args.channel, args.json)
+
+
 def cmd_demo(args) -> int:
     from marketfeed.cli.demo import demo
 
@@ -110,6 +116,18 @@ def parser() -> argparse.ArgumentParser:
                         help="only rows from this time: ISO (2024-01-01T10:00Z) or 15m, 2h, 7d")
     verify.add_argument("--json", action="store_true", help="print the findings as JSON")
     verify.set_defaults(func=cmd_verify)
+    history = with_config(sub.add_parser(
+        "backfill", help="fetch a historical range of one feed over REST into QuestDB (resumable; exit 0 all "
+                         "filled, 1 incomplete, 130 interrupted)"))
+    history.add_argument("--feed", required=True, help="the [[feeds]] name")
+    history.add_argument("--symbol", action="append", default=[], help="only this symbol (repeatable; default: all)")
+    history.add_argument("--from", dest="since", required=True,
+                         help="start: ISO (2024-01-01T10:00Z) or relative to now: 90m, 2h, 7d")
+    history.add_argument("--to", default=None, help="end (default: now), as --from")
+    history.add_argument("--channel", action="append", default=[],
+                         help="only this channel of the feed (repeatable; default: all)")
+    history.add_argument("--json", action="store_true", help="one JSON line per page (default when not on a terminal)")
+    history.set_defaults(func=cmd_backfill)
     demo = sub.add_parser("demo", help="local QuestDB + exchange simulator + the service")
     demo.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=50.0, help="simulated trades per second per symbol")

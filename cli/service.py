@@ -25,12 +25,12 @@ from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, Us
 from marketfeed.actors.ledger import LedgerActor, LedgerOutlet
 from marketfeed.cli.reload import applied, plan
 from marketfeed.config.loader import ConfigError, load
-from marketfeed.config.schema import Config, FeedConfig
+from marketfeed.config.schema import Config, FeedConfig, history_s
 from marketfeed.config.secrets import secret_values
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory
-from marketfeed.storage.ledger import Journal
+from marketfeed.storage.ledger import Journal, RequestBox
 from marketfeed.storage.recovery import (
     StoredLast,
     last_trade_ids,
@@ -78,6 +78,7 @@ class Service:
         self.sinks = SinkDirectory()
         self.memories: dict[str, FeedMemory] = {f.name: FeedMemory() for f in config.feeds}
         self.journal = Journal(config.ledger.dir, config.ledger.compact_every)
+        self.known_series: set[tuple[str, str]] = set()  # (exchange label, symbol) with rows stored, as far as known
         self.ledger = LedgerOutlet()
         self.root: pykka.ActorRef[Supervisor] | None = None
         self.health_ref: pykka.ActorRef[HealthActor] | None = None
@@ -111,7 +112,7 @@ class Service:
     def _feed_child(self, f: FeedConfig) -> ChildSpec:
         return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(
             ctx, f, self.sinks, self.memories[f.name], self.config.sink.dead_letter_dir, self.ledger,
-            self.config.ledger.gap_max_age_h * 3600), shutdown_timeout_s=5.0)
+            self.config.ledger.gap_max_age_h * 3600, RequestBox(self.config.ledger.dir)), shutdown_timeout_s=5.0)
 
     def _ledger_spec(self) -> ChildSpec:
         def start(ctx: ChildContext):
@@ -130,6 +131,7 @@ class Service:
     def start(self) -> None:
         self._recover_from_ledger()
         self._recover_last_ids()
+        self._plan_history(time.time_ns())
         self._start_http()
         # The ledger before the sinks and feeds that tell it things; stopped after them.
         specs = [self._health_spec(), self._ledger_spec(), self._sink_spec(), self._feed_spec()]
@@ -169,6 +171,7 @@ class Service:
 
     def _restore(self, stored: Mapping[tuple[str, str], StoredLast], newest: Mapping[tuple[str, str], int]) -> None:
         """Each feed's streams start at the newest of what is known (the ledger's or QuestDB's): never later."""
+        self.known_series |= set(newest)
         for f in self.config.feeds:
             protocol = registry.exchange(f.exchange).protocol(f)
             memory = self.memories[f.name]
@@ -180,6 +183,20 @@ class Service:
                          if (last_id := memory.last_ids.get(stream_of(protocol, *key))) is None
                          or last.trade_id > last_id}
                 restore_streams(memory, protocol, f.symbols, known)
+
+    def _plan_history(self, now_ns: int) -> None:
+        """feeds.history: a symbol of which nothing is stored (neither the ledger nor QuestDB knows a row) starts
+        with that much history, fetched like any gap. QuestDB down and the ledger new: fetched again, DEDUP absorbs."""
+        for f in self.config.feeds:
+            if not (seconds := history_s(f.history)) or not f.backfill:
+                continue
+            protocol = registry.exchange(f.exchange).protocol(f)
+            labels = {protocol.exchange, *protocol.trade_labels()}
+            new = tuple(s for s in f.symbols if not any((label, s) in self.known_series for label in labels))
+            if new:
+                self.memories[f.name].history = protocol.history_gaps(new, now_ns - int(seconds * 1e9), now_ns)
+                event(log, "history_planned", feed=f.name, symbols=list(new), history=f.history,
+                      gaps=len(self.memories[f.name].history))
 
     def _recover_last_ids(self) -> None:
         """Each feed's sequence starts where the stored history ends (per stream: last id, its time, its symbol),

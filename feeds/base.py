@@ -45,6 +45,15 @@ class MalformedFrame(Exception):
         self.sample = sample[:200] if sample else b""
 
 
+class BeyondRetention(Exception):
+    """The exchange no longer serves part of a gap (e.g. Kraken's 720 most recent candles): asking again cannot
+    bring it back. The rows of the page that it still serves come with it."""
+
+    def __init__(self, reason: str, rows: list):
+        super().__init__(reason)
+        self.reason, self.rows = reason, rows
+
+
 class SubscriptionRejected(Exception):
     """The exchange refused a subscription (bad symbol, bad channel, bad key)."""
 
@@ -163,6 +172,11 @@ class FeedProtocol:
     def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
         """Time windows to backfill after a reconnect, for exchanges whose ids cannot reveal the outage."""
         return []
+
+    def history_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """What fetches every row of the feed's channels stamped since..until (`marketfeed backfill`, feeds.history):
+        by default the outage windows of that span; exchanges with trade ids add their trades by time."""
+        return self.outage_gaps(symbols, since_ns, until_ns)
 
     def backfill_request(self, gap: Gap) -> HttpRequest | None:
         """The first REST request that fetches the gap, or None if the exchange cannot backfill."""

@@ -15,6 +15,7 @@ trade_id) keeps them apart and `verify` checks each sequence on its own.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
@@ -47,6 +48,8 @@ _MS = 1_000_000
 # Request weights, developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints: "Old trade
 # lookup" historicalTrades 25, aggTrades 4, klines 2; an endpoint that states none weighs 1.
 REQUEST_WEIGHTS = {"historicalTrades": 25, "aggTrades": 4, "klines": 2}
+# aggTrades by time: "If startTime and endTime are sent, time between startTime and endTime must be less than 1 hour."
+AGG_WINDOW_MS = 3_600_000 - 1
 SHORTEST_BAN_S = 120.0  # "IP bans … scale in duration for repeat offenders, from 2 minutes to 3 days"
 
 
@@ -120,12 +123,24 @@ class BinanceProtocol(FeedProtocol):
                              stream=f"{symbol}@{channel}", table=CANDLES) for symbol in symbols]
         return gaps
 
+    def history_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Candles as after an outage; trades and aggregate trades by time: their first id is found first."""
+        trades = [Gap(symbol, since_ns=since_ns, until_ns=until_ns, stream=symbol + suffix)
+                  for suffix, channel in (("", "trade"), (AGG_STREAM, "aggTrade")) if channel in self.feed.channels
+                  for symbol in symbols]
+        return trades + self.outage_gaps(symbols, since_ns, until_ns)
+
     def backfill_request(self, gap: Gap) -> HttpRequest:
         if KLINE in gap.stream:
             query = urlencode({"symbol": gap.symbol, "interval": _kline_interval(gap),
                                "startTime": gap.since_ns // _MS, "endTime": gap.until_ns // _MS,
                                "limit": BACKFILL_PAGE})
             return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/klines?{query}")
+        if _locating(gap):  # the first aggregate trade of the window names the first ids of both sequences
+            start_ms = gap.since_ns // _MS
+            query = urlencode({"symbol": gap.symbol, "startTime": start_ms,
+                               "endTime": min(start_ms + AGG_WINDOW_MS, gap.until_ns // _MS), "limit": 1})
+            return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/aggTrades?{query}")
         endpoint = "aggTrades" if gap.stream.endswith(AGG_STREAM) else "historicalTrades"
         query = urlencode({"symbol": gap.symbol, "fromId": gap.first_id, "limit": BACKFILL_PAGE})
         return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/{endpoint}?{query}")
@@ -134,6 +149,8 @@ class BinanceProtocol(FeedProtocol):
         if KLINE in gap.stream:
             return self._parse_klines(gap, body, received_ns)
         agg = gap.stream.endswith(AGG_STREAM)
+        if _locating(gap):
+            return [], _located(gap, body, agg)
         try:
             page = orjson.loads(body)
             if agg:
@@ -148,12 +165,16 @@ class BinanceProtocol(FeedProtocol):
             raise MalformedFrame(f"bad {'aggTrades' if agg else 'historicalTrades'} page: {exc!r}", body) from None
         if gap.last_id is not None:
             rows = [row for row in rows if row.trade_id <= gap.last_id]
+        if gap.until_ns:  # a window by time (marketfeed backfill): its end is where this gap ends
+            kept = [row for row in rows if row.ts_ns <= gap.until_ns]
+            if len(kept) < len(rows):
+                return kept, None
         if len(ids) < BACKFILL_PAGE:
             return rows, None  # nothing newer exists yet
         next_id = ids[-1] + 1
         if gap.last_id is not None and next_id > gap.last_id:
             return rows, None
-        return rows, Gap(gap.symbol, next_id, gap.last_id, stream=gap.stream)
+        return rows, Gap(gap.symbol, next_id, gap.last_id, until_ns=gap.until_ns, stream=gap.stream)
 
     def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:
         """418 is Binance's IP ban: no request until Retry-After ("until the ban is over") has passed; asking
@@ -183,6 +204,24 @@ class BinanceProtocol(FeedProtocol):
         # A full page, all closed: the next one starts after its last candle.
         return candles, Gap(gap.symbol, since_ns=candles[-1].ts_ns + INTERVAL_MS[interval] * _MS,
                              until_ns=gap.until_ns, stream=gap.stream, table=gap.table)
+
+
+def _locating(gap: Gap) -> bool:
+    """A trade gap given by time only: its first id is not known yet."""
+    return not gap.first_id and bool(gap.since_ns)
+
+
+def _located(gap: Gap, body: bytes, agg: bool) -> Gap | None:
+    """The gap from the first id of its window on; the next window of AGG_WINDOW_MS if this one had no trade."""
+    try:
+        page = orjson.loads(body)
+        first = [int(t["a"] if agg else t["f"]) for t in page[:1]]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise MalformedFrame(f"bad aggTrades page: {exc!r}", body) from None
+    if first:
+        return Gap(gap.symbol, first[0], until_ns=gap.until_ns, stream=gap.stream)
+    next_ns = (gap.since_ns // _MS + AGG_WINDOW_MS + 1) * _MS
+    return dataclasses.replace(gap, since_ns=next_ns) if next_ns <= gap.until_ns else None
 
 
 def _kline_interval(gap: Gap) -> str:

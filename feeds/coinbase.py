@@ -24,6 +24,7 @@ the backfiller's request spacing stays below that.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -105,6 +106,10 @@ class CoinbaseProtocol(FeedProtocol):
             raise SubscriptionRejected(f"{msg.get('message')}: {msg.get('reason')}")
         raise MalformedFrame(f"unexpected message type {kind!r}", frame)
 
+    def history_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Trades by time: newest page first, older pages until one reaches past since_ns (ids are the cursor)."""
+        return [Gap(symbol, since_ns=since_ns, until_ns=until_ns, stream=symbol) for symbol in symbols]
+
     def backfill_request(self, gap: Gap) -> HttpRequest:
         """Newest first: the page ending at the gap's last id (or the newest page if it is open)."""
         query: dict[str, int] = {"limit": BACKFILL_PAGE}
@@ -133,9 +138,14 @@ class CoinbaseProtocol(FeedProtocol):
             oldest = min((trade_id for trade_id, _ in page), default=None)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad trades page: {exc!r}", body) from None
+        if gap.since_ns:  # a window by time (marketfeed backfill): the page reaching before it is the last
+            earliest = min((row.ts_ns for row in rows), default=gap.since_ns)
+            rows = [row for row in rows if gap.since_ns <= row.ts_ns <= (gap.until_ns or row.ts_ns)]
+            if earliest < gap.since_ns:
+                return rows, None
         if oldest is None or oldest <= gap.first_id:
             return rows, None
-        return rows, Gap(gap.symbol, gap.first_id, oldest - 1, stream=gap.stream)
+        return rows, dataclasses.replace(gap, last_id=oldest - 1)
 
 
 @dataclass(frozen=True)

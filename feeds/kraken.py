@@ -42,7 +42,8 @@ less). Entries are [time_s, "open", "high", "low", "close", "vwap", "volume", co
 are those that ended before the live stream resumed (the gap's until_ns; later ones close live),
 except the last entry, which Kraken documents as the current, not-yet-committed one, and periods
 without trades (count 0), which the ohlc channel never sends either. No paging: Kraken answers up
-to 720 of the most recent entries whatever `since` says, so a longer outage loses its oldest candles.
+to 720 of the most recent entries whatever `since` says: an outage longer than that loses its oldest
+candles, and the gap is closed unrecoverable.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ import orjson
 
 from marketfeed.config.schema import ExchangeOptions, FeedConfig
 from marketfeed.feeds.base import (
+    BeyondRetention,
     Control,
     FeedProtocol,
     Gap,
@@ -74,6 +76,9 @@ OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1
 OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval
 OHLC_STREAM = "@" + OHLC_CHANNEL  # candle gaps' stream: "BTC/USD@ohlc-5" (trade gaps' is the symbol)
 REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}  # v2 uses ISO codes, REST pair names Kraken's own
+# GET /0/public/OHLC "Returns up to 720 of the most recent entries (older data cannot be retrieved,
+# regardless of the value of since)" (docs.kraken.com/api/docs/rest-api/get-ohlc-data).
+OHLC_MAX_ENTRIES = 720
 BACKFILL_PAGE = 1000  # /0/public/Trades' maximum count
 _S = 1_000_000_000  # ns per second
 _SIDES = {"buy": "buy", "sell": "sell"}
@@ -122,6 +127,12 @@ class KrakenProtocol(FeedProtocol):
                          table=CANDLES) for symbol in symbols]
         return gaps
 
+    def history_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
+        """Trades from `since` (exclusive, so one ns before) to until_ns; candles as after an outage."""
+        trades = [Gap(symbol, since_ns=since_ns - 1, until_ns=until_ns, stream=symbol) for symbol in symbols
+                  if self.trade_channel]
+        return trades + self.outage_gaps(symbols, since_ns, until_ns)
+
     def backfill_request(self, gap: Gap) -> HttpRequest:
         if OHLC_STREAM in gap.stream:
             query = {"pair": rest_pair(gap.symbol), "interval": _stream_minutes(gap),
@@ -149,6 +160,10 @@ class KrakenProtocol(FeedProtocol):
             newest = page[-1][6] if page else None
         except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad Trades page: {exc!r}", body) from None
+        if gap.until_ns:  # a window by time (marketfeed backfill): its end is where this gap ends
+            kept = [row for row in rows if row.ts_ns <= gap.until_ns]
+            if len(kept) < len(rows):
+                return kept, None
         if newest is None or len(page) < BACKFILL_PAGE or (last_id is not None and newest >= last_id):
             return rows, None  # the gap is covered, or nothing newer exists yet
         return rows, dataclasses.replace(gap, first_id=max(gap.first_id, newest + 1), since_ns=cursor)
@@ -268,17 +283,24 @@ def _trades(msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
 
 
 def _parse_ohlc(gap: Gap, body: bytes, received_ns: int) -> list[Candle]:
-    """The candles of an OHLC answer that closed before the live stream resumed."""
+    """The candles of an OHLC answer that closed before the live stream resumed. An answer of OHLC_MAX_ENTRIES
+    that starts after the gap does is all Kraken still has: the periods before it are beyond its retention."""
     minutes = _stream_minutes(gap)
     step_ns = minutes * 60 * _S
     try:
-        committed = _rest_result(body)[0][:-1]  # the last entry is the current, not-yet-committed timeframe
+        entries = _rest_result(body)[0]
+        committed = entries[:-1]  # the last entry is the current, not-yet-committed timeframe
         candles = [Candle(_integer(e[0]) * _S, "kraken", gap.symbol, OHLC_INTERVALS[minutes], float(e[1]),
                           float(e[2]), float(e[3]), float(e[4]), float(e[6]), True, received_ns)
                    for e in committed if _integer(e[7]) > 0]
+        first_ns = _integer(entries[0][0]) * _S if entries else 0
     except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise MalformedFrame(f"bad OHLC page: {exc!r}", body) from None
-    return [c for c in candles if c.ts_ns + step_ns <= gap.until_ns]
+    closed = [c for c in candles if c.ts_ns + step_ns <= gap.until_ns]
+    if len(entries) >= OHLC_MAX_ENTRIES and first_ns > gap.since_ns:
+        raise BeyondRetention(f"OHLC {minutes}m candles from {gap.since_ns // _S} to {first_ns // _S} (unix s) are "
+                              f"beyond Kraken's {OHLC_MAX_ENTRIES} most recent entries", closed)
+    return closed
 
 
 def _rest_result(body: bytes) -> tuple[list, int]:

@@ -34,6 +34,7 @@ class FeedMemory:
         self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
         self.last_event_ns = 0
         self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
+        self.history: list[Gap] = []  # feeds.history of the symbols with nothing stored; fetched like them
         self.gaps = Ledger()  # this feed's open gaps (the recovery ledger's, at start): retried until closed
 
 

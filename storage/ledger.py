@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,8 @@ class Origin(enum.StrEnum):
     CONNECTION_OUTAGE = "connection_outage"
     PROCESS_DOWNTIME = "process_downtime"
     STORED_HOLE = "stored_hole"  # ids missing between stored ones, found in QuestDB at start
-    OPERATOR = "operator"
+    OPERATOR = "operator"  # marketfeed backfill, verify --repair
+    HISTORY = "history"  # feeds.history: a stream with nothing stored starts with that much
 
 
 class CloseReason(enum.StrEnum):
@@ -148,6 +150,15 @@ class Ledger:
         self.apply(record)
         return [record]
 
+    def advance(self, key: str, left: Gap) -> list[Record]:
+        """A page of the gap fetched and stored: `left` is what is still missing (no attempt counted)."""
+        held = self.open.get(key)
+        if held is None:
+            return []
+        record: Record = {"op": "advance", "key": key, "opened_at_ns": held.opened_at_ns, "gap": _gap_record(left)}
+        self.apply(record)
+        return [record]
+
     def close(self, key: str, reason: CloseReason, detail: str, now_ns: int) -> list[Record]:
         if key not in self.open:
             return []
@@ -192,6 +203,10 @@ class Ledger:
                 self.open[held.key] = dataclasses.replace(
                     held, gap=_gap_of(record["gap"]), attempts=_int(record["attempts"]),
                     next_attempt_ns=_int(record["next_attempt_ns"]), last_error=str(record["last_error"]))
+        elif op == "advance":
+            held = self._target(record)
+            if held is not None:
+                self.open[held.key] = dataclasses.replace(held, gap=_gap_of(record["gap"]))
         elif op == "close":
             held = self._target(record)
             if held is not None:
@@ -355,3 +370,57 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class GapRequest(NamedTuple):
+    path: Path
+    feed: str
+    origin: Origin
+    gaps: list[Gap]
+
+
+class UnreadableRequest(NamedTuple):
+    path: Path
+    error: str
+
+
+class RequestBox:
+    """<ledger dir>/requests/<feed>/: gaps handed to the service's ledger from outside (`marketfeed verify --repair`)
+    while it may be running. One file per request, written whole (write, fsync, rename); the feed it names opens
+    them at its next tick, and the ledger writer removes the file once their records are on disk, so a kill in
+    between only hands them over again (opening a gap that is open already changes nothing)."""
+
+    def __init__(self, ledger_dir: str | Path):
+        self.directory = Path(ledger_dir) / "requests"
+
+    def feed_dir(self, feed: str) -> Path:
+        return self.directory / "".join(c if c.isalnum() or c in "-_." else "_" for c in feed)
+
+    def put(self, feed: str, gaps: Sequence[Gap], origin: Origin) -> Path:
+        directory = self.feed_dir(feed)
+        directory.mkdir(parents=True, exist_ok=True)
+        body = orjson.dumps({"feed": feed, "origin": origin.value, "gaps": [_gap_record(g) for g in gaps]})
+        path = directory / f"{time.time_ns()}-{os.getpid()}.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def pending(self, feed: str) -> list[GapRequest | UnreadableRequest]:
+        """This feed's requests, oldest first, and the files that cannot be read as one."""
+        try:
+            paths = sorted(self.feed_dir(feed).glob("*.json"))
+        except OSError as exc:
+            return [UnreadableRequest(self.feed_dir(feed), str(exc))]
+        found: list[GapRequest | UnreadableRequest] = []
+        for path in paths:
+            try:
+                body = orjson.loads(path.read_bytes())
+                gaps = [_gap_of(g) for g in body["gaps"]]
+                found.append(GapRequest(path, str(body["feed"]), Origin(body["origin"]), gaps))
+            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                found.append(UnreadableRequest(path, f"{type(exc).__name__}: {exc}"))
+        return found
