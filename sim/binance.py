@@ -9,7 +9,8 @@ trade that opens a new period first closes the previous one with "x": true, so a
 on its next trade rather than on the clock). Other well-formed stream names are accepted and stay quiet.
 Connection.announce_shutdown() sends {"event": {"e": "serverShutdown", "E": ms}}.
 REST: GET /api/v3/historicalTrades?symbol=&fromId=&limit=, /api/v3/trades?symbol=&limit=,
-/api/v3/aggTrades?symbol=&fromId=&limit=, /api/v3/klines?symbol=&interval=&startTime=&endTime=&limit=,
+/api/v3/aggTrades?symbol=&fromId=|startTime=&endTime=&limit= (a time window under an hour),
+/api/v3/klines?symbol=&interval=&startTime=&endTime=&limit=,
 /api/v3/exchangeInfo[?symbol=] (rateLimits and each symbol's status only).
 Every REST answer carries X-MBX-USED-WEIGHT-1M, the weight used this minute, each request counted at its
 documented weight (WEIGHTS); past `weight_limit` (exchangeInfo REQUEST_WEIGHT, 6000 per minute) the
@@ -49,6 +50,8 @@ TOO_MUCH_WEIGHT = ("Too much request weight used; current limit is {limit} reque
                    "Please use WebSocket Streams for live updates to avoid polling the API.")
 BANNED = ("Way too much request weight used; IP banned until {until_ms}. "
           "Please use WebSocket Streams for live updates to avoid bans.")
+MORE_THAN_AN_HOUR = {"code": -1127, "msg": "More than 1 hours between startTime and endTime."}
+HOUR_MS = 3_600_000
 INTERNAL_ERROR = {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}
 # Request weights, from developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints
 # (trades, historicalTrades 25; aggTrades 4; klines 2) and general-endpoints (exchangeInfo 20).
@@ -168,11 +171,15 @@ class BinanceTwin(Twin):
         try:
             limit = int(query.get("limit", DEFAULT_LIMIT))
             from_id = int(query["fromId"]) if path != "/api/v3/trades" and "fromId" in query else None
+            start_ms = int(query["startTime"]) if "startTime" in query else None
+            end_ms = int(query["endTime"]) if "endTime" in query else None
         except ValueError:
             return RestResponse.json({"code": -1100, "msg": "Illegal characters found in a parameter."}, 400)
         limit = max(1, min(limit, MAX_LIMIT))
         market = self.market[symbol]
         if path == "/api/v3/aggTrades":
+            if start_ms is not None or end_ms is not None:
+                return _agg_trades_by_time(market, start_ms, end_ms, limit, emitted)
             start = emitted - limit if from_id is None else market.index_of(from_id - AGG_ID_BASE)
             trades = market.trades(start, min(max(start, 0) + limit, emitted))
             return RestResponse.json([{k: v for k, v in _agg_event(t).items() if k not in ("e", "E", "s")}
@@ -251,6 +258,19 @@ def _agg_event(trade: Trade) -> dict:
     return {"e": "aggTrade", "E": trade.time_ms, "s": trade.symbol, "a": agg_id(trade), "p": trade.price,
             "q": trade.qty, "f": trade.trade_id, "l": trade.trade_id, "T": trade.time_ms,
             "m": trade.buyer_is_maker, "M": True}
+
+
+def _agg_trades_by_time(market: SymbolMarket, start_ms: int | None, end_ms: int | None, limit: int,
+                        emitted: int) -> RestResponse:
+    """aggTrades by time: "If startTime and endTime are sent, time between startTime and endTime must be less than
+    1 hour"; both inclusive. One of them alone spans the hour from (or to) it."""
+    if start_ms is not None and end_ms is not None and end_ms - start_ms >= HOUR_MS:
+        return RestResponse.json(MORE_THAN_AN_HOUR, 400)
+    start_ms = end_ms - HOUR_MS + 1 if start_ms is None and end_ms is not None else start_ms or 0
+    end_ms = start_ms + HOUR_MS - 1 if end_ms is None else end_ms
+    first = _first_index_at(market, start_ms, emitted)
+    trades = [t for t in market.trades(first, min(first + limit, emitted)) if t.time_ms <= end_ms]
+    return RestResponse.json([{k: v for k, v in _agg_event(t).items() if k not in ("e", "E", "s")} for t in trades])
 
 
 def _period(trade: Trade, interval: str) -> int:
