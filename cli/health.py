@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+import psutil
 
 from marketfeed.config.schema import Config
 from marketfeed.telemetry.report import FeedState, HealthLevel, HealthReport
@@ -80,13 +81,43 @@ def render(report: HealthReport) -> str:
     return "\n".join(lines)
 
 
-def read_pid(pid_file: str) -> int | None:
+# The commands that run the service, whose process the pid file names; `marketfeed` as the console script (any
+# path) or as `python -m marketfeed…`.
+SERVICE_COMMANDS = frozenset(("run", "demo"))
+# The pid file is written after the process starts; psutil derives a start time from the boot time, which /proc
+# gives to the second.
+START_SLACK_S = 2.0
+
+
+def runs_service(cmdline: list[str]) -> bool:
+    """Whether a process's command line runs the marketfeed service (not health, verify, or anything else)."""
+    for i, arg in enumerate(cmdline):
+        module = i > 0 and cmdline[i - 1] == "-m" and (arg == "marketfeed" or arg.startswith("marketfeed."))
+        if module or Path(arg).name == "marketfeed":
+            return cmdline[i + 1:i + 2] != [] and cmdline[i + 1] in SERVICE_COMMANDS
+    return False
+
+
+def service_pid(pid_file: str) -> tuple[int | None, str]:
+    """(pid, "") of the service process the pid file names, or (None, why not). A pid file left behind names a pid
+    that may since belong to any process: that one is never signalled (SIGUSR1 would kill a `sleep`)."""
+    path = Path(pid_file)
     try:
-        pid = int(Path(pid_file).read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+        pid = int(path.read_text().strip())
+        written_at = path.stat().st_mtime
+        process = psutil.Process(pid)
+        cmdline, started_at = process.cmdline(), process.create_time()
+    except (OSError, ValueError, psutil.NoSuchProcess):  # ZombieProcess is a NoSuchProcess
+        return None, f"no marketfeed process (pid file {pid_file})"
+    except psutil.AccessDenied:
+        return None, f"cannot tell whether pid {pid} is marketfeed (pid file {pid_file}): access denied"
+    if not runs_service(cmdline):
+        return None, (f"stale pid file {pid_file}: pid {pid} is not a marketfeed service "
+                      f"({' '.join(cmdline)[:120]!r}); nothing signalled")
+    if started_at > written_at + START_SLACK_S:
+        return None, (f"stale pid file {pid_file}: pid {pid} started after the file was written, "
+                      "by another marketfeed; nothing signalled")
+    return pid, ""
 
 
 def read_report(status_file: str) -> HealthReport | None:
@@ -99,9 +130,9 @@ def read_report(status_file: str) -> HealthReport | None:
 def fresh_report(config: Config, timeout_s: float) -> tuple[HealthReport | None, str]:
     """(report, "") or (None, why not): signals the service and waits for a report begun after the signal."""
     service = config.service
-    pid = read_pid(service.pid_file)
+    pid, problem = service_pid(service.pid_file)
     if pid is None:
-        return None, f"no marketfeed process (pid file {service.pid_file})"
+        return None, problem
     signalled_at = time.time()
     try:
         os.kill(pid, signal.SIGUSR1)

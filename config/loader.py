@@ -18,6 +18,7 @@ their own QuestDB or exchange. Secret values are never echoed in a problem messa
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import stat
 import tomllib
@@ -198,7 +199,9 @@ def _checked(cls, values: dict, where: str, source: str, problems: list[str], or
             problems.append(f"{at}: expected {_type_name(hints[key])}, got {got}")
             continue
         meta = fields[key].metadata
-        if meta.get("min") is not None and converted < meta["min"]:
+        if not _finite(converted):  # NaN passes every bound (all comparisons are false); inf passes a min
+            problems.append(f"{at}: {converted!r} is not a finite number")
+        elif meta.get("min") is not None and converted < meta["min"]:
             problems.append(f"{at}: {converted!r} is below the minimum {meta['min']}")
         elif meta.get("max") is not None and converted > meta["max"]:
             problems.append(f"{at}: {converted!r} is above the maximum {meta['max']}")
@@ -275,6 +278,13 @@ def _convert(hint, value):
         items = [_convert(item, v) for v in value]
         return _INVALID if any(i is _INVALID for i in items) else tuple(items)
     return _INVALID
+
+
+def _finite(value) -> bool:
+    """False for a NaN or infinite float, alone or in a list (TOML and the environment both spell them nan, inf)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return all(map(_finite, value)) if isinstance(value, tuple) else True
 
 
 def _type_name(hint) -> str:

@@ -50,6 +50,11 @@ REFRESH_CHOICES = PatternChoices(r"immediate|[1-9][0-9]{0,3}[mhd]", ("immediate"
 # How much history a stream with nothing stored starts with (feeds.history): empty (none) or <n>m, <n>h, <n>d.
 HISTORY_CHOICES = PatternChoices(r"|[1-9][0-9]{0,4}[mhd]", ("''", "<n>m", "<n>h", "<n>d"))
 HISTORY_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
+# questdb.table_prefix goes into DDL, queries and spool/dead-letter paths unquoted: only what an unquoted QuestDB
+# table name takes (ASCII letters, digits, underscore; not a digit first), short enough that prefix + table + view
+# suffix stays far below QuestDB's 127-character file name limit. Empty: no prefix.
+TABLE_PREFIX_CHOICES = PatternChoices(r"|[A-Za-z_][A-Za-z0-9_]{0,63}",
+                                      ("''", "[A-Za-z_][A-Za-z0-9_]{0,63}"))
 
 
 def history_s(history: str) -> float:
@@ -75,7 +80,7 @@ class QuestDBConfig:
     # Both may carry credentials (username/password/token): hidden from repr, redacted wherever shown.
     conf: str = field(default="http::addr=127.0.0.1:9000;", repr=False)  # questdb client configuration string
     pg_dsn: str = field(default="host=127.0.0.1 port=8812 user=admin password=quest dbname=qdb", repr=False)
-    table_prefix: str = ""
+    table_prefix: str = bounded("", choices=TABLE_PREFIX_CHOICES)  # tables are <prefix>trades, <prefix>candles
     # OHLCV views: refreshed on a timer; "immediate" refreshes them after every commit (costly CPU, README).
     ohlcv_refresh: str = bounded("1m", choices=REFRESH_CHOICES)
     # At start, ids missing among the trades stored in this many hours before the newest are backfilled (0: off).

@@ -1,7 +1,9 @@
 """What no exchange can make us store, and how fast it may talk: pure policies of the feed actor.
 
 A frame that parses can still carry rows QuestDB must never see: a NaN or negative price, a zero
-size, a timestamp in 2077 or 1970, a symbol we never subscribed to, a megabyte of "symbol".
+size, a price of 1e308 or 5e-324 (it would dominate every OHLCV bar of its series, and take a real trade's
+id), a timestamp in 2077 or 1970, a symbol we never subscribed to, a megabyte of "symbol".
+Validation comes before dedup (feeds/pipeline.py), so a rejected row never claims its id.
 RowValidator splits a batch into rows to store and (row, reason) pairs to reject; the actor counts
 the reasons and writes samples to the dead-letter file. No clock of its own, no I/O.
 """
@@ -16,19 +18,29 @@ from marketfeed.storage.deadletter import Record
 MIN_TS_NS = 1_230_768_000 * 10**9  # 2009-01-01T00:00:00Z: no exchange we ingest traded before
 INT64_MAX = 2**63 - 1  # QuestDB LONG
 SIDES = frozenset(("buy", "sell", "unknown"))  # unknown: the exchange does not name the aggressor (Polygon)
+# Sane magnitudes, prices per unit in the quote currency. The dearest quotes we could meet are BTC in currencies
+# like IDR or VND (~2e9) and the cheapest meme coins in BTC (~1e-10); exchanges tick at 1e-8 or coarser, so
+# 1e12 leaves ×400 of headroom above and 1e-12 ×100 below. Sizes: no coin's whole supply reaches 1e15 units
+# (SHIB ~6e14), and no lot is below 1e-12 (satoshi-sized lots are 1e-8). Subnormals (5e-324) fall below the
+# minimum. A candle's volume sums many trades, hence its own ceiling; 0 there is a bar with no trades.
+MIN_PRICE, MAX_PRICE = 1e-12, 1e12
+MIN_AMOUNT, MAX_AMOUNT = 1e-12, 1e15
+MAX_VOLUME = 1e18
 
 # Every reason a row can be rejected for: metric label values and health report keys.
 BAD_TYPE = "bad_type"  # a field of the wrong type (a parser let a JSON string or list through)
 BAD_PRICE = "bad_price"  # non-finite or non-positive
 BAD_SIZE = "bad_size"  # trades: non-finite or non-positive amount; candles: negative or non-finite volume
+PRICE_OUT_OF_RANGE = "price_out_of_range"  # finite and positive, but outside MIN_PRICE..MAX_PRICE
+SIZE_OUT_OF_RANGE = "size_out_of_range"  # finite and positive, but outside MIN_AMOUNT..MAX_AMOUNT (or MAX_VOLUME)
 FUTURE_TS = "future_timestamp"  # later than now + max_future_skew_s
 ANCIENT_TS = "timestamp_before_2009"
 UNKNOWN_SYMBOL = "unknown_symbol"  # not one of the feed's configured symbols
 OVERSIZED_STRING = "oversized_string"
 BAD_TRADE_ID = "bad_trade_id"  # negative or beyond a 64-bit integer
 BAD_SIDE = "bad_side"
-REASONS = (BAD_TYPE, BAD_PRICE, BAD_SIZE, FUTURE_TS, ANCIENT_TS, UNKNOWN_SYMBOL, OVERSIZED_STRING,
-           BAD_TRADE_ID, BAD_SIDE)
+REASONS = (BAD_TYPE, BAD_PRICE, BAD_SIZE, PRICE_OUT_OF_RANGE, SIZE_OUT_OF_RANGE, FUTURE_TS, ANCIENT_TS,
+           UNKNOWN_SYMBOL, OVERSIZED_STRING, BAD_TRADE_ID, BAD_SIDE)
 
 
 class RowValidator:
@@ -59,11 +71,11 @@ class RowValidator:
 
     def _all_good_trades(self, rows: list, latest_ns: int) -> bool:
         """The hot path: a batch of good trades in one tight loop (a row that is no trade, or fails, says False)."""
-        symbols, inf = self.symbols, math.inf
+        symbols = self.symbols
         try:
             for ts, _, symbol, trade_id, price, amount, side, _ in rows:
                 if not (type(ts) is int and MIN_TS_NS <= ts <= latest_ns and symbol in symbols
-                        and 0.0 < price < inf and 0.0 < amount < inf
+                        and MIN_PRICE <= price <= MAX_PRICE and MIN_AMOUNT <= amount <= MAX_AMOUNT
                         and type(trade_id) is int and 0 <= trade_id <= INT64_MAX and side in SIDES):
                     return False
         except (TypeError, ValueError):  # a candle (11 fields), an unhashable symbol, a string price
@@ -97,8 +109,12 @@ class RowValidator:
     def _trade_reason(row: Trade) -> str | None:
         if not 0.0 < row.price < math.inf:  # NaN fails every comparison
             return BAD_PRICE
+        if not MIN_PRICE <= row.price <= MAX_PRICE:
+            return PRICE_OUT_OF_RANGE
         if not 0.0 < row.amount < math.inf:
             return BAD_SIZE
+        if not MIN_AMOUNT <= row.amount <= MAX_AMOUNT:
+            return SIZE_OUT_OF_RANGE
         trade_id = row.trade_id
         if type(trade_id) is not int:
             return BAD_TYPE
@@ -109,10 +125,15 @@ class RowValidator:
         return None
 
     def _candle_reason(self, row: Candle) -> str | None:
-        if not all(0.0 < p < math.inf for p in (row.open, row.high, row.low, row.close)):
+        prices = (row.open, row.high, row.low, row.close)
+        if not all(0.0 < p < math.inf for p in prices):
             return BAD_PRICE
+        if not all(MIN_PRICE <= p <= MAX_PRICE for p in prices):
+            return PRICE_OUT_OF_RANGE
         if not 0.0 <= row.volume < math.inf:
             return BAD_SIZE
+        if row.volume and not MIN_AMOUNT <= row.volume <= MAX_VOLUME:
+            return SIZE_OUT_OF_RANGE
         if type(row.interval) is not str:
             return BAD_TYPE
         if len(row.interval) > self.max_string_len:

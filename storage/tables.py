@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from questdb import QuestDBError, TimestampNanos
 
-from marketfeed.config.schema import SinkConfig
+from marketfeed.config.schema import TABLE_PREFIX_CHOICES, SinkConfig
 from marketfeed.feeds.rows import Candle, Trade
 
 # The client refuses a row it cannot encode and leaves the buffer as before that row.
@@ -90,6 +90,10 @@ class Table:
         return f"Table({self.name!r})"
 
     def name_in_db(self, prefix: str) -> str:
+        """The table's name in QuestDB, which DDL, queries and spool paths use as is: hence checked here too, not
+        only by the loader (a prefix from code, a test, a tool)."""
+        if prefix not in TABLE_PREFIX_CHOICES:
+            raise ValueError(f"table prefix {prefix!r} is not one of {', '.join(TABLE_PREFIX_CHOICES)}")
         return f"{prefix}{self.name}"
 
     def ddl(self, name_in_db: str) -> str:

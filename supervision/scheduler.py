@@ -4,12 +4,26 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 
 import pykka
 
 log = logging.getLogger(__name__)
+
+
+# A NaN or infinite time in the heap would kill this thread (Condition.wait refuses it) or break the heap's order,
+# silently stopping every timer of the process: refused when scheduled instead.
+MIN_INTERVAL_S = 0.001  # a repeating timer faster than this is a busy loop, not a timer
+MAX_WAIT_S = 3600.0
+
+
+def _checked(what: str, seconds: float, least: float = -math.inf) -> float:
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= least):
+        at_least = "" if least == -math.inf else f", at least {least:g}"
+        raise ValueError(f"timer {what} {seconds!r}: must be a finite number of seconds{at_least}")
+    return float(seconds)
 
 
 class Timer:
@@ -31,9 +45,12 @@ class Scheduler:
         self._thread.start()
 
     def after(self, delay_s: float, ref: pykka.ActorRef, message: object) -> Timer:
-        return self._add(time.monotonic() + delay_s, None, ref, message)
+        """A delay already past fires now; raises ValueError for one that is not finite."""
+        return self._add(time.monotonic() + max(0.0, _checked("delay", delay_s)), None, ref, message)
 
     def every(self, interval_s: float, ref: pykka.ActorRef, message: object) -> Timer:
+        """Raises ValueError for an interval that is not positive or not finite (it would spin the thread)."""
+        interval_s = _checked("interval", interval_s, MIN_INTERVAL_S)
         return self._add(time.monotonic() + interval_s, interval_s, ref, message)
 
     def _add(self, due: float, interval: float | None, ref, message) -> Timer:
@@ -47,7 +64,8 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                    # Capped: a far-off timer must not ask for a wait longer than the lock takes (OverflowError).
+                    self._cond.wait(None if not self._heap else min(self._heap[0][0] - time.monotonic(), MAX_WAIT_S))
                 due, _, interval, ref, message, timer = heapq.heappop(self._heap)
                 if interval is not None and not timer.cancelled:
                     again = max(due + interval, time.monotonic())

@@ -1,12 +1,19 @@
-"""Config hardening: world-writable files refused, secrets from files, TLS verification without an off switch."""
+"""Config hardening: world-writable files refused, secrets from files, TLS verification without an off switch,
+no SQL or path from the table prefix, no NaN or infinity in any number."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import typing
 
 import pytest
 
 from marketfeed.config.loader import ConfigError, load, to_toml
+from marketfeed.config.schema import Config, FeedConfig
+from marketfeed.feeds import registry
 from marketfeed.feeds.polygon import PolygonOptions
+from marketfeed.storage.tables import CANDLES, TRADES
 from marketfeed.telemetry.http import OpsServer
 
 FEED = {"name": "b", "exchange": "binance", "url": "wss://stream.example:9443", "symbols": ["BTCUSDT"]}
@@ -101,3 +108,57 @@ def test_binding_the_http_endpoints_beyond_loopback_logs_a_warning(listen, warne
         server.start()
     server.stop()
     assert ("http_not_loopback" in caplog.messages) == warned
+
+
+# --- values that become SQL or paths, and numbers no bound can hold
+
+@pytest.mark.parametrize("prefix", ["x; DROP TABLE trades; --", "../../", "a/b_", "p-", "p ", "1p_", "é_", "p\n",
+                                    "p" * 65])
+def test_a_table_prefix_that_is_no_plain_identifier_is_refused_naming_the_key(tmp_path, prefix):
+    path = write(tmp_path, {"questdb": {"table_prefix": prefix}, "feeds": [FEED]})
+    choices = "'', [A-Za-z_][A-Za-z0-9_]{0,63}"
+    assert problems(path) == [f"{path}: questdb.table_prefix: {prefix!r} is not one of {choices}"]
+    with pytest.raises(ValueError, match="table prefix"):  # and never formatted into DDL, queries or paths from code
+        TRADES.name_in_db(prefix)
+
+
+@pytest.mark.parametrize("prefix", ["", "demo_", "t12345_0_Test_x_", "_p", "p" * 64])
+def test_a_plain_table_prefix_is_taken(tmp_path, prefix):
+    config = load(write(tmp_path, {"questdb": {"table_prefix": prefix}, "feeds": [FEED]}), env={})
+    assert config.questdb.table_prefix == prefix and CANDLES.name_in_db(prefix) == f"{prefix}candles"
+
+
+def _floats(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if typing.get_type_hints(cls)[f.name] is float]
+
+
+def _float_keys():
+    """(section, or the exchange of a [[feeds]] table, key) of every float option, exchange options included."""
+    sections = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("feeds", "source")}
+    keys = [(name, key) for name, cls in sections.items() for key in _floats(cls)]
+    keys += [("binance", key) for key in _floats(FeedConfig)]
+    return keys + [(name, key) for name, entry in registry.EXCHANGES.items() for key in _floats(entry.options)]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("section, key", _float_keys())
+def test_no_float_option_takes_nan_or_infinity(tmp_path, section, key, value):
+    raw: dict
+    if section in registry.EXCHANGES:
+        key_option = {"api_key": "k"} if section == "polygon" else {}
+        raw = {"feeds": [{**FEED, "exchange": section, key: value, **key_option}]}
+        where = "feeds[0] (b)"
+    else:
+        raw, where = {section: {key: value}, "feeds": [FEED]}, section
+    path = write(tmp_path, raw)  # to_toml writes nan, inf, -inf: TOML's own spelling
+    assert problems(path) == [f"{path}: {where}.{key}: {value!r} is not a finite number"]
+
+
+def test_a_non_finite_number_from_the_environment_is_named_by_its_variable(tmp_path):
+    path = write(tmp_path, {"feeds": [FEED]})
+    found = problems(path, env={"MARKETFEED_SINK__FLUSH_INTERVAL_S": "nan",
+                                "MARKETFEED_SERVICE__STATUS_INTERVAL_S": "inf",
+                                "MARKETFEED_FEEDS__0__STALE_AFTER_S": "-inf"})
+    assert found == ["$MARKETFEED_SERVICE__STATUS_INTERVAL_S: service.status_interval_s: inf is not a finite number",
+                     "$MARKETFEED_SINK__FLUSH_INTERVAL_S: sink.flush_interval_s: nan is not a finite number",
+                     "$MARKETFEED_FEEDS__0__STALE_AFTER_S: feeds[0] (b).stale_after_s: -inf is not a finite number"]

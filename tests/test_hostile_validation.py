@@ -5,6 +5,10 @@ import math
 
 import pytest
 
+from marketfeed.config.schema import FeedConfig
+from marketfeed.feeds.base import ParsedRows
+from marketfeed.feeds.binance import BinanceProtocol
+from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.feeds.validation import (
     ANCIENT_TS,
@@ -15,6 +19,8 @@ from marketfeed.feeds.validation import (
     BAD_TYPE,
     FUTURE_TS,
     OVERSIZED_STRING,
+    PRICE_OUT_OF_RANGE,
+    SIZE_OUT_OF_RANGE,
     UNKNOWN_SYMBOL,
     RateCeiling,
     RowValidator,
@@ -85,3 +91,49 @@ def test_no_ceiling_never_flags():
     ceiling = RateCeiling(0.0)
     ceiling.observe(0, 0.0)
     assert ceiling.observe(10**9, 1.0) is False and not ceiling.flagged
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"price": 1e308}, PRICE_OUT_OF_RANGE), ({"price": 5e-324}, PRICE_OUT_OF_RANGE),
+    ({"price": 1.1e12}, PRICE_OUT_OF_RANGE), ({"price": 1e-13}, PRICE_OUT_OF_RANGE),
+    ({"amount": 1e308}, SIZE_OUT_OF_RANGE), ({"amount": 5e-324}, SIZE_OUT_OF_RANGE),
+    ({"amount": 2e15}, SIZE_OUT_OF_RANGE), ({"amount": 1e-13}, SIZE_OUT_OF_RANGE),
+    ({"price": -math.inf}, BAD_PRICE), ({"amount": math.inf}, BAD_SIZE),
+])
+def test_absurd_and_subnormal_magnitudes_are_rejected(change, reason):
+    bad = GOOD._replace(**change)
+    assert validator.split([GOOD, bad], NOW) == ([GOOD], [(bad, reason)])
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"high": 1e308}, PRICE_OUT_OF_RANGE), ({"low": 5e-324}, PRICE_OUT_OF_RANGE),
+    ({"volume": 5e-324}, SIZE_OUT_OF_RANGE), ({"volume": 1e300}, SIZE_OUT_OF_RANGE),
+])
+def test_candles_of_absurd_magnitudes_are_rejected(change, reason):
+    bad = CANDLE._replace(**change)
+    assert validator.split([bad], NOW) == ([], [(bad, reason)])
+
+
+def test_the_bounds_let_real_extremes_through():
+    """BTC quoted in IDR or VND, a meme coin quoted in BTC, a satoshi-sized lot, a bar of a trillion SHIB."""
+    rows: list[Trade | Candle] = [GOOD._replace(price=2.6e9, amount=1e-8), GOOD._replace(price=1e-10, amount=5e11),
+                                  CANDLE._replace(volume=1e12)]
+    assert validator.split(rows, NOW) == (rows, [])
+
+
+def test_a_rejected_price_does_not_claim_its_trade_id_so_the_real_trade_is_stored():
+    config = FeedConfig(name="f", exchange="binance", url="ws://x", symbols=("BTCUSDT",))
+    pipeline = FeedPipeline(config, BinanceProtocol(config), FeedMemory())
+    forged, real = GOOD._replace(price=1e308), GOOD
+
+    def burst(*trades: Trade) -> ParsedRows:
+        rows = ParsedRows()
+        rows.trades = list(trades)
+        return rows
+
+    first = pipeline.live(burst(forged), True, NOW, 0.0)
+    assert "trades" not in first.rows and first.rejected[0].reasons == {PRICE_OUT_OF_RANGE: 1}
+    assert first.rejected[0].samples == [(forged, f"rejected by validation: {PRICE_OUT_OF_RANGE} (feed f)")]
+    second = pipeline.live(burst(real), True, NOW, 1.0)
+    assert second.rows == {"trades": [real]} and second.duplicates == 0
+    assert pipeline.rejected == {PRICE_OUT_OF_RANGE: 1}

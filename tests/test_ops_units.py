@@ -1,7 +1,13 @@
 """The pure core of operations: alert rules, reload plans, sd_notify, the health CLI's output, top's screen."""
 import logging
+import math
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -10,11 +16,12 @@ import pykka
 import pytest
 
 from marketfeed.actors.buffer import BufferActor, SinkDirectory
-from marketfeed.cli.health import UNKNOWN, exit_code, fresh_report, perfdata, render
+from marketfeed.cli.health import UNKNOWN, exit_code, fresh_report, health, perfdata, render, runs_service, service_pid
 from marketfeed.cli.reload import applied, plan
 from marketfeed.cli.top import Dashboard, LogTail
 from marketfeed.config.loader import from_dict
 from marketfeed.config.schema import AlertConfig, Config, ServiceConfig, SinkConfig, SpoolConfig
+from marketfeed.supervision.scheduler import Scheduler
 from marketfeed.supervision.supervisor import (
     AddChild,
     ChildSpec,
@@ -165,6 +172,51 @@ def test_no_process_is_unknown(tmp_path):
     (tmp_path / "none.pid").write_text("999999999\n")  # a pid file left behind by a dead process
     assert fresh_report(config, 0.2)[0] is None
     assert UNKNOWN == 3
+
+
+def test_a_stale_pid_file_naming_an_unrelated_process_signals_nothing_and_is_unknown(tmp_path, capsys):
+    pid_file, status_file = tmp_path / "marketfeed.pid", tmp_path / "s.json"
+    config = Config(service=ServiceConfig(pid_file=str(pid_file), status_file=str(status_file)))
+    with subprocess.Popen(["sleep", "60"]) as unrelated:  # SIGUSR1's default action would end it
+        try:
+            pid_file.write_text(f"{unrelated.pid}\n")  # the service died, its pid went to this process
+            assert health(config, False, 5.0) == UNKNOWN
+            assert capsys.readouterr().out == (f"MARKETFEED UNKNOWN - stale pid file {pid_file}: pid {unrelated.pid} "
+                                               "is not a marketfeed service ('sleep 60'); nothing signalled\n")
+            assert unrelated.poll() is None
+        finally:
+            unrelated.terminate()
+        # A signal sent earlier would be pending still, and the lower-numbered SIGUSR1 would be delivered first.
+        assert unrelated.wait(10) == -signal.SIGTERM
+
+
+def test_a_marketfeed_process_started_after_the_pid_file_was_written_is_not_the_one_it_names(tmp_path):
+    pid_file = tmp_path / "marketfeed.pid"
+    # A command line as `python -m marketfeed.cli.main run` has (its own pid file would be elsewhere).
+    lookalike = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "marketfeed.cli.main", "run"]
+    with subprocess.Popen(lookalike) as process:
+        try:
+            pid_file.write_text(f"{process.pid}\n")
+            assert service_pid(str(pid_file)) == (process.pid, "")
+            os.utime(pid_file, (time.time() - 600, time.time() - 600))  # written by a process long gone
+            stale = (f"stale pid file {pid_file}: pid {process.pid} started after the file was written, "
+                     "by another marketfeed; nothing signalled")
+            assert service_pid(str(pid_file)) == (None, stale)
+        finally:
+            process.terminate()
+        assert process.wait(10) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("cmdline, service", [
+    (["/usr/local/bin/marketfeed", "run", "-c", "/etc/marketfeed/marketfeed.toml"], True),
+    (["/opt/venv/bin/python", "/opt/venv/bin/marketfeed", "run"], True),
+    (["python3", "-m", "marketfeed.cli.main", "demo", "--duration", "5"], True),
+    (["/usr/local/bin/marketfeed", "health", "-c", "run"], False),
+    (["python3", "-m", "marketfeed.sim"], False), (["sleep", "60"], False), (["vim", "marketfeed.toml"], False),
+    (["marketfeed"], False), ([], False),
+])
+def test_only_a_command_line_running_the_service_counts_as_marketfeed(cmdline, service):
+    assert runs_service(cmdline) is service
 
 
 @pytest.mark.parametrize("status, code", [("ok", 0), ("degraded", 1), ("critical", 2), ("unknown", 3), ("bogus", 3),
@@ -337,3 +389,34 @@ def test_a_child_that_cannot_start_is_not_added():
         assert "x" not in ask(sup, GetStatus())["children"]
     finally:
         sup.stop()
+
+
+# --- timers
+
+class Recorder(pykka.ThreadingActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.got = threading.Event()
+
+    def on_receive(self, message: Any) -> None:
+        self.got.set()
+
+
+@pytest.fixture(scope="module")
+def timers() -> Scheduler:
+    return Scheduler()  # its own: a thread killed here would not take the process-wide one down with it
+
+
+@pytest.mark.parametrize("method, seconds", [("after", math.nan), ("after", math.inf), ("after", -math.inf),
+                                             ("every", math.nan), ("every", math.inf), ("every", 0.0)])
+def test_a_non_finite_or_non_positive_timer_is_refused_and_the_timers_thread_lives_on(timers, method, seconds):
+    recorder = Recorder.start()
+    try:
+        with pytest.raises(ValueError, match="must be a finite number of seconds"):
+            getattr(timers, method)(seconds, recorder, "x")
+        timers.after(1e12, recorder, "far off")  # beyond what a lock wait takes: capped, not an OverflowError
+        timers.after(0.01, recorder, "soon")
+        assert recorder.proxy().got.get().wait(10)
+        assert timers._thread.is_alive()
+    finally:
+        recorder.stop()
