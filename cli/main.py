@@ -64,7 +64,7 @@ def cmd_verify(args) -> int:
     from marketfeed.cli.verify import run as verify
 
     config = _config(args)
-    return verify(config, args.since, args.json, ledger_unfilled(config))
+    return verify(config, args.since, args.json, ledger_unfilled(config), args.repair)
 
 
 def cmd_backfill(args) -> int:
@@ -115,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--since", default=None,
                         help="only rows from this time: ISO (2024-01-01T10:00Z) or 15m, 2h, 7d")
     verify.add_argument("--json", action="store_true", help="print the findings as JSON")
+    verify.add_argument("--repair", action="store_true",
+                        help="hand the trade-id gaps found to the service's recovery ledger, which fetches them")
     verify.set_defaults(func=cmd_verify)
     history = with_config(sub.add_parser(
         "backfill", help="fetch a historical range of one feed over REST into QuestDB (resumable; exit 0 all "

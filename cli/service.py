@@ -4,6 +4,7 @@ The main thread only waits; signal handlers hand their signal to an actor and re
 """
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import gc
 import logging
@@ -28,11 +29,11 @@ from marketfeed.config.loader import ConfigError, load
 from marketfeed.config.schema import Config, FeedConfig, history_s
 from marketfeed.config.secrets import secret_values
 from marketfeed.feeds import registry
-from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.storage.ledger import Journal, RequestBox
 from marketfeed.storage.recovery import (
     StoredLast,
+    hole_gap,
     last_trade_ids,
     newest_stored_ns,
     restore_streams,
@@ -164,6 +165,7 @@ class Service:
             newest[(m.exchange, m.symbol)] = max(newest.get((m.exchange, m.symbol), 0), m.last_ts_ns)
         self._restore(stored, newest)
         for f in self.config.feeds:
+            self.memories[f.name].stored_ns = {key: m.last_ts_ns for key, m in ledger.marks.items()}
             for opened in ledger.feed_gaps(f.name):
                 self.memories[f.name].gaps.open[opened.key] = opened
         event(log, "ledger_loaded", series=len(ledger.marks), open_gaps=len(ledger.open),
@@ -193,8 +195,10 @@ class Service:
             protocol = registry.exchange(f.exchange).protocol(f)
             labels = {protocol.exchange, *protocol.trade_labels()}
             new = tuple(s for s in f.symbols if not any((label, s) in self.known_series for label in labels))
-            if new:
-                self.memories[f.name].history = protocol.history_gaps(new, now_ns - int(seconds * 1e9), now_ns)
+            if new:  # trades run on to the live stream (DEDUP absorbs the overlap); candles closed by now
+                gaps = protocol.history_gaps(new, now_ns - int(seconds * 1e9), now_ns)
+                self.memories[f.name].history = [dataclasses.replace(g, until_ns=0) if g.table is TRADES else g
+                                                 for g in gaps]
                 event(log, "history_planned", feed=f.name, symbols=list(new), history=f.history,
                       gaps=len(self.memories[f.name].history))
 
@@ -227,9 +231,8 @@ class Service:
             return
         for f, protocol in protocols:
             self.memories[f.name].stored_holes = [
-                Gap(hole.symbol, hole.first_id, hole.last_id, since_ns=hole.before_ns - 1,
-                    stream=stream_of(protocol, hole.exchange, hole.symbol))
-                for hole in holes if hole.exchange in protocol.trade_labels() and hole.symbol in f.symbols]
+                hole_gap(protocol, hole) for hole in holes
+                if hole.exchange in protocol.trade_labels() and hole.symbol in f.symbols]
         if holes:
             event(log, "stored_holes_found", logging.WARNING, holes=len(holes),
                   sample=[f"{h.exchange} {h.symbol} {h.first_id}..{h.last_id}" for h in holes[:5]])

@@ -1,5 +1,5 @@
-"""`marketfeed verify [-c FILE] [--since T] [--json]`: duplicates and trade-id gaps in QuestDB, and the gaps the
-recovery ledger closed without filling them.
+"""`marketfeed verify [-c FILE] [--since T] [--json] [--repair]`: duplicates and trade-id gaps in QuestDB, and the
+gaps the recovery ledger closed without filling them. --repair hands the id gaps found to the service's ledger.
 
 Exit 0: clean; 1: duplicates, gaps or unfilled gaps found; 2: QuestDB could not be asked (or a bad --since).
 """
@@ -14,7 +14,9 @@ import orjson
 import psycopg2
 
 from marketfeed.config.schema import Config
-from marketfeed.storage.ledger import Journal
+from marketfeed.feeds import registry
+from marketfeed.storage.ledger import Journal, Origin, RequestBox
+from marketfeed.storage.recovery import hole_gap, stored_holes
 from marketfeed.storage.verify import SeriesReport, UnfilledGap, as_dict, parse_since, unfilled_since, verify
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -28,7 +30,33 @@ def ledger_unfilled(config: Config) -> list[UnfilledGap]:
                         c.gap.gap.until_ns) for c in ledger.closed]
 
 
-def run(config: Config, since: str | None, as_json: bool, closed_unfilled: Iterable[UnfilledGap] = ()) -> int:
+REPAIR_ALL_S = 100 * 365 * 86400.0  # --repair without --since: holes anywhere in the stored history
+
+
+def repair(config: Config, cutoff: datetime | None) -> list[str]:
+    """Every hole in the stored id sequences (since `cutoff`) handed to the ledger of the feed that fetches it, as
+    requests the running service (or its next start) opens and fills; what this says it did, one line each."""
+    q = config.questdb
+    protocols = [(f, p) for f in config.feeds if f.backfill
+                 and (p := registry.exchange(f.exchange).protocol(f)).contiguous_ids]
+    labels = tuple(sorted({label for _, p in protocols for label in p.trade_labels()}))
+    window_s = REPAIR_ALL_S if cutoff is None else max(0.0, (datetime.now(UTC) - cutoff).total_seconds())
+    holes = stored_holes(q.pg_dsn, q.table_prefix, labels, window_s)
+    box, said, handed = RequestBox(config.ledger.dir), [], set()
+    for f, protocol in protocols:
+        mine = [h for h in holes if h.exchange in protocol.trade_labels() and h.symbol in f.symbols]
+        if mine:
+            path = box.put(f.name, [hole_gap(protocol, h) for h in mine], Origin.STORED_HOLE)
+            handed.update(mine)
+            said.append(f"repair: handed {len(mine)} gap{'s' if len(mine) != 1 else ''} to the ledger of feed "
+                        f"{f.name} ({path}): the service opens them at its next tick (or start)")
+    said += [f"repair: no feed of this config fetches {h.exchange} {h.symbol} ids {h.first_id}..{h.last_id}"
+             for h in holes if h not in handed]
+    return said
+
+
+def run(config: Config, since: str | None, as_json: bool, closed_unfilled: Iterable[UnfilledGap] = (),
+        repair_gaps: bool = False) -> int:
     """`closed_unfilled`: the gaps the recovery ledger closed without filling them (unrecoverable, expired)."""
     try:
         cutoff = parse_since(since) if since else None
@@ -42,12 +70,20 @@ def run(config: Config, since: str | None, as_json: bool, closed_unfilled: Itera
         return EXIT_ERROR
     unfilled = unfilled_since(closed_unfilled, cutoff)
     clean = all(r.clean for r in reports) and not unfilled
+    repaired: list[str] = []
+    if repair_gaps and not clean:
+        try:
+            repaired = repair(config, cutoff)
+        except (psycopg2.Error, OSError) as exc:
+            print(f"verify: --repair: {exc}".strip(), file=sys.stderr)
+            return EXIT_ERROR
     if as_json:
         body = {"clean": clean, "since": cutoff.isoformat() if cutoff else None,
-                "series": [as_dict(r) for r in reports], "unfilled": [asdict(g) for g in unfilled]}
+                "series": [as_dict(r) for r in reports], "unfilled": [asdict(g) for g in unfilled],
+                "repair": repaired}
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render(reports, unfilled))
+        print("\n".join([render(reports, unfilled), *repaired]))
     return EXIT_CLEAN if clean else EXIT_FOUND
 
 

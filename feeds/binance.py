@@ -138,8 +138,9 @@ class BinanceProtocol(FeedProtocol):
             return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/klines?{query}")
         if _locating(gap):  # the first aggregate trade of the window names the first ids of both sequences
             start_ms = gap.since_ns // _MS
+            end_ms = start_ms + AGG_WINDOW_MS
             query = urlencode({"symbol": gap.symbol, "startTime": start_ms,
-                               "endTime": min(start_ms + AGG_WINDOW_MS, gap.until_ns // _MS), "limit": 1})
+                               "endTime": min(end_ms, gap.until_ns // _MS) if gap.until_ns else end_ms, "limit": 1})
             return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/aggTrades?{query}")
         endpoint = "aggTrades" if gap.stream.endswith(AGG_STREAM) else "historicalTrades"
         query = urlencode({"symbol": gap.symbol, "fromId": gap.first_id, "limit": BACKFILL_PAGE})
@@ -150,7 +151,7 @@ class BinanceProtocol(FeedProtocol):
             return self._parse_klines(gap, body, received_ns)
         agg = gap.stream.endswith(AGG_STREAM)
         if _locating(gap):
-            return [], _located(gap, body, agg)
+            return [], _located(gap, body, agg, received_ns)
         try:
             page = orjson.loads(body)
             if agg:
@@ -211,8 +212,9 @@ def _locating(gap: Gap) -> bool:
     return not gap.first_id and bool(gap.since_ns)
 
 
-def _located(gap: Gap, body: bytes, agg: bool) -> Gap | None:
-    """The gap from the first id of its window on; the next window of AGG_WINDOW_MS if this one had no trade."""
+def _located(gap: Gap, body: bytes, agg: bool, now_ns: int) -> Gap | None:
+    """The gap from the first id of its window on; the next window of AGG_WINDOW_MS if this one had no trade
+    (until its end, or now if it is open-ended)."""
     try:
         page = orjson.loads(body)
         first = [int(t["a"] if agg else t["f"]) for t in page[:1]]
@@ -221,7 +223,7 @@ def _located(gap: Gap, body: bytes, agg: bool) -> Gap | None:
     if first:
         return Gap(gap.symbol, first[0], until_ns=gap.until_ns, stream=gap.stream)
     next_ns = (gap.since_ns // _MS + AGG_WINDOW_MS + 1) * _MS
-    return dataclasses.replace(gap, since_ns=next_ns) if next_ns <= gap.until_ns else None
+    return dataclasses.replace(gap, since_ns=next_ns) if next_ns <= (gap.until_ns or now_ns) else None
 
 
 def _kline_interval(gap: Gap) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
-from marketfeed.feeds.base import FeedProtocol
+from marketfeed.feeds.base import FeedProtocol, Gap
 from marketfeed.feeds.pipeline import FeedMemory
 from marketfeed.feeds.rows import Trade
 from marketfeed.storage.schema import existing_tables
@@ -132,3 +132,9 @@ def _ns(stored: datetime) -> int:
     """A QuestDB timestamp (µs, returned without a zone: it is UTC) in ns."""
     delta = stored.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400_000_000 + delta.seconds * 1_000_000 + delta.microseconds) * 1000
+
+
+def hole_gap(protocol: FeedProtocol, hole: StoredHole) -> Gap:
+    """The gap that fetches a stored hole: its ids, and (REST paged by time, Kraken) from the trade before it."""
+    return Gap(hole.symbol, hole.first_id, hole.last_id, since_ns=hole.before_ns - 1,
+               stream=stream_of(protocol, hole.exchange, hole.symbol))
