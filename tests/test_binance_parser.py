@@ -166,3 +166,28 @@ def test_an_error_reply_is_a_refused_subscription(reply):
 
 def test_connections_roll_over_before_the_24_hour_cut():
     assert 0 < BinanceProtocol.max_connection_age_s < 24 * 3600
+
+
+def test_history_finds_the_first_ids_of_its_window_by_time_then_pages_by_id_to_its_end():
+    protocol = BinanceProtocol(FeedConfig(name="b", exchange="binance", url="wss://x:9443", rest_url="https://api.x",
+                                          symbols=("BTCUSDT",), channels=("trade", "aggTrade")))
+    since, until = 1_700_000_000_000 * 10**6, 1_700_000_000_900 * 10**6
+    trades, agg = protocol.history_gaps(("BTCUSDT",), since, until)
+    assert (trades.stream, agg.stream) == ("BTCUSDT", "BTCUSDT@aggTrade")
+    assert protocol.backfill_request(trades).url == ("https://api.x/api/v3/aggTrades?symbol=BTCUSDT"
+                                                     "&startTime=1700000000000&endTime=1700000000900&limit=1")
+    first = orjson.dumps([{"a": 26129, "p": "0.01633102", "q": "4.70443515", "f": 27781, "l": 27781,
+                           "T": 1700000000100, "m": True, "M": True}])
+    assert protocol.parse_backfill(trades, first, 7) == ([], Gap("BTCUSDT", 27781, until_ns=until, stream="BTCUSDT"))
+    assert protocol.parse_backfill(agg, first, 7)[1] == Gap("BTCUSDT", 26129, until_ns=until, stream="BTCUSDT@aggTrade")
+    located = Gap("BTCUSDT", 27781, until_ns=until, stream="BTCUSDT")
+    assert "historicalTrades?symbol=BTCUSDT&fromId=27781" in protocol.backfill_request(located).url
+    page = orjson.dumps([{"id": i, "price": "1.5", "qty": "2", "time": 1700000000000 + 100 * (i - 27781),
+                          "isBuyerMaker": False, "isBestMatch": True} for i in range(27781, 27781 + 1000)])
+    rows, rest = protocol.parse_backfill(located, page, 7)
+    assert [t.trade_id for t in rows] == list(range(27781, 27791)) and rest is None  # the window's end
+    empty_hour = protocol.parse_backfill(Gap("BTCUSDT", since_ns=since, until_ns=since + 7200 * 10**9,
+                                             stream="BTCUSDT"), b"[]", 7)
+    assert empty_hour == ([], Gap("BTCUSDT", since_ns=since + 3600 * 10**9, until_ns=since + 7200 * 10**9,
+                                  stream="BTCUSDT"))
+    assert protocol.parse_backfill(trades, b"[]", 7) == ([], None)  # no trade in the whole window

@@ -172,3 +172,18 @@ def test_a_trade_id_that_is_no_integer_makes_the_page_malformed(trade_id):
                                                         "price": "1", "size": "1", "side": "buy"}]
     with pytest.raises(MalformedFrame, match="bad trades page"):
         PROTOCOL(FEED).parse_backfill(Gap("BTC-USD", 5, 200), orjson.dumps(page), RECEIVED_NS)
+
+
+def test_history_pages_from_the_newest_trades_back_until_a_page_reaches_before_its_start():
+    protocol = PROTOCOL(FEED)
+    since, until = rfc3339_ns("2020-03-20T00:36:00Z"), rfc3339_ns("2020-03-20T00:37:00Z")
+    (gap,) = protocol.history_gaps(("BTC-USD",), since, until)
+    assert protocol.backfill_request(gap).url.endswith("/products/BTC-USD/trades?limit=1000")
+    inside = orjson.loads(rest_page(range(1000, 2000)))
+    rows, rest = protocol.parse_backfill(gap, orjson.dumps(inside), RECEIVED_NS)
+    assert len(rows) == 1000 and rest is not None and rest.last_id == 999
+    assert "after=1000" in protocol.backfill_request(rest).url
+    older = [{**t, "time": "2020-03-20T00:35:59Z" if t["trade_id"] < 500 else t["time"]}
+             for t in orjson.loads(rest_page(range(1000)))]
+    rows, rest = protocol.parse_backfill(rest, orjson.dumps(older), RECEIVED_NS)
+    assert [t.trade_id for t in rows] == list(range(999, 499, -1)) and rest is None

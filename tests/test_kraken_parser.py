@@ -3,7 +3,7 @@ import orjson
 import pytest
 
 from marketfeed.config.schema import FeedConfig
-from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
+from marketfeed.feeds.base import BeyondRetention, Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
 from marketfeed.feeds.kraken import KrakenOptions, KrakenProtocol, KrakenSession, channels, rest_pair, rfc3339_ns
 from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.feeds.sequence import SequenceTracker
@@ -345,3 +345,31 @@ def test_bad_ohlc_pages_are_malformed(body):
               table=CANDLES)
     with pytest.raises(MalformedFrame):
         KrakenProtocol(feed()).parse_backfill(gap, body, 0)
+
+
+def test_an_ohlc_answer_of_720_entries_that_starts_after_the_gap_closes_it_as_beyond_retention():
+    """"Returns up to 720 of the most recent entries (older data cannot be retrieved, regardless of since)"."""
+    start = 1688671200
+    entries = [[start + 60 * i, "1", "2", "0.5", "1.5", "1.2", "3.0", 5] for i in range(720)]
+    body = orjson.dumps({"error": [], "result": {"XXBTZUSD": entries, "last": start + 60 * 718}})
+    until = (start + 60 * 720) * 10**9
+    old = Gap("BTC/USD", since_ns=(start - 3600) * 10**9, until_ns=until, stream="BTC/USD@ohlc-1", table=CANDLES)
+    with pytest.raises(BeyondRetention) as lost:
+        KrakenProtocol(feed()).parse_backfill(old, body, 7)
+    assert "720" in lost.value.reason and len(lost.value.rows) == 719  # what it still serves is kept
+    recent = Gap("BTC/USD", since_ns=start * 10**9, until_ns=until, stream="BTC/USD@ohlc-1", table=CANDLES)
+    candles, rest = KrakenProtocol(feed()).parse_backfill(recent, body, 7)
+    assert len(candles) == 719 and rest is None
+
+
+def test_history_asks_trades_since_its_start_and_stops_at_its_end():
+    protocol = KrakenProtocol(feed(channels=("trade",)))
+    since, until = 1688671342_500_000_000, 1688671342_900_000_000
+    (gap,) = protocol.history_gaps(("BTC/USD",), since, until)
+    assert "since=1688671342499999999" in protocol.backfill_request(gap).url  # exclusive
+    page = {"error": [], "result": {"XXBTZUSD": [
+        ["30243.40000", "0.34507674", 1688671342.6, "b", "m", "", 1],
+        ["30243.30000", "0.00376960", 1688671342.95, "s", "l", "", 2],
+    ], "last": "1688671342950000000"}}
+    rows, rest = protocol.parse_backfill(gap, orjson.dumps(page), 7)
+    assert [t.trade_id for t in rows] == [1] and rest is None  # the one past the end ends the window

@@ -5,7 +5,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marketfeed.feeds.base import Gap
-from marketfeed.storage.ledger import MAX_RETRY_S, MIN_RETRY_S, CloseReason, Journal, Ledger, Mark, Origin, gap_key
+from marketfeed.storage.ledger import (
+    MAX_RETRY_S,
+    MIN_RETRY_S,
+    CloseReason,
+    GapRequest,
+    Journal,
+    Ledger,
+    Mark,
+    Origin,
+    RequestBox,
+    UnreadableRequest,
+    gap_key,
+)
 from marketfeed.storage.tables import CANDLES
 
 S = 10**9
@@ -189,3 +201,29 @@ def test_an_old_journal_replayed_over_a_newer_snapshot_cannot_close_a_gap_reopen
     loaded = Journal(tmp_path).load()[0]
     assert loaded.open == {again.key: again} and again.key == first.key
     assert [c.gap.opened_at_ns for c in loaded.closed] == [T0]
+
+
+def test_an_advanced_gap_resumes_from_what_is_left_after_a_reload_and_a_compaction(tmp_path):
+    journal, ledger = Journal(tmp_path), Ledger()
+    opened, records = ledger.open_gap("f", Gap("BTCUSDT", since_ns=10, until_ns=90, stream="BTCUSDT"),
+                                      Origin.OPERATOR, 1)
+    journal.append(records)
+    left = Gap("BTCUSDT", 5000, until_ns=90, stream="BTCUSDT")
+    journal.append(ledger.advance(opened.key, left))
+    loaded, _ = Journal(tmp_path).load()
+    assert loaded.open[opened.key].gap == left and loaded.open[opened.key].attempts == 0  # no attempt counted
+    journal.compact(loaded)
+    assert Journal(tmp_path).load()[0].open[opened.key].gap == left
+    assert ledger.advance("no such gap", left) == []
+
+
+def test_a_request_file_hands_its_gaps_over_and_an_unreadable_one_is_reported_not_lost(tmp_path):
+    box = RequestBox(tmp_path)
+    gaps = [Gap("BTC/USD", 10, 20, since_ns=5, stream="BTC/USD"), Gap("ETH/USD", 7, 9, stream="ETH/USD")]
+    path = box.put("kraken main", gaps, Origin.STORED_HOLE)
+    assert path.parent == tmp_path / "requests" / "kraken_main" and not list(path.parent.glob("*.tmp"))
+    (path.parent / "0-garbage.json").write_bytes(b'{"feed": "kraken main", "gaps": [{"symbol": 1')
+    unreadable, request = box.pending("kraken main")
+    assert isinstance(unreadable, UnreadableRequest) and unreadable.path.name == "0-garbage.json"
+    assert request == GapRequest(path, "kraken main", Origin.STORED_HOLE, gaps)
+    assert box.pending("another feed") == []
