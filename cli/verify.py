@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import psycopg2
@@ -23,11 +24,13 @@ EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 
 
 def ledger_unfilled(config: Config) -> list[UnfilledGap]:
-    """The gaps the service's recovery ledger gave up on (read only: the service may be writing it)."""
-    ledger, _ = Journal(config.ledger.dir).load(repair=False)
+    """The gaps the service's recovery ledger, and the journal of every `marketfeed backfill` job, gave up on
+    (read only: the service or a job may be writing them)."""
+    journals = [Path(config.ledger.dir), *sorted((Path(config.ledger.dir) / "backfill").glob("*/"))]
     return [UnfilledGap(c.gap.feed, c.gap.gap.table.name, c.gap.gap.symbol, c.gap.gap.stream,
                         f"{c.reason}: {c.detail}", c.gap.gap.first_id, c.gap.gap.last_id, c.gap.gap.since_ns,
-                        c.gap.gap.until_ns) for c in ledger.closed]
+                        c.gap.gap.until_ns)
+            for directory in journals for c in Journal(directory).load(repair=False)[0].closed]
 
 
 REPAIR_ALL_S = 100 * 365 * 86400.0  # --repair without --since: holes anywhere in the stored history

@@ -153,3 +153,15 @@ def test_verify_reports_the_gaps_the_ledger_gave_up_on_and_exits_1(questdb, tabl
     assert result.returncode == 1, result.stdout + result.stderr
     assert "unfilled: candles feed kraken-1 BTC/USD (BTC/USD@ohlc-1)" in result.stdout
     assert "unrecoverable: Kraken keeps 720 candles" in result.stdout and "problems found" in result.stdout
+
+
+def test_verify_reports_what_a_backfill_job_could_not_fill(questdb, table_prefix, tmp_path):
+    plant(questdb, table_prefix, [trade("BTCUSDT", i) for i in range(1, 11)])
+    ledger = Ledger()
+    candles = Gap("BTC/USD", since_ns=BASE, until_ns=BASE + 3600 * 10**9, stream="BTC/USD@ohlc-5", table=CANDLES)
+    lost, records = ledger.open_gap("kraken-1", candles, Origin.OPERATOR, BASE)
+    records += ledger.close(lost.key, CloseReason.UNRECOVERABLE, "beyond Kraken's 720 most recent entries", BASE)
+    Journal(tmp_path / "ledger" / "backfill" / "kraken-1-0123456789abcdef").append(records)
+    result = run_cli(tmp_path, questdb, table_prefix)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "unfilled: candles feed kraken-1 BTC/USD (BTC/USD@ohlc-5)" in result.stdout
