@@ -34,6 +34,9 @@ class FeedMemory:
         self.stream_symbols: dict[str, str] = {}  # stream keys that are more than a symbol → their symbol
         self.last_event_ns = 0
         self.stored_holes: list[Gap] = []  # found in QuestDB at start; the first incarnation backfills them
+        # The ledger's marks at start, (table, exchange, symbol) → newest stored event time: the downtime window of
+        # each table starts where that table's rows end. Used by the first window after the start, then dropped.
+        self.stored_ns: dict[tuple[str, str, str], int] = {}
         self.history: list[Gap] = []  # feeds.history of the symbols with nothing stored; fetched like them
         self.gaps = Ledger()  # this feed's open gaps (the recovery ledger's, at start): retried until closed
 
@@ -136,7 +139,7 @@ class FeedPipeline:
             # The first burst after an outage bounds its window: what happened before comes over REST. Its
             # newest trade, not its oldest: a resubscribe snapshot (Kraken) may reach back into the outage.
             until_ns = max((t.ts_ns for t in trades), default=now_ns)
-            out.outage_gaps = self.protocol.outage_gaps(self.feed.symbols, self.outage_since_ns, until_ns)
+            out.outage_gaps = self._outage_gaps(until_ns)
             out.after_restart = self.window_is_downtime
             self.outage_since_ns = 0
         memory = self.memory
@@ -156,6 +159,26 @@ class FeedPipeline:
             out.add(CANDLES, closed)
         self.gaps += len(out.gaps) + len(out.outage_gaps)
         return out
+
+    def _outage_gaps(self, until_ns: int) -> list[Gap]:
+        """The outage window's gaps. After a restart, each table's from where its own stored rows end: the tables'
+        buffers flush each on its own (candles maybe seldom), so a kill cuts each table at its own point, and a
+        window from the newest row of any table would skip the candles the candle buffer lost."""
+        symbols, since = self.feed.symbols, self.outage_since_ns
+        gaps = self.protocol.outage_gaps(symbols, since, until_ns)
+        stored, self.memory.stored_ns = self.memory.stored_ns, {}
+        if not self.window_is_downtime:
+            return gaps
+        labels = {self.protocol.exchange, *self.protocol.trade_labels()}
+        ends: dict[str, int] = {}
+        for (table, exchange, symbol), ts_ns in stored.items():
+            if exchange in labels and symbol in symbols:
+                ends[table] = max(ends.get(table, 0), ts_ns)
+        for table, end_ns in ends.items():
+            if end_ns < since:
+                gaps = [g for g in gaps if g.table.name != table] + [
+                    g for g in self.protocol.outage_gaps(symbols, end_ns, until_ns) if g.table.name == table]
+        return gaps
 
     def backfill(self, table: Table, rows: list, now_ns: int, now: float) -> Outcome:
         """One REST page of `table`: closed candles, or trades that fill a gap."""
