@@ -347,6 +347,8 @@ class Simulator:
     {"binance": {"weight_limit": 100, "weight_minute_s": 2}}, {"coinbase": {"string_ids": True}}).
     REST faults: rest_throttle, rest_ban, rest_errors; rest_log lists every REST request with its status.
     ssl_context: serve wss:// and https:// with this server context (tests of certificate verification).
+    time_scale: market time runs this many times as fast as the clock (event times 1000 * time_scale / rate
+    ms apart, at most 1 ms apart when that is less), so that 1-minute candles close every few seconds.
     """
 
     def __init__(
@@ -369,6 +371,7 @@ class Simulator:
         paced: bool = False,
         max_connection_age: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        time_scale: float = 1.0,
     ):
         if not exchanges:
             raise ValueError("no exchanges to simulate")
@@ -396,6 +399,9 @@ class Simulator:
         self.max_connection_age = max_connection_age
         self._rendered: dict[tuple[str, str, str], list[bytes]] = {}  # max_rate: wire frames, by subscription
         self.ssl_context = ssl_context
+        if time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        self.time_scale = time_scale
         self._exchanges: dict[str, _Exchange] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -413,8 +419,8 @@ class Simulator:
             cls = twin_class(name)
             symbols = self.symbols[name] if isinstance(self.symbols, Mapping) else self.symbols
             market = ExchangeMarket(
-                name, symbols, seed=self.seed, rate=self.rate, start_ms=start_ms, id_block=cls.id_block
-            )
+                name, symbols, seed=self.seed, rate=self.rate / self.time_scale, start_ms=start_ms,
+                id_block=cls.id_block)  # the market's rate spaces event times; the clock keeps self.rate
             self._exchanges[name] = _Exchange(
                 name,
                 cls(market, **self.twin_options.get(name, {})),
