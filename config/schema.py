@@ -169,6 +169,10 @@ class FeedConfig:
     max_backfill_bytes: int = bounded(16 << 20, min=1024)  # a bigger REST response fails that backfill
     max_future_skew_s: float = bounded(60.0, min=0.0)  # rows stamped later than now + this are rejected
     max_string_len: int = bounded(64, min=1)  # longer symbols (or other strings) in a row are rejected
+    # A trade id further ahead of its stream's last than this is refused until REST shows the exchange has it
+    # (0: trust any jump). Busy pairs trade ~2,000/s at peaks: a million is minutes of market; a longer outage
+    # costs one REST question, a fake id (10^12) moves nothing.
+    max_id_jump: int = bounded(1_000_000, min=0)
     # The exchange's own keys, which sit beside these in the TOML table; None: that exchange's defaults.
     options: ExchangeOptions | None = None
 

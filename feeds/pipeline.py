@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import FeedProtocol, Gap, ParsedRows
 from marketfeed.feeds.dedup import DedupWindow
-from marketfeed.feeds.rows import Candle
+from marketfeed.feeds.rows import Candle, Row
 from marketfeed.feeds.sequence import SequenceTracker
-from marketfeed.feeds.validation import RowValidator, SampleGate, sample_row
+from marketfeed.feeds.validation import IMPLAUSIBLE_ID, RowValidator, SampleGate, sample_row
 from marketfeed.storage.deadletter import Record
 from marketfeed.storage.ledger import Ledger
 from marketfeed.storage.tables import CANDLES, TRADES, Table
@@ -113,7 +113,8 @@ class FeedPipeline:
         self.validator = RowValidator(feed.symbols, feed.max_future_skew_s, feed.max_string_len)
         self.reject_samples = SampleGate(REJECT_SAMPLE_INTERVAL_S)
         self.dedup = DedupWindow(feed.dedup_window_s, feed.dedup_max_entries)
-        self.sequence = SequenceTracker(memory.last_ids, protocol.stream_key, memory.stream_symbols, memory.last_ts)
+        self.sequence = SequenceTracker(memory.last_ids, protocol.stream_key, memory.stream_symbols, memory.last_ts,
+                                        feed.max_id_jump)
         self.live_candles = LiveCandles()
         # Set while an outage awaits its window backfill (protocol.outage_gaps). A new incarnation begins with
         # one: since the last trade its predecessor (or, at process start, QuestDB) saw.
@@ -150,6 +151,10 @@ class FeedPipeline:
             out.duplicates = self.dedup.dropped - before
             if self.protocol.contiguous_ids:
                 out.gaps += self.sequence.observe(trades)
+                if refused := self.sequence.take_refused():
+                    self._reject(out, TRADES, [(row, IMPLAUSIBLE_ID) for row in refused], now)
+                    held = {id(row) for row in refused}
+                    trades = [row for row in trades if id(row) not in held]
             out.add(TRADES, trades)
         if live_candles:
             memory.last_event_ns = max(memory.last_event_ns, live_candles[-1].ts_ns)
@@ -187,7 +192,7 @@ class FeedPipeline:
         if table is CANDLES:
             self.live_candles.close(rows)
         else:
-            self.sequence.fill(rows)
+            out.gaps += self.sequence.fill(rows)  # an implausible jump REST confirmed: the ids before it
             rows = self.dedup.fresh(rows, now)
         out.backfilled = len(rows)
         self.backfilled += len(rows)
@@ -209,8 +214,12 @@ class FeedPipeline:
         if not rows:
             return rows
         valid, rejected = self.validator.split(rows, now_ns)
-        if not rejected:
-            return valid
+        if rejected:
+            self._reject(out, table, rejected, now)
+        return valid
+
+    def _reject(self, out: Outcome, table: Table, rejected: list[tuple[Row, str]], now: float) -> None:
+        """Counted by reason, a sampled few to the dead letters (the actor writes them)."""
         reasons: dict[str, int] = {}
         for _, reason in rejected:
             reasons[reason] = reasons.get(reason, 0) + 1
@@ -219,5 +228,4 @@ class FeedPipeline:
         samples = [(sample_row(row), f"rejected by validation: {reason} (feed {self.feed.name})")
                    for row, reason in rejected if self.reject_samples.due(reason, now)]
         out.rejected.append(Rejected(table, reasons, sample_row(rejected[0][0]), samples))
-        return valid
 

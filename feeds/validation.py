@@ -39,8 +39,9 @@ UNKNOWN_SYMBOL = "unknown_symbol"  # not one of the feed's configured symbols
 OVERSIZED_STRING = "oversized_string"
 BAD_TRADE_ID = "bad_trade_id"  # negative or beyond a 64-bit integer
 BAD_SIDE = "bad_side"
+IMPLAUSIBLE_ID = "implausible_trade_id"  # further ahead than feeds.max_id_jump, not (yet) confirmed over REST
 REASONS = (BAD_TYPE, BAD_PRICE, BAD_SIZE, PRICE_OUT_OF_RANGE, SIZE_OUT_OF_RANGE, FUTURE_TS, ANCIENT_TS,
-           UNKNOWN_SYMBOL, OVERSIZED_STRING, BAD_TRADE_ID, BAD_SIDE)
+           UNKNOWN_SYMBOL, OVERSIZED_STRING, BAD_TRADE_ID, BAD_SIDE, IMPLAUSIBLE_ID)
 
 
 class RowValidator:

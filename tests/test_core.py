@@ -101,6 +101,25 @@ def test_sequence_tracker_gives_every_gap_after_a_reconnect_the_time_of_the_last
     assert s.since_last() == [Gap("A", 4, None, before_ns=trade("A", 3).ts_ns)]
 
 
+def test_an_implausible_jump_moves_nothing_and_asks_rest_for_that_one_id_once():
+    s = SequenceTracker({"A": 100}, max_jump=1000)
+    fake = trade("A", 10**12)._replace(received_ns=5)
+    assert s.observe([fake, trade("A", 101)]) == [Gap("A", 10**12, 10**12)]  # the question, not a gap up to it
+    assert s.take_refused() == [fake] and s.last_ids == {"A": 101}  # detection goes on from the real position
+    assert s.observe([trade("A", 10**12 + 7)._replace(received_ns=6)]) == []  # one question at a time
+    assert s.take_refused() and s.observe([trade("A", 103)]) == [Gap("A", 102, 102, before_ns=trade("A", 101).ts_ns)]
+    assert s.fill([]) == [] and s.last_ids == {"A": 103}  # REST had nothing: the fake id never counts
+
+
+def test_a_jump_rest_confirms_becomes_the_gap_up_to_it():
+    s = SequenceTracker({"A": 100}, max_jump=1000)
+    s.observe([trade("A", 5000)])
+    assert s.take_refused() == [trade("A", 5000)]
+    assert s.fill([trade("A", 5000)]) == [Gap("A", 101, 4999)]  # the exchange has it: what lies between is missing
+    assert s.last_ids == {"A": 5000} and s.observe([trade("A", 5001)]) == []
+    assert SequenceTracker({"A": 100}).observe([trade("A", 5000)]) == [Gap("A", 101, 4999)]  # 0: any jump trusted
+
+
 def test_batcher_flushes_on_size_or_age():
     b = Batcher(max_rows=3, flush_interval_s=1.0)
     assert not b.due(0.0)

@@ -134,3 +134,16 @@ def test_kraken_sessions_parse_into_one_pipeline_without_sharing_state():
     protocol = KrakenProtocol(config)
     first, second = protocol.open_session(), protocol.open_session()
     assert first is not second and first._candles is not second._candles
+
+
+def test_a_fake_id_far_ahead_is_refused_and_blinds_nothing_while_rest_is_asked_for_it():
+    p = pipeline(max_id_jump=1000)
+    p.live(burst([trade(1)]), True, NOW_NS, 0.0)
+    out = p.live(burst([trade(10**12, ts_ns=trade(2).ts_ns), trade(2), trade(4)]), True, NOW_NS, 0.0)
+    assert [t.trade_id for t in out.rows[TRADES.name]] == [2, 4]  # the fake one never reaches a buffer
+    assert out.rejected[0].reasons == {"implausible_trade_id": 1}
+    assert out.gaps == [Gap("BTCUSDT", 10**12, 10**12, stream="BTCUSDT", before_ns=trade(1).ts_ns),  # the question
+                        Gap("BTCUSDT", 3, 3, stream="BTCUSDT", before_ns=trade(2).ts_ns)]  # detection goes on
+    assert p.backfill(TRADES, [], NOW_NS, 0.0).gaps == [] and p.memory.last_ids == {"BTCUSDT": 4}
+    confirmed = p.backfill(TRADES, [trade(9000)], NOW_NS, 0.0)  # a real jump: REST has the id
+    assert confirmed.gaps == [] and p.memory.last_ids == {"BTCUSDT": 9000}  # not the one asked about: no new gap
