@@ -327,6 +327,7 @@ def dump_thread_stacks() -> None:
 
 def run(config: Config, duration_s: float | None = None) -> int:
     """`marketfeed run`: serve until SIGTERM/SIGINT, the root supervisor gives up, or duration_s passes."""
+    os.umask(int(config.service.umask, 8))  # before the first file is written: the log
     logs.setup(config.service.log_level, config.service.log_file)
     _stacks_to_log()
     service = Service(config, Notifier.from_env())

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from marketfeed.config.schema import Config, FeedConfig, is_secret
+from marketfeed.config.schema import FEED_NAME_CHOICES, Config, FeedConfig, is_secret
 from marketfeed.config.secrets import SECRET_KEYS, conf_items
 from marketfeed.feeds import registry
 
@@ -68,12 +68,18 @@ def load(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -
     return from_dict(raw, source, origins)
 
 
-def _read_private(path: Path) -> str:
-    """A config or secret file's text; PermissionError if anyone may write it."""
+def _writable_by_others(path: Path) -> str:
+    """Why a file of secrets or trust (config, key file, CA bundle) cannot be trusted: group or others may write it."""
     mode = path.stat().st_mode
-    if mode & stat.S_IWOTH:
-        raise PermissionError(0, f"is world-writable (mode {stat.S_IMODE(mode):o}); refusing it — "
-                                 "run chmod o-w on it")
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is group- or world-writable (mode {stat.S_IMODE(mode):o}); refusing it — run chmod go-w on it"
+    return ""
+
+
+def _read_private(path: Path) -> str:
+    """A config or secret file's text; PermissionError if anyone but its owner may write it."""
+    if why := _writable_by_others(path):
+        raise PermissionError(0, why)
     return path.read_text()
 
 
@@ -149,6 +155,9 @@ def from_dict(raw: dict, source: str = "<dict>", origins: Origins | None = None)
         elif (built_feed := _build_feed(feed, i, source, problems, origins.get(f"feeds[{i}]", {}))) is not None:
             built_feeds.append(built_feed)
     names = [f.name for f in built_feeds]
+    for i, name in enumerate(names):
+        if name not in FEED_NAME_CHOICES:  # names label metrics and logs and name request directories
+            problems.append(f"{source}: feeds[{i}].name: {name!r} is not one of {', '.join(FEED_NAME_CHOICES)}")
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{source}: feeds: name {dup!r} is used twice")
     _check_tls(built, built_feeds, source, problems)
@@ -167,6 +176,8 @@ def _check_tls(built: dict, feeds: list[FeedConfig], source: str, problems: list
     for key, path in cas:
         if path and not os.path.isfile(path):
             problems.append(f"{source}: {key}: file {path!r} not found")
+        elif path and (why := _writable_by_others(Path(path))):
+            problems.append(f"{source}: {key}: file {path!r} {why}")
     if questdb is not None:
         settings = dict(conf_items(questdb.conf))
         if settings.get("tls_verify", "on").strip() != "on":

@@ -48,6 +48,8 @@ class PatternChoices:
 # "immediate" or a QuestDB refresh interval <n>m, <n>h, <n>d (it refuses seconds).
 REFRESH_CHOICES = PatternChoices(r"immediate|[1-9][0-9]{0,3}[mhd]", ("immediate", "<n>m", "<n>h", "<n>d"))
 # How much history a stream with nothing stored starts with (feeds.history): empty (none) or <n>m, <n>h, <n>d.
+# A feed's name: metric label, log field, directory of its gap requests.
+FEED_NAME_CHOICES = PatternChoices(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", ("[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",))
 HISTORY_CHOICES = PatternChoices(r"|[1-9][0-9]{0,4}[mhd]", ("''", "<n>m", "<n>h", "<n>d"))
 HISTORY_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
 # questdb.table_prefix goes into DDL, queries and spool/dead-letter paths unquoted: only what an unquoted QuestDB
@@ -73,6 +75,9 @@ class ServiceConfig:
     status_interval_s: float = bounded(2.0, min=0.1)  # status file, sd_notify STATUS and watchdog refresh
     shutdown_timeout_s: float = bounded(15.0, min=1.0)
     ca_file: str = ""  # default CA bundle of every feed (feeds.ca_file); empty: the system's trust store
+    # The process's umask: what it writes (status, pid, log, spool, dead letters, ledger) is its owner's alone by
+    # default (files 0600, directories 0700); "027" lets a group read them.
+    umask: str = bounded("077", choices=PatternChoices(r"0?[0-7]{3}", ("077", "027", "<octal>")))
 
 
 @dataclass(frozen=True)

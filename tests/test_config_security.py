@@ -35,9 +35,22 @@ def problems(path, env=None) -> list[str]:
 
 def test_a_world_writable_config_is_refused_naming_the_file(tmp_path):
     path = write(tmp_path, {"feeds": [FEED]}, mode=0o666)
-    assert problems(path) == [f"{path}: is world-writable (mode 666); refusing it — run chmod o-w on it"]
+    assert problems(path) == [f"{path}: is group- or world-writable (mode 666); refusing it — run chmod go-w on it"]
     path.chmod(0o644)
     assert load(path, env={}).feeds[0].name == "b"
+
+
+def test_group_writable_config_and_ca_files_are_refused_and_bad_feed_names_named(tmp_path):
+    path = write(tmp_path, {"feeds": [FEED]}, mode=0o664)
+    assert problems(path) == [f"{path}: is group- or world-writable (mode 664); refusing it — run chmod go-w on it"]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca.chmod(0o620)
+    found = problems(write(tmp_path, {"service": {"ca_file": str(ca)}, "feeds": [{**FEED, "name": "../x"}]}))
+    assert found == [(f"{tmp_path / 'marketfeed.toml'}: feeds[0].name: '../x' is not one of "
+                     "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"),
+                     (f"{tmp_path / 'marketfeed.toml'}: service.ca_file: file {str(ca)!r} is group- or world-writable "
+                     "(mode 620); refusing it — run chmod go-w on it")]
 
 
 def test_questdb_credentials_come_from_the_file_a_conf_file_variable_names(tmp_path):
@@ -56,8 +69,8 @@ def test_unreadable_or_world_writable_secret_files_are_problems_naming_the_varia
     found = problems(write(tmp_path, {}), env={"MARKETFEED_QUESTDB__CONF_FILE": str(tmp_path / "missing"),
                                               "MARKETFEED_QUESTDB__PG_DSN_FILE": str(open_secret)})
     assert found == [f"$MARKETFEED_QUESTDB__CONF_FILE: file {str(tmp_path / 'missing')!r} not found",
-                     (f"$MARKETFEED_QUESTDB__PG_DSN_FILE: file {str(open_secret)!r} is world-writable (mode 666); "
-                      "refusing it — run chmod o-w on it")]
+                     (f"$MARKETFEED_QUESTDB__PG_DSN_FILE: file {str(open_secret)!r} is group- or world-writable "
+                      "(mode 666); refusing it — run chmod go-w on it")]
 
 
 def test_a_feed_api_key_comes_from_api_key_file(tmp_path):

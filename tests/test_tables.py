@@ -8,11 +8,12 @@ from marketfeed.feeds.rows import Candle, Trade
 from marketfeed.storage.schema import refresh_clause
 from marketfeed.storage.tables import CANDLES, TABLES, TRADES, Table
 
-# What earlier releases created, whitespace aside: CREATE TABLE IF NOT EXISTS must keep meaning the same table.
-TRADES_DDL = ("CREATE TABLE IF NOT EXISTS p_trades (ts TIMESTAMP_NS, exchange SYMBOL, symbol SYMBOL, trade_id LONG, "
+# What earlier releases created, whitespace and identifier quotes aside: CREATE TABLE IF NOT EXISTS must keep
+# meaning the same table.
+TRADES_DDL = ('CREATE TABLE IF NOT EXISTS "p_trades" (ts TIMESTAMP_NS, exchange SYMBOL, symbol SYMBOL, trade_id LONG, '
               "price DOUBLE, amount DOUBLE, side SYMBOL, received_at TIMESTAMP_NS) TIMESTAMP(ts) PARTITION BY DAY WAL "
               "DEDUP UPSERT KEYS(ts, exchange, symbol, trade_id)")
-CANDLES_DDL = ("CREATE TABLE IF NOT EXISTS p_candles (ts TIMESTAMP_NS, exchange SYMBOL, symbol SYMBOL, "
+CANDLES_DDL = ('CREATE TABLE IF NOT EXISTS "p_candles" (ts TIMESTAMP_NS, exchange SYMBOL, symbol SYMBOL, '
                "interval SYMBOL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, closed BOOLEAN, "
                "received_at TIMESTAMP_NS) TIMESTAMP(ts) PARTITION BY DAY WAL "
                "DEDUP UPSERT KEYS(ts, exchange, symbol, interval)")
@@ -44,9 +45,9 @@ def test_the_ddl_is_the_sql_of_the_tables_already_stored():
 def test_trades_have_two_ohlcv_views_named_after_the_table_and_candles_none():
     assert [view.name_in_db("p_trades") for view in TRADES.views] == ["p_trades_ohlcv_1m", "p_trades_ohlcv_1h"]
     sql = " ".join(TRADES.views[1].ddl("p_trades", refresh_clause("1m")).split())
-    assert sql == ("CREATE MATERIALIZED VIEW IF NOT EXISTS p_trades_ohlcv_1h REFRESH EVERY 1m AS ( SELECT ts, "
+    assert sql == ('CREATE MATERIALIZED VIEW IF NOT EXISTS "p_trades_ohlcv_1h" REFRESH EVERY 1m AS ( SELECT ts, '
                    "exchange, symbol, first(price) AS open, max(price) AS high, min(price) AS low, last(price) AS "
-                   "close, sum(amount) AS volume, count() AS trades FROM p_trades SAMPLE BY 1h ) PARTITION BY MONTH")
+                   'close, sum(amount) AS volume, count() AS trades FROM "p_trades" SAMPLE BY 1h ) PARTITION BY MONTH')
     assert CANDLES.views == ()
 
 
