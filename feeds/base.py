@@ -135,6 +135,12 @@ class FeedProtocol:
     def __init__(self, feed: FeedConfig):
         self.feed = feed
 
+    @classmethod
+    def config_problems(cls, feed: FeedConfig) -> list[str]:
+        """What this exchange refuses in a feed's config (channels, options), each as "<key>: <why>"; the
+        loader prefixes the file or environment variable the key came from. Default: nothing."""
+        return []
+
     def url(self, base: str) -> str:
         """The WebSocket URL to open, given one of the configured base URLs."""
         return base
