@@ -253,7 +253,7 @@ def _parse_message(msg: dict, frame: bytes | str, received_ns: int, out: ParsedR
     """Every channel but ohlc: frames that parse on their own."""
     channel = msg.get("channel")
     if channel == "trade":
-        out.trades += _trades(msg, frame, received_ns)
+        _trades(msg, frame, received_ns, out.trades)
         return None
     if channel == "heartbeat":
         return Control.HEARTBEAT
@@ -271,15 +271,23 @@ def _parse_message(msg: dict, frame: bytes | str, received_ns: int, out: ParsedR
     raise MalformedFrame(f"unexpected message (channel {channel!r}, method {method!r})", frame)
 
 
-def _trades(msg: dict, frame: bytes | str, received_ns: int) -> list[Trade]:
-    try:
-        return [
-            new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
-                       _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns))
-            for t in msg["data"]
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedFrame(f"bad trade message: {exc!r}", frame) from None
+def _trades(msg: dict, frame: bytes | str, received_ns: int, out: list[Trade]) -> None:
+    """Every good entry of a trade message into `out`. A bad entry drops only itself: once the good ones are in,
+    the message is reported malformed (one count per message) with the first bad entry as its sample."""
+    data = msg.get("data")
+    if not isinstance(data, list):
+        raise MalformedFrame("bad trade message: no data array", frame)
+    bad, first, sample = 0, "", b""
+    for t in data:
+        try:
+            out.append(new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
+                                  _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns)))
+        except (KeyError, TypeError, ValueError) as exc:
+            bad += 1
+            if bad == 1:
+                first, sample = repr(exc), orjson.dumps(t)
+    if bad:
+        raise MalformedFrame(f"bad trade message: {bad} of {len(data)} entries dropped, the first: {first}", sample)
 
 
 def _parse_ohlc(gap: Gap, body: bytes, received_ns: int) -> list[Candle]:

@@ -142,24 +142,25 @@ class PolygonProtocol(FeedProtocol):
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
         events = load_json(frame, list)
-        control, trades, problem = Control.INFO, 0, ""
+        control, trades, problem, sample = Control.INFO, 0, "", None  # the first bad event, and what is wrong
         for event in events:
             kind = event.get("ev") if isinstance(event, dict) else None
             if kind == "T":
                 try:
                     trade = event_trade(event, received_ns)
                 except (KeyError, TypeError, ValueError) as exc:
-                    problem = problem or f"bad trade event: {exc!r}"
+                    if not problem:
+                        problem, sample = f"bad trade event: {exc!r}", event
                     continue
                 trades += 1
                 if self._worth_keeping(trade):
                     out.trades.append(trade)
             elif kind == "status":
                 control = self._status(event)
-            else:
-                problem = problem or f"unexpected event {kind!r}"
-        if problem:
-            raise MalformedFrame(problem, frame)  # the frame's good trades are already in `out`
+            elif not problem:
+                problem, sample = f"unexpected event {kind!r}", event
+        if problem:  # a bad event drops only itself: the frame's good trades are already in `out`
+            raise MalformedFrame(problem, orjson.dumps(sample))
         return None if trades else control
 
     def _status(self, event: dict) -> Control:

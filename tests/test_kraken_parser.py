@@ -114,13 +114,20 @@ def test_garbage_is_malformed(bad):
     ("qty", None),
     ("symbol", ["MATIC/USD"]),
 ])
-def test_a_bad_trade_field_drops_the_whole_message(field, value):
+def test_a_bad_trade_field_drops_only_its_entry(field, value):
     message = orjson.loads(orjson.dumps(TRADE_SNAPSHOT))
-    message["data"][1][field] = value
+    message["data"] = [message["data"][0], {**message["data"][1], field: value}, {**message["data"][1]}]
     out = ParsedRows()
-    with pytest.raises(MalformedFrame):
+    with pytest.raises(MalformedFrame, match="1 of 3 entries dropped") as refused:
         session().parse(orjson.dumps(message), 0, out)
-    assert out.trades == []  # nothing half-parsed
+    assert [t.trade_id for t in out.trades] == [4665846, 4665847]  # the entries before and after it
+    assert orjson.loads(refused.value.sample) == message["data"][1]  # the sample is the bad entry
+
+
+def test_a_trade_message_without_a_data_array_is_malformed():
+    for data in ({}, "x", None):
+        with pytest.raises(MalformedFrame, match="no data array"):
+            parse(session(), {"channel": "trade", "type": "update", "data": data})
 
 
 def test_documented_ohlc_snapshot_closes_all_but_the_newest_candle():
