@@ -1,29 +1,43 @@
 """Load and validate the TOML config; every problem is reported at once, naming file and key
 (or the environment variable the value came from).
 
-Environment overrides: MARKETFEED_<SECTION>__<KEY>=value, e.g. MARKETFEED_QUESTDB__CONF=..., and
-MARKETFEED_FEEDS__<n>__<KEY> for the n-th [[feeds]] table (from 0, as problems count them); values are
-parsed as TOML scalars when they parse, else taken as strings. Secrets can stay out of both:
-MARKETFEED_<SECTION>__<KEY>_FILE=path reads the value from a file (a systemd credential,
-$CREDENTIALS_DIRECTORY/…). A secret exchange option (feeds/<exchange>.py, schema.secret) comes from
-the option, else the file its <key>_file option names, else the exchange's variable, else the file
-its _FILE variable names (Polygon's api_key: api_key_file, $POLYGON_API_KEY, $POLYGON_API_KEY_FILE).
+Environment overrides: MARKETFEED_<SECTION>__<KEY>=value, e.g. MARKETFEED_QUESTDB__CONF=..., and for a
+[[feeds]] table MARKETFEED_FEEDS__<FEED>__<KEY>, where <FEED> is the feed's name with every character
+but letters and digits as "_" (feed "binance-spot": MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER_S), or
+its index from 0 as problems count them (MARKETFEED_FEEDS__0__STALE_AFTER_S). Names are matched
+case-insensitively; values are parsed as TOML scalars when they parse, else taken as strings. Every
+MARKETFEED_* variable must name a key: an unknown one is a problem, with the closest known name.
+Secrets can stay out of both: MARKETFEED_<SECTION>__<KEY>_FILE=path reads the value from a file (a
+systemd credential, $CREDENTIALS_DIRECTORY/…). A secret exchange option (feeds/<exchange>.py,
+schema.secret) comes from the option, else the file its <key>_file option names, else the exchange's
+variable, else the file its _FILE variable names (Polygon's api_key: api_key_file, $POLYGON_API_KEY,
+$POLYGON_API_KEY_FILE).
 
 A [[feeds]] table is flat: the common keys (FeedConfig) and its exchange's own options side by side;
-the exchange's options type (feeds/registry.py) validates the latter.
+the exchange's options type (feeds/registry.py) validates the latter, and its protocol's
+config_problems() what else that exchange refuses (channels, options).
 
 A config or secret file anyone may write is refused: whoever can edit it can point the service at
 their own QuestDB or exchange. Secret values are never echoed in a problem message.
+
+Why not pydantic-settings: its sources merge before validation, so a ValidationError cannot say whether
+a value came from the file or a variable; it ignores unknown prefixed variables (extra="forbid" covers
+only init and dotenv values); `__` cannot reach into a list ([[feeds]]), by index or by name; it has no
+<NAME>_FILE convention (secrets_dir reads files named after fields, with no permission check); and one
+strictness for all sources either refuses "7" from the environment or takes "no" as false in the file.
+Every source would be ours, and the field checks (bounds, choices, finite numbers) are a few lines here.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 import stat
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 
 import orjson
@@ -33,9 +47,13 @@ from marketfeed.config.secrets import SECRET_KEYS, conf_items
 from marketfeed.feeds import registry
 
 ENV_PREFIX = "MARKETFEED_"
+NOT_A_SETTING = "not a setting (MARKETFEED_<SECTION>__<KEY>, or MARKETFEED_FEEDS__<FEED>__<KEY> for a [[feeds]] table)"
 SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("feeds", "source")}
 # The keys every [[feeds]] table may hold; the others belong to its exchange's options.
 COMMON_FEED_KEYS = frozenset(f.name for f in dataclasses.fields(FeedConfig)) - {"options"}
+# Every key a [[feeds]] table of some exchange may hold.
+FEED_KEYS = COMMON_FEED_KEYS | {f.name for entry in registry.EXCHANGES.values()
+                                for f in dataclasses.fields(entry.options)}
 FEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FeedConfig) if f.default is not dataclasses.MISSING}
 # Where a value came from when not from the file: table ("sink", "feeds[1]") → key → environment variable.
 Origins = Mapping[str, Mapping[str, str]]
@@ -61,11 +79,15 @@ def load(path: str | os.PathLike | None, env: Mapping[str, str] | None = None) -
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
     problems: list[str] = []
-    origins = _apply_env(raw, env, problems)
+    origins = _apply_env(raw, env, problems)  # a variable with a problem is left out: the rest is checked too
     _resolve_secret_options(raw, env, source, origins, problems)
+    try:
+        config = from_dict(raw, source, origins)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems) from None
     if problems:
         raise ConfigError(problems)
-    return from_dict(raw, source, origins)
+    return config
 
 
 def _writable_by_others(path: Path) -> str:
@@ -139,7 +161,7 @@ def from_dict(raw: dict, source: str = "<dict>", origins: Origins | None = None)
         if key == "feeds":
             continue
         if key not in SECTIONS:
-            problems.append(f"{source}: unknown section [{key}]")
+            problems.append(f"{source}: unknown section [{key}]{_did_you_mean(key, [*SECTIONS, 'feeds'])}")
         elif not isinstance(value, dict):
             problems.append(f"{source}: [{key}] must be a table")
         elif (values := _checked(hints[key], value, key, source, problems, origins.get(key, {}))) is not None:
@@ -148,43 +170,47 @@ def from_dict(raw: dict, source: str = "<dict>", origins: Origins | None = None)
     if not isinstance(feeds, list):
         problems.append(f"{source}: feeds must be an array of tables ([[feeds]])")
         feeds = []
-    built_feeds = []
+    built_feeds: dict[int, FeedConfig] = {}  # by the index of its [[feeds]] table
     for i, feed in enumerate(feeds):
         if not isinstance(feed, dict):
             problems.append(f"{source}: feeds[{i}] must be a table")
         elif (built_feed := _build_feed(feed, i, source, problems, origins.get(f"feeds[{i}]", {}))) is not None:
-            built_feeds.append(built_feed)
-    names = [f.name for f in built_feeds]
-    for i, name in enumerate(names):
-        if name not in FEED_NAME_CHOICES:  # names label metrics and logs and name request directories
-            problems.append(f"{source}: feeds[{i}].name: {name!r} is not one of {', '.join(FEED_NAME_CHOICES)}")
+            built_feeds[i] = built_feed
+    names = [f.name for f in built_feeds.values()]
+    for i, feed in built_feeds.items():
+        if feed.name not in FEED_NAME_CHOICES:  # names label metrics and logs and name request directories
+            at = _label(source, origins.get(f"feeds[{i}]", {}), f"feeds[{i}]", "name")
+            problems.append(f"{at}: {feed.name!r} is not one of {', '.join(FEED_NAME_CHOICES)}")
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{source}: feeds: name {dup!r} is used twice")
-    _check_tls(built, built_feeds, source, problems)
+    _check_tls(built, built_feeds, source, origins, problems)
     if problems:
         raise ConfigError(problems)
     default_ca = built["service"].ca_file if "service" in built else ""
-    built_feeds = [dataclasses.replace(f, ca_file=f.ca_file or default_ca) for f in built_feeds]
-    return Config(feeds=tuple(built_feeds), **built)
+    return Config(feeds=tuple(dataclasses.replace(f, ca_file=f.ca_file or default_ca) for f in built_feeds.values()),
+                  **built)
 
 
-def _check_tls(built: dict, feeds: list[FeedConfig], source: str, problems: list[str]) -> None:
+def _check_tls(built: dict, feeds: Mapping[int, FeedConfig], source: str, origins: Origins,
+               problems: list[str]) -> None:
     """Certificate verification has no off switch: CA files must exist, the client's unsafe_off is refused."""
     service, questdb = built.get("service"), built.get("questdb")
-    cas = [("service.ca_file", service.ca_file if service else "")]
-    cas += [(f"feeds ({f.name}).ca_file", f.ca_file) for f in feeds]
-    for key, path in cas:
+    cas = [(_label(source, origins.get("service", {}), "service", "ca_file"), service.ca_file if service else "")]
+    cas += [(_label(source, origins.get(f"feeds[{i}]", {}), f"feeds ({f.name})", "ca_file"), f.ca_file)
+            for i, f in feeds.items()]
+    for at, path in cas:
         if path and not os.path.isfile(path):
-            problems.append(f"{source}: {key}: file {path!r} not found")
+            problems.append(f"{at}: file {path!r} not found")
         elif path and (why := _writable_by_others(Path(path))):
-            problems.append(f"{source}: {key}: file {path!r} {why}")
+            problems.append(f"{at}: file {path!r} {why}")
     if questdb is not None:
+        at = _label(source, origins.get("questdb", {}), "questdb", "conf")
         settings = dict(conf_items(questdb.conf))
         if settings.get("tls_verify", "on").strip() != "on":
-            problems.append(f"{source}: questdb.conf: tls_verify={settings['tls_verify']} is refused: certificates "
+            problems.append(f"{at}: tls_verify={settings['tls_verify']} is refused: certificates "
                             "are always verified (a private CA goes in tls_roots=/path/ca.pem)")
         if (path := settings.get("tls_roots")) and not os.path.isfile(path):
-            problems.append(f"{source}: questdb.conf: tls_roots file {path!r} not found")
+            problems.append(f"{at}: tls_roots file {path!r} not found")
 
 
 def _label(source: str, origins: Mapping[str, str], where: str, key: str) -> str:
@@ -201,7 +227,7 @@ def _checked(cls, values: dict, where: str, source: str, problems: list[str], or
     for key, value in values.items():
         at = _label(source, origins, where, key)
         if key not in fields:
-            problems.append(f"{at}: unknown key")
+            problems.append(f"{at}: unknown key{_did_you_mean(key, fields)}")
             continue
         converted = _convert(hints[key], value)
         if converted is _INVALID:
@@ -249,14 +275,19 @@ def _build_feed(values: dict, i: int, source: str, problems: list[str],
                        origins) if entry else None
     if common is None:
         return None
-    _check_feed({**FEED_DEFAULTS, **common}, source, problems)
+    named = f"feeds ({common['name']})"
+    _check_feed({**FEED_DEFAULTS, **common}, lambda key: _label(source, origins, named, key), origins, problems)
     if entry is None or options is None:  # no known exchange, or its options have problems
         return None
     feed = FeedConfig(**common, options=entry.options(**options))
     try:
         entry.protocol(feed)  # the exchange module checks its own settings (channels, intervals)
     except ValueError as exc:
-        problems.append(f"{source}: feeds ({feed.name}).channels: {exc}")
+        problems.append(f"{_label(source, origins, named, 'channels')}: {exc}")
+    for problem in entry.protocol.config_problems(feed):  # "<key>: <why>", the key named where it came from
+        key, sep, why = problem.partition(": ")
+        keyed = sep and (key in COMMON_FEED_KEYS or key in own)
+        problems.append(f"{_label(source, origins, named, key)}: {why}" if keyed else f"{source}: {named}: {problem}")
     return feed
 
 
@@ -264,7 +295,8 @@ def _not_a_key(key: str, exchange: str, own: list[str]) -> str:
     """Why a key is refused in a feed of `exchange`, and which keys of its own that exchange takes."""
     owners = [other for other, entry in registry.EXCHANGES.items()
               if key in {f.name for f in dataclasses.fields(entry.options)}]
-    what = f"a key of {' and '.join(owners)} feeds, not of {exchange}" if owners else "unknown key"
+    what = (f"a key of {' and '.join(owners)} feeds, not of {exchange}" if owners
+            else f"unknown key{_did_you_mean(key, [*sorted(COMMON_FEED_KEYS), *own])}")
     takes = f"the common keys and {', '.join(own)}" if own else "the common keys only"
     return f"{what} (a {exchange} feed takes {takes})"
 
@@ -304,44 +336,76 @@ def _type_name(hint) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[hint]
 
 
-def _check_feed(feed: dict, source: str, problems: list[str]) -> None:
+def _check_feed(feed: dict, at: Callable[[str], str], from_env: Container[str], problems: list[str]) -> None:
     """Checks across the common keys of one feed, given as checked keyword arguments of FeedConfig with
-    its defaults: they hold for a feed of an unknown exchange too, which has no FeedConfig."""
-    where = f"{source}: feeds ({feed['name']})"
+    its defaults: they hold for a feed of an unknown exchange too, which has no FeedConfig. `at` names a key
+    as a problem does: the file or the variable it came from (the keys `from_env` holds)."""
     if not feed["symbols"]:
-        problems.append(f"{where}.symbols: at least one symbol is needed")
+        problems.append(f"{at('symbols')}: at least one symbol is needed")
     for key in ("url", *(() if not feed["rest_url"] else ("rest_url",))):
         url = feed[key]
         if url.split("://", 1)[0] not in ("ws", "wss", "http", "https"):
-            problems.append(f"{where}.{key}: {url!r} is not a ws://, wss://, http:// or https:// URL")
-    if feed["reconnect_max_s"] < feed["reconnect_min_s"]:
-        problems.append(f"{where}.reconnect_max_s: below reconnect_min_s")
+            problems.append(f"{at(key)}: {url!r} is not a ws://, wss://, http:// or https:// URL")
+    if feed["reconnect_max_s"] < feed["reconnect_min_s"]:  # named by the variable that set one, if one did
+        key = "reconnect_min_s" if "reconnect_min_s" in from_env and "reconnect_max_s" not in from_env \
+            else "reconnect_max_s"
+        problems.append(f"{at(key)}: reconnect_max_s {feed['reconnect_max_s']} is below "
+                        f"reconnect_min_s {feed['reconnect_min_s']}")
+
+
+def feed_env_name(name: str) -> str:
+    """How a MARKETFEED_FEEDS__<FEED>__<KEY> variable names a feed: every character but letters and digits as "_"."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def _apply_env(raw: dict, env: Mapping[str, str], problems: list[str]) -> dict[str, dict[str, str]]:
     """MARKETFEED_* overrides into `raw`; returns which key of which table each variable set."""
     origins: dict[str, dict[str, str]] = {}
+    feeds = raw.get("feeds")
+    tables = feeds if isinstance(feeds, list) else []
+    known = _env_names(raw)  # as the file has them: a variable may rename a feed
+    # Feeds as variables name them, taken before any variable renames one.
+    by_name: dict[str, list[int]] = {}
+    for i, table in enumerate(tables):
+        if isinstance(table, dict) and isinstance(table.get("name"), str):
+            by_name.setdefault(feed_env_name(table["name"]), []).append(i)
     for name, value in sorted(env.items()):  # sorted: KEY before KEY_FILE, so the file wins
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.upper().startswith(ENV_PREFIX):
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
         if section == "feeds":
-            index, _, key = key.partition("__")
-            feeds = raw.get("feeds")
-            tables = feeds if isinstance(feeds, list) else []
-            if not index.isdigit() or int(index) >= len(tables) or not isinstance(tables[int(index)], dict):
-                problems.append(f"${name}: the config has no feeds[{index}] "
+            selector, _, key = key.rpartition("__")
+            if not selector:
+                problems.append(f"${name}: {NOT_A_SETTING}{_did_you_mean(name, known)}")
+                continue
+            if not selector.isdigit():
+                index = _feed_by_name(name, selector, by_name, tables, problems)
+                if index is None:
+                    continue
+            elif int(selector) >= len(tables) or not isinstance(tables[int(selector)], dict):
+                problems.append(f"${name}: the config has no feeds[{selector}] "
                                 f"(its {len(tables)} [[feeds]] tables count from 0)")
                 continue
-            table, path = tables[int(index)], f"feeds[{int(index)}]"
+            else:
+                index = int(selector)
+            if key not in FEED_KEYS:  # a key of another exchange's feeds is named so by _build_feed
+                problems.append(f"${name}: no feed takes the key {key!r}{_did_you_mean(name, known)}")
+                continue
+            table, path = tables[index], f"feeds[{index}]"
         elif section in SECTIONS:
             table, path = raw.setdefault(section, {}), section
-            if key.endswith("_file") and key not in typing.get_type_hints(SECTIONS[section]):
+            keys = {f.name for f in dataclasses.fields(SECTIONS[section])}
+            if key.endswith("_file") and key not in keys and key[:-len("_file")] in keys:
                 if (text := _read_secret(value, f"${name}", problems)) is not None:
                     table[key[:-len("_file")]] = text  # taken as is: a secret is a string
                     origins.setdefault(path, {})[key[:-len("_file")]] = name
                 continue
+            if key not in keys:
+                problems.append(f"${name}: [{section}] has no key {key!r}{_did_you_mean(name, known)}")
+                continue
         else:
+            what = f"the config has no section [{section}]" if key else NOT_A_SETTING
+            problems.append(f"${name}: {what}{_did_you_mean(name, known)}")
             continue
         try:
             table[key] = tomllib.loads(f"v = {value}")["v"]
@@ -349,6 +413,50 @@ def _apply_env(raw: dict, env: Mapping[str, str], problems: list[str]) -> dict[s
             table[key] = value
         origins.setdefault(path, {})[key] = name
     return origins
+
+
+def _feed_by_name(variable: str, selector: str, by_name: Mapping[str, list[int]], tables: list,
+                  problems: list[str]) -> int | None:
+    """The index of the [[feeds]] table a variable names by its feed's name; None after a problem."""
+    found = by_name.get(selector.upper(), [])
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = " and ".join(repr(tables[i]["name"]) for i in found)
+        problems.append(f"${variable}: feeds {names} are both {selector.upper()} in a variable name: "
+                        f"name one by its index, MARKETFEED_FEEDS__<n>__<KEY> (n from 0)")
+    else:
+        known = ", ".join(by_name) or "none"
+        guess = difflib.get_close_matches(selector.upper(), list(by_name), n=1)
+        problems.append(f"${variable}: the config has no feed named {selector.upper()} in a variable name "
+                        f"(its feeds so named: {known}){f'; did you mean {guess[0]}?' if guess else ''}")
+    return None
+
+
+def _env_names(raw: dict) -> list[str]:
+    """Every MARKETFEED_* name a variable may have with this config (by feed name and by index)."""
+    names = [f"{ENV_PREFIX}{section.upper()}__{f.name.upper()}"
+             for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    names += [f"{ENV_PREFIX}{key.replace('.', '__').upper()}_FILE" for key in sorted(SECRET_KEYS)]
+    feeds = raw.get("feeds")
+    for i, table in enumerate(feeds if isinstance(feeds, list) else []):
+        if not isinstance(table, dict):
+            continue
+        exchange = table.get("exchange")
+        entry = registry.EXCHANGES.get(exchange) if isinstance(exchange, str) else None
+        keys = sorted(COMMON_FEED_KEYS) + ([f.name for f in dataclasses.fields(entry.options)] if entry else [])
+        selectors = [str(i)] + ([feed_env_name(table["name"])] if isinstance(table.get("name"), str) else [])
+        names += [f"{ENV_PREFIX}FEEDS__{selector}__{key.upper()}" for selector in selectors for key in keys]
+    return names
+
+
+def _did_you_mean(given: str, known: Iterable[str]) -> str:
+    """'; did you mean X?' with the closest of `known` to a misspelt key or variable, or nothing when none is close
+    (variables are compared without their common MARKETFEED_, which would make any two look alike)."""
+    cut = len(ENV_PREFIX) if given.upper().startswith(ENV_PREFIX) else 0
+    candidates = {k[cut:].lower(): k for k in known}
+    guess = difflib.get_close_matches(given[cut:].lower(), list(candidates), n=1, cutoff=0.75)
+    return f"; did you mean {candidates[guess[0]]}?" if guess else ""
 
 
 def to_toml(raw: dict) -> str:

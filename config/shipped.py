@@ -14,6 +14,7 @@ class Shipped:
 
 SHIPPED: dict[str, Shipped] = {
     "example-config": Shipped("marketfeed.example.toml", "a config with every key, commented"),
+    "config-schema": Shipped("marketfeed.schema.json", "the config's JSON Schema, for editors"),
     "systemd-unit": Shipped("marketfeed.service", "the hardened Type=notify unit"),
     "prometheus-rules": Shipped("prometheus/marketfeed.rules.yml", "alerting rules"),
     "grafana-dashboard": Shipped("grafana/marketfeed-dashboard.json", "a dashboard of the metrics"),

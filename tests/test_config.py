@@ -5,7 +5,7 @@ import pytest
 from marketfeed.cli.main import main
 from marketfeed.cli.reload import plan
 from marketfeed.config.loader import ConfigError, from_dict, load, to_toml
-from marketfeed.feeds.binance import BinanceOptions
+from marketfeed.feeds.binance import BinanceOptions, BinanceProtocol
 from marketfeed.feeds.kraken import KrakenOptions
 from marketfeed.feeds.polygon import PolygonOptions
 
@@ -178,3 +178,114 @@ def test_a_changed_exchange_option_restarts_that_feed_alone_on_reload():
     old = from_dict({"feeds": [FEED, KRAKEN]})
     new = from_dict({"feeds": [FEED, {**KRAKEN, "snapshot": False}]})
     assert plan(old, new).changed == (new.feeds[1],) and not plan(old, from_dict({"feeds": [FEED, KRAKEN]})).changed
+
+
+# --- environment overrides by feed name, unknown names, and problems naming where a value came from
+
+def test_a_feed_key_is_overridden_by_the_feeds_name_as_a_variable_spells_it(tmp_path):
+    dotted = {**KRAKEN, "name": "kraken.eu-2"}
+    path = write(tmp_path, {"feeds": [FEED, dotted]})
+    config = load(path, env={"MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER_S": "5",
+                             "marketfeed_feeds__kraken_eu_2__snapshot": "false",  # names match in any case
+                             "MARKETFEED_FEEDS__KRAKEN_EU_2__SYMBOLS": '["ETH/USD", "BTC/USD"]'})
+    binance, kraken = config.feeds
+    assert binance.stale_after_s == 5.0 and kraken.options == KrakenOptions(snapshot=False)
+    assert kraken.symbols == ("ETH/USD", "BTC/USD") and kraken.name == "kraken.eu-2"
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"MARKETFEED_FEEDS__BINANCE_SPOT__RECONNECT_MIN_S": "-1"})
+    assert info.value.problems == [
+        ("$MARKETFEED_FEEDS__BINANCE_SPOT__RECONNECT_MIN_S: feeds[0] (binance-spot).reconnect_min_s: "
+        "-1.0 is below the minimum 0.0")]
+
+
+def test_a_feed_name_no_feed_or_two_feeds_have_as_a_variable_is_a_problem(tmp_path):
+    path = write(tmp_path, {"feeds": [FEED, {**FEED, "name": "binance_spot"}, KRAKEN]})
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER_S": "5", "MARKETFEED_FEEDS__KRAKN__URL": "wss://x"})
+    assert info.value.problems == [
+        ("$MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER_S: feeds 'binance-spot' and 'binance_spot' are both "
+         "BINANCE_SPOT in a variable name: name one by its index, MARKETFEED_FEEDS__<n>__<KEY> (n from 0)"),
+        ("$MARKETFEED_FEEDS__KRAKN__URL: the config has no feed named KRAKN in a variable name "
+         "(its feeds so named: BINANCE_SPOT, KRAKEN); did you mean KRAKEN?"),
+    ]
+    assert load(path, env={"MARKETFEED_FEEDS__1__STALE_AFTER_S": "5"}).feeds[1].stale_after_s == 5.0
+
+
+def test_an_unknown_marketfeed_variable_is_a_problem_with_the_closest_known_name(tmp_path):
+    path = write(tmp_path, {"feeds": [FEED]})
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"MARKETFEED_SINKS__MAX_ROWS": "5", "MARKETFEED_SINK__MAX_ROWZ": "5",
+                        "MARKETFEED_SINK_MAX_ROWS": "5", "MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER": "5",
+                        "MARKETFEED_COLOUR": "red", "OTHER_SINK__MAX_ROWS": "5"})
+    assert info.value.problems == [
+        ("$MARKETFEED_COLOUR: not a setting (MARKETFEED_<SECTION>__<KEY>, or MARKETFEED_FEEDS__<FEED>__<KEY> "
+         "for a [[feeds]] table)"),
+        ("$MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER: no feed takes the key 'stale_after'; "
+         "did you mean MARKETFEED_FEEDS__BINANCE_SPOT__STALE_AFTER_S?"),
+        "$MARKETFEED_SINKS__MAX_ROWS: the config has no section [sinks]; did you mean MARKETFEED_SINK__MAX_ROWS?",
+        ("$MARKETFEED_SINK_MAX_ROWS: not a setting (MARKETFEED_<SECTION>__<KEY>, or MARKETFEED_FEEDS__<FEED>__<KEY> "
+         "for a [[feeds]] table); did you mean MARKETFEED_SINK__MAX_ROWS?"),
+        "$MARKETFEED_SINK__MAX_ROWZ: [sink] has no key 'max_rowz'; did you mean MARKETFEED_SINK__MAX_ROWS?",
+    ]
+
+
+def test_a_misspelt_key_or_section_in_the_file_is_named_with_the_closest_known_one():
+    assert problems_of({"sinks": {}, "sink": {"max_rowz": 5}, "feeds": [{**KRAKEN, "snapshots": True}]}) == [
+        "f.toml: unknown section [sinks]; did you mean sink?",
+        "f.toml: sink.max_rowz: unknown key; did you mean max_rows?",
+        ("f.toml: feeds[0] (kraken).snapshots: unknown key; did you mean snapshot? "
+         "(a kraken feed takes the common keys and snapshot)"),
+    ]
+
+
+def test_problems_across_keys_name_the_variable_a_value_came_from(tmp_path):
+    path = write(tmp_path, {"feeds": [FEED, KRAKEN]})
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"MARKETFEED_FEEDS__BINANCE_SPOT__URL": "ftp://x", "MARKETFEED_FEEDS__KRAKEN__SYMBOLS": "[]",
+                        "MARKETFEED_FEEDS__KRAKEN__RECONNECT_MIN_S": "60", "MARKETFEED_FEEDS__1__NAME": "../k",
+                        "MARKETFEED_FEEDS__0__CHANNELS": '["trade"]', "MARKETFEED_FEEDS__1__CHANNELS": '["ohlc-7"]',
+                        "MARKETFEED_SERVICE__CA_FILE": str(tmp_path / "no-ca.pem"),
+                        "MARKETFEED_QUESTDB__CONF": "https::addr=db:9000;tls_verify=unsafe_off;"})
+    found = info.value.problems
+    assert found[:3] == [
+        ("$MARKETFEED_FEEDS__BINANCE_SPOT__URL: feeds (binance-spot).url: 'ftp://x' is not a ws://, wss://, "
+        "http:// or https:// URL"),
+        "$MARKETFEED_FEEDS__KRAKEN__SYMBOLS: feeds (../k).symbols: at least one symbol is needed",
+        ("$MARKETFEED_FEEDS__KRAKEN__RECONNECT_MIN_S: feeds (../k).reconnect_min_s: reconnect_max_s 30.0 is below "
+         "reconnect_min_s 60.0"),
+    ]
+    assert found[3].startswith("$MARKETFEED_FEEDS__1__CHANNELS: feeds (../k).channels: Kraken channel 'ohlc-7'")
+    assert found[4:] == [
+        "$MARKETFEED_FEEDS__1__NAME: feeds[1].name: '../k' is not one of [A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+        f"$MARKETFEED_SERVICE__CA_FILE: service.ca_file: file {str(tmp_path / 'no-ca.pem')!r} not found",
+        ("$MARKETFEED_QUESTDB__CONF: questdb.conf: tls_verify=unsafe_off is refused: certificates are always "
+         "verified (a private CA goes in tls_roots=/path/ca.pem)"),
+    ]
+
+
+def test_problems_of_the_environment_and_of_the_file_are_reported_together(tmp_path):
+    path = write(tmp_path, {"sink": {"max_rows": 0}, "feeds": [FEED]})
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"MARKETFEED_SINK__MAX_ROWZ": "5"})
+    assert info.value.problems == [
+        "$MARKETFEED_SINK__MAX_ROWZ: [sink] has no key 'max_rowz'; did you mean MARKETFEED_SINK__MAX_ROWS?",
+        f"{path}: sink.max_rows: 0 is below the minimum 1",
+    ]
+
+
+def test_an_exchanges_config_problems_are_named_by_the_key_and_where_it_came_from(tmp_path, monkeypatch):
+    """The hook feeds/<exchange>.py fills: FeedProtocol.config_problems(feed), "<key>: <why>" each."""
+    def refuse(cls, feed):
+        return [f"channels: {feed.channels[0]!r} is not a channel of this test", "the feed as a whole is refused"]
+
+    monkeypatch.setattr(BinanceProtocol, "config_problems", classmethod(refuse))
+    path = write(tmp_path, {"feeds": [FEED, {**FEED, "name": "other", "channels": ["depth"]}, KRAKEN]})
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"MARKETFEED_FEEDS__BINANCE_SPOT__CHANNELS": '["kline_7q"]'})
+    assert info.value.problems == [
+        ("$MARKETFEED_FEEDS__BINANCE_SPOT__CHANNELS: feeds (binance-spot).channels: 'kline_7q' is not a channel "
+        "of this test"),
+        f"{path}: feeds (binance-spot): the feed as a whole is refused",
+        f"{path}: feeds (other).channels: 'depth' is not a channel of this test",
+        f"{path}: feeds (other): the feed as a whole is refused",
+    ]
