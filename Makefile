@@ -1,23 +1,27 @@
 # The two README commands: `make demo` and `make test`; `make test-fast` runs the tests that need no QuestDB
 # and no service process (those marked integration by tests/conftest.py are left out).
-.PHONY: demo test test-fast bench venv questdb-stop clean
+.PHONY: demo test test-fast bench venv test-venv questdb-stop clean
 
+# The demo's venv has the runtime dependencies only; the tests' adds the test and bench extras.
 venv:
-	bin/bootstrap
+	bin/bootstrap run
+
+test-venv:
+	bin/bootstrap test
 
 demo: venv
 	bin/marketfeed demo
 
-test: venv
+test: test-venv
 	bin/questdb fetch >/dev/null
 	bin/test-deps
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-test-fast: venv
+test-fast: test-venv
 	bin/test-deps
 	.venv/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-bench: venv
+bench: test-venv
 	bin/questdb fetch >/dev/null
 	.venv/bin/python -m bench
 

@@ -121,6 +121,6 @@ def test_the_demo_runs_from_the_install_outside_the_checkout(installed, tmp_path
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert (tmp_path / "questdb" / "db").is_dir()  # the server the install's bin/questdb started
     lines = run.stdout.splitlines()
-    stored = lines[lines.index("stored in QuestDB (demo_trades):") + 1:]
+    stored = lines[next(i for i, line in enumerate(lines) if line.startswith("stored in QuestDB (demo_")) + 1:]
     assert {line.split()[0] for line in stored if line.startswith("  ")} == {"binance", "kraken", "coinbase", "polygon"}
     assert f"bash {questdb} stop" in run.stdout  # outside a checkout, the stop command names the installed script
