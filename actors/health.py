@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,11 @@ import psutil
 import pykka
 
 from marketfeed.config.schema import Config
+from marketfeed.storage.tables import TABLES
 from marketfeed.supervision.scheduler import Timer, scheduler
 from marketfeed.supervision.supervisor import ChildContext, GetChildren, GetStatus, Supervised, leaked_thread_count
 from marketfeed.telemetry import metrics
-from marketfeed.telemetry.health_rules import AlertRules, summary
+from marketfeed.telemetry.health_rules import ALERT_CAUSES, AlertRules, summary
 from marketfeed.telemetry.logs import event, scrub
 from marketfeed.telemetry.report import (
     BreakerState,
@@ -96,6 +98,7 @@ class HealthActor(Supervised):
 
     def started(self) -> None:
         self.board.rules.thresholds = self.config.alerts
+        metrics.initialise((f.name for f in self.config.feeds), TABLES)
         self._start_timers()
 
     def stopping(self) -> None:
@@ -147,6 +150,7 @@ class HealthActor(Supervised):
                     self._gather(reason)
             case UseConfig(config):
                 self.config = config
+                metrics.initialise((f.name for f in config.feeds), TABLES)
                 self.board.rules.thresholds = config.alerts
                 self._cancel_timers()
                 self._start_timers()
@@ -265,9 +269,13 @@ class HealthActor(Supervised):
 def export_gauges(report: HealthReport) -> None:
     """The report's verdict and the sink states it carries, as Prometheus gauges."""
     metrics.HEALTH_STATUS.set(report["status"].code)
-    metrics.HEALTH_ALERTS.clear()
-    for alert in report["alerts"]:
-        metrics.HEALTH_ALERTS.labels(alert["cause"]).inc()
+    counts = Counter(alert["cause"] for alert in report["alerts"])
+    for cause in {*ALERT_CAUSES, *counts}:  # every cause has a series: 0 while it is not alerting
+        metrics.HEALTH_ALERTS.labels(cause).set(counts[cause])
+    for sup in report["supervisors"].values():
+        if not silent(sup):
+            for child in sup.get("children", {}):
+                metrics.ACTOR_RESTARTS.labels(child)  # at 0 before its first restart, so increase() sees that one
     for table, buffer in report["buffers"].items():
         if not silent(buffer):
             metrics.SPOOL_BYTES.labels(table).set(buffer["spool_bytes"])

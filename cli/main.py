@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from marketfeed.config.loader import ConfigError, load
@@ -17,13 +16,6 @@ LOCAL_CONFIG = "marketfeed.toml"
 def default_config(system: str = SYSTEM_CONFIG) -> str:
     """-c's default: the system config when there is one, else ./marketfeed.toml."""
     return system if Path(system).is_file() else LOCAL_CONFIG
-
-
-def package_version() -> str:
-    try:
-        return version("marketfeed")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -112,6 +104,8 @@ def cmd_files(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marketfeed", description="Exchange WebSocket feeds into QuestDB.")
+    from marketfeed.telemetry.metrics import package_version
+
     p.add_argument("--version", action="version", version=f"marketfeed {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     config_default = default_config()

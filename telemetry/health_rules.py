@@ -24,6 +24,10 @@ from marketfeed.telemetry.report import (
 
 ERROR_WINDOW_S = 60.0
 MB = 1024 * 1024
+# Every cause an alert can name: the marketfeed_health_alerts gauge has a series (0 while quiet) for each.
+ALERT_CAUSES = ("actor_unresponsive", "breaker_open", "child_restarting", "error_rate", "feed_disconnected",
+                "feed_failed", "gap_open", "ledger_write_failed", "memory_high", "message_rate", "no_data",
+                "rows_waiting", "sink_stalled", "spool_full", "spool_in_use")
 
 
 def overall(alerts: list[Alert]) -> HealthLevel:

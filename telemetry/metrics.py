@@ -1,6 +1,9 @@
 """Every Prometheus metric of the service, in one place (names per DESIGN.md §7)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter("marketfeed_messages_received_total", "Frames received from exchanges", ["feed"])
@@ -25,7 +28,8 @@ FLUSH_SECONDS = Histogram(
 )
 INGEST_LAG = Histogram(
     "marketfeed_ingestion_lag_seconds",
-    "From exchange event time to QuestDB acknowledgement",
+    "From a row's timestamp to QuestDB acknowledgement: a trade's event time; a candle's open time, so candles "
+    "lag by their interval and more",
     ["table"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
@@ -53,3 +57,32 @@ GAPS_CLOSED = Counter("marketfeed_gaps_closed_total", "Gaps closed, by reason (f
                       ["feed", "reason"])
 LEDGER_RECORDS = Counter("marketfeed_ledger_records_total", "Records appended to the recovery ledger's journal")
 LEDGER_WRITE_FAILURES = Counter("marketfeed_ledger_write_failures_total", "Failed appends to the ledger's journal")
+
+BUILD_INFO = Gauge("marketfeed_build_info", "Always 1; the running marketfeed's version as a label", ["version"])
+
+PER_FEED = (MESSAGES, MALFORMED, RECONNECTS, DUPLICATES, GAPS, BACKFILLED, FEED_CONNECTED, FEED_RATE_EXCEEDED)
+PER_TABLE = (ROWS_WRITTEN, FLUSH_FAILURES, FLUSH_SECONDS, INGEST_LAG, BUFFERED_ROWS, ROWS_SPOOLED, ROWS_DEAD_LETTERED,
+             ROWS_DROPPED, SPOOL_FULL, SPOOL_BYTES, BREAKER_STATE)
+GAP_CLOSE_REASONS = ("filled", "unrecoverable", "expired")  # storage.ledger.CloseReason
+
+
+def package_version() -> str:
+    try:
+        return version("marketfeed")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def initialise(feeds: Iterable[str], tables: Iterable[str]) -> None:
+    """Every labelled series the config implies, at zero: panels and increase() see a series before its first
+    event (a counter born at its first increment loses that increment to increase()). Idempotent; a reload calls
+    it again for the feeds it adds."""
+    BUILD_INFO.labels(package_version()).set(1)
+    for feed in feeds:
+        for metric in PER_FEED:
+            metric.labels(feed)
+        for reason in GAP_CLOSE_REASONS:
+            GAPS_CLOSED.labels(feed, reason)
+    for table in tables:
+        for table_metric in PER_TABLE:
+            table_metric.labels(table)

@@ -13,11 +13,13 @@ import urllib.error
 import urllib.request
 import uuid
 from functools import partial
+from importlib import metadata
 
 import orjson
 import pytest
 
 from marketfeed.config.loader import load, to_toml
+from marketfeed.config.schema import AlertConfig
 from tests.support.polling import poll
 from tests.support.questdb import REPO, free_port
 from tests.support.service import ServiceProcess, Services, sim_feed
@@ -144,6 +146,15 @@ def test_http_metrics_health_and_ready(sim, service):
                  "marketfeed_flush_duration_seconds_bucket", "marketfeed_ingestion_lag_seconds_bucket",
                  "marketfeed_buffered_rows", "marketfeed_health_status"):
         assert name in text
+    # Series exist before their first event (the config names the feed, every table has a buffer), so panels and
+    # increase() have them from the start; the build's version is a label.
+    for sample in ('marketfeed_reconnects_total{feed="spot"} 0.0', 'marketfeed_malformed_frames_total{feed="spot"} 0.0',
+                   'marketfeed_flush_failures_total{table="candles"} 0.0',
+                   'marketfeed_gaps_closed_total{feed="spot",reason="expired"} 0.0',
+                   'marketfeed_breaker_state{table="candles"} 0.0', 'marketfeed_health_alerts{cause="no_data"} 0.0',
+                   'marketfeed_actor_restarts_total{actor="feed-spot"} 0.0',
+                   f'marketfeed_build_info{{version="{metadata.version("marketfeed")}"}} 1.0'):
+        assert sample in text.splitlines(), sample
     assert shutil.which("promtool"), "promtool missing: bin/test-deps installs it"
     lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
@@ -241,11 +252,120 @@ def test_the_systemd_unit_verifies_cleanly(tmp_path):
     assert example.service.log_file == "" and "MARKETFEED_" not in unit  # journald; no environment overrides
 
 
+RULES = REPO / "config/prometheus/marketfeed.rules.yml"
+
+
 def test_the_prometheus_rules_pass_promtool():
     assert shutil.which("promtool"), "promtool missing: bin/test-deps installs it"
-    result = subprocess.run(["promtool", "check", "rules", str(REPO / "config/prometheus/marketfeed.rules.yml")],
-                            capture_output=True, text=True)
+    result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def rule_summaries() -> dict[str, str]:
+    """alert name → its summary template, read from the shipped rules (one `summary:` per rule)."""
+    text = RULES.read_text()
+    names = re.findall(r"^ +- alert: (\w+)$", text, re.MULTILINE)
+    summaries = re.findall(r'^ +summary: "(.*)"$', text, re.MULTILINE)
+    assert len(names) == len(summaries)
+    return dict(zip(names, summaries, strict=True))
+
+
+def firing(name: str, severity: str, **labels: str) -> dict:
+    """A promtool exp_alerts entry: the rule's labels and its summary rendered for them."""
+    summary = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m[1]], rule_summaries()[name])
+    return {"exp_labels": {"severity": severity, **labels}, "exp_annotations": {"summary": summary}}
+
+
+def test_the_alert_rules_fire_as_the_health_rules_do_for_healthy_degraded_and_critical_services(tmp_path):
+    """promtool test rules against the health rules' thresholds (AlertConfig defaults), each series at its
+    threshold on a healthy service and just past it on a degraded one. The healthy service has a candle feed:
+    candles lag by their interval, as ingestion lag measures from a row's time (a candle's open)."""
+    t = AlertConfig()
+    job = {"job": "marketfeed", "instance": "m:8766"}
+
+    def series(name: str, values: str, **labels: str) -> dict:
+        body = ",".join(f'{k}="{v}"' for k, v in {**job, **labels}.items())
+        return {"series": f"{name}{{{body}}}", "values": values}
+
+    def lag(table: str, seconds: float) -> list[dict]:
+        """A lag histogram whose every observation (10 a scrape) is `seconds`."""
+        buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, "+Inf"]
+        return [series("marketfeed_ingestion_lag_seconds_bucket",
+                       "0+10x80" if le == "+Inf" or le >= seconds else "0x80", table=table, le=str(le))
+                for le in buckets]
+
+    def service(*, status: int, connected: int, messages: str, buffered: int, errors_per_scrape: float,
+                rss_mb: float, gap_age_s: float, breaker: int, spool_bytes: int, spool_full: int) -> list[dict]:
+        per_feed = [(feed, c) for feed, c in (("binance-sim", 1), ("kraken-sim", connected))]
+        return [
+            series("up", "1x80"),
+            series("process_start_time_seconds", "0x80"),
+            series("marketfeed_health_status", f"{status}x80"),
+            *(series("marketfeed_feed_connected", f"{c}x80", feed=feed) for feed, c in per_feed),
+            series("marketfeed_messages_received_total", "0+50x80", feed="binance-sim"),
+            series("marketfeed_messages_received_total", messages, feed="kraken-sim"),
+            series("marketfeed_reconnects_total", f"0+{errors_per_scrape}x80", feed="kraken-sim"),
+            series("marketfeed_malformed_frames_total", "0x80", feed="kraken-sim"),
+            series("marketfeed_flush_failures_total", "0x80", table="trades"),
+            series("marketfeed_actor_restarts_total", "0x80", actor="feed-kraken-sim"),
+            series("marketfeed_gaps_detected_total", "0x80", feed="binance-sim"),
+            series("marketfeed_buffered_rows", f"{buffered}x80", table="trades"),
+            series("marketfeed_buffered_rows", "0x80", table="candles"),
+            series("process_resident_memory_bytes", f"{int(rss_mb * 1024 * 1024)}x80"),
+            series("marketfeed_oldest_gap_age_seconds", f"{gap_age_s}x80"),
+            series("marketfeed_breaker_state", f"{breaker}x80", table="trades"),
+            series("marketfeed_spool_bytes", f"{spool_bytes}x80", table="trades"),
+            series("marketfeed_spool_full", f"{spool_full}x80", table="trades"),
+            *lag("trades", 0.05), *lag("candles", 61.0),  # 1-minute candles, stored once closed
+        ]
+
+    # 15 s scrapes: errors_per_scrape × 4 is the increase over a minute.
+    healthy = service(status=0, connected=1, messages="0+50x80", buffered=t.buffered_rows,
+                      errors_per_scrape=t.errors_per_minute / 4, rss_mb=t.rss_mb, gap_age_s=t.gap_age_s,
+                      breaker=0, spool_bytes=0, spool_full=0)
+    degraded = service(status=1, connected=0, messages="0+50x20 1000x60", buffered=t.buffered_rows + 1,
+                       errors_per_scrape=t.errors_per_minute / 4 + 1, rss_mb=t.rss_mb + 1, gap_age_s=t.gap_age_s + 1,
+                       breaker=0, spool_bytes=0, spool_full=0)
+    critical = service(status=2, connected=1, messages="0+50x80", buffered=0, errors_per_scrape=0, rss_mb=100,
+                       gap_age_s=0, breaker=2, spool_bytes=4096, spool_full=1)
+    names = rule_summaries()
+    at = "20m"  # past every `for:` and range; degraded's kraken feed went silent at 5 m, disconnected since 0
+
+    def case(input_series: list[dict], expected: dict[str, list[dict]]) -> dict:
+        assert set(expected) <= set(names)
+        return {"interval": "15s", "input_series": input_series,
+                "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": expected.get(name, [])}
+                                    for name in names]}
+
+    instance = {"instance": "m:8766", "job": "marketfeed"}
+    kraken = {**instance, "feed": "kraken-sim"}
+    tests = [
+        case(healthy, {}),
+        case(degraded, {
+            "MarketfeedHealthDegraded": [firing("MarketfeedHealthDegraded", "warning", **instance)],
+            "MarketfeedFeedDisconnected": [firing("MarketfeedFeedDisconnected", "warning", **kraken)],
+            "MarketfeedNoData": [firing("MarketfeedNoData", "warning", **kraken)],
+            "MarketfeedRowsWaiting": [firing("MarketfeedRowsWaiting", "warning", **instance, table="trades")],
+            "MarketfeedErrorRate": [firing("MarketfeedErrorRate", "warning", instance="m:8766")],
+            "MarketfeedMemoryHigh": [firing("MarketfeedMemoryHigh", "warning", **instance)],
+            "MarketfeedGapOpen": [firing("MarketfeedGapOpen", "warning", **instance)],
+        }),
+        case(critical, {
+            "MarketfeedHealthCritical": [firing("MarketfeedHealthCritical", "critical", **instance)],
+            "MarketfeedBreakerOpen": [firing("MarketfeedBreakerOpen", "critical", **instance, table="trades")],
+            "MarketfeedSpoolFull": [firing("MarketfeedSpoolFull", "critical", **instance, table="trades")],
+            "MarketfeedSpoolInUse": [firing("MarketfeedSpoolInUse", "warning", **instance, table="trades")],
+        }),
+    ]
+    path = tmp_path / "marketfeed.rules.test.yml"  # JSON is YAML
+    path.write_bytes(orjson.dumps({"rule_files": [str(RULES)], "evaluation_interval": "15s", "tests": tests}))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    # The thresholds written in the rules are the defaults the tests above used.
+    text = RULES.read_text()
+    for key, shown in (("feed_disconnected_s", 120), ("no_data_s", 300), ("buffered_rows", 1000),
+                       ("errors_per_minute", 10), ("rss_mb", 500), ("gap_age_s", 900)):
+        assert getattr(t, key) == shown and f"# alerts.{key} = {shown}" in text, key
 
 
 def test_check_config_reports_every_problem_naming_file_and_key(tmp_path):

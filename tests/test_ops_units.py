@@ -420,3 +420,20 @@ def test_a_non_finite_or_non_positive_timer_is_refused_and_the_timers_thread_liv
         assert timers._thread.is_alive()
     finally:
         recorder.stop()
+
+
+# --- the command line
+
+def test_the_config_defaults_to_the_system_one_when_it_exists(tmp_path):
+    from marketfeed.cli.main import LOCAL_CONFIG, default_config
+
+    system = tmp_path / "marketfeed.toml"
+    assert default_config(str(system)) == LOCAL_CONFIG == "marketfeed.toml"
+    system.write_text("")
+    assert default_config(str(system)) == str(system)
+
+
+def test_healthcheck_exit_codes_are_dockers(tmp_path, capsys):
+    config = Config(service=ServiceConfig(pid_file=str(tmp_path / "none.pid"), status_file=str(tmp_path / "s.json")))
+    assert health(config, False, 0.1, healthcheck=True) == 1  # no service: unhealthy
+    assert capsys.readouterr().out.startswith("MARKETFEED UNKNOWN")
