@@ -20,7 +20,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from marketfeed.actors.feed_reader import tls_context
+from marketfeed.actors.feed_reader import SocketDeadline, tls_context
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import FeedProtocol, HttpRequest, MalformedFrame
 from marketfeed.feeds.rest_policy import HostPolicy, HostRules, RestVerdict, VerdictKind
@@ -118,7 +118,7 @@ class HostClient:
         """One GET: (status, headers with lower-case names, body) within limits.timeout_s."""
         url = urlsplit(request.url)
         deadline = time.monotonic() + limits.timeout_s
-        watchdog = _watch.dog = _Watchdog(deadline)
+        watchdog = _watch.dog = SocketDeadline(deadline)
         response = None
         try:
             response = self._pool(limits.ca_file).urlopen(
@@ -191,47 +191,27 @@ def host_client(url: str, protocol: FeedProtocol) -> HostClient:
         return client
 
 
-class _Watchdog:
-    """Shuts one request's socket down at its deadline: a blocked read then returns at once."""
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-        self.fired = False
-        self._timer: threading.Timer | None = None
-
-    def arm(self, sock: socket.socket | None) -> None:
-        if sock is None or self._timer is not None:
-            return
-        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire, (sock,))
-        self._timer.daemon = True
-        self._timer.start()
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _fire(self, sock: socket.socket) -> None:
-        self.fired = True
-        try:
-            # The plain socket's shutdown, not SSLSocket's: that one also drops the TLS object under the reader.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-
-
 _watch = threading.local()  # .dog: the watchdog of the request this thread is making
 
 
 class _Watched:
-    """A connection that arms its thread's watchdog before reading an answer, so the status line and headers
-    are bounded by the deadline too (urllib3 reads them inside urlopen)."""
+    """A connection that hands its socket to its thread's watchdog as soon as it has one: a new connection's
+    TLS handshake, a kept-alive one's status line and headers (urllib3 reads them inside urlopen) are bounded
+    by the request's deadline too, not only each read by the timeout."""
 
     sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        dog = getattr(_watch, "dog", None)
+        if dog is not None:
+            dog.watch(sock)
+        return sock
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
         dog = getattr(_watch, "dog", None)
         if dog is not None:
-            dog.arm(self.sock)
+            dog.watch(self.sock)
         return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 

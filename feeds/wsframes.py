@@ -14,11 +14,20 @@ _CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
 _MAX_CONTROL_PAYLOAD = 125
 
 
-class MessageTooBig(Exception):
+class FrameRefused(Exception):
+    """A frame that ends the connection. `messages`: the complete ones cut before it from the same bytes, which
+    still count (a refused frame drops only itself and what follows it)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.messages: list[tuple[int, bytes]] = []
+
+
+class MessageTooBig(FrameRefused):
     """A message above the size limit, refused from its frame header, before its payload is read."""
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolation(FrameRefused):
     """Bytes no conforming server sends (masked frame, reserved bits or opcode, broken fragmentation)."""
 
 
@@ -37,43 +46,48 @@ class FrameDecoder:
         self._fragment_bytes = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The complete messages in the bytes so far. A refused frame raises FrameRefused carrying those before it."""
         if self._tail:
             data = self._tail + data
         messages: list[tuple[int, bytes]] = []
         size, pos = len(data), 0
         append, limit = messages.append, self.max_message_bytes
-        while size - pos >= 2:
-            first, second = data[pos], data[pos + 1]
-            if second & 0x80:
-                raise ProtocolViolation("masked frame from the server")
-            if first & 0x70:
-                raise ProtocolViolation("reserved bits set without a negotiated extension")
-            length, start = second & 0x7F, pos + 2
-            if length == 126:
-                if size - pos < 4:
+        try:
+            while size - pos >= 2:
+                first, second = data[pos], data[pos + 1]
+                if second & 0x80:
+                    raise ProtocolViolation("masked frame from the server")
+                if first & 0x70:
+                    raise ProtocolViolation("reserved bits set without a negotiated extension")
+                length, start = second & 0x7F, pos + 2
+                if length == 126:
+                    if size - pos < 4:
+                        break
+                    length, start = int.from_bytes(data[pos + 2:pos + 4], "big"), pos + 4
+                elif length == 127:
+                    if size - pos < 10:
+                        break
+                    length, start = int.from_bytes(data[pos + 2:pos + 10], "big"), pos + 10
+                if length > limit:
+                    raise MessageTooBig(f"frame of {length} bytes is above max_frame_bytes ({limit})")
+                end = start + length
+                if end > size:
                     break
-                length, start = int.from_bytes(data[pos + 2:pos + 4], "big"), pos + 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length, start = int.from_bytes(data[pos + 2:pos + 10], "big"), pos + 10
-            if length > limit:
-                raise MessageTooBig(f"frame of {length} bytes is above max_frame_bytes ({limit})")
-            end = start + length
-            if end > size:
-                break
-            opcode, final = first & 0x0F, first & 0x80
-            if final and opcode in _DATA and not self._fragments:  # nearly every frame of a market feed
-                append((opcode, data[start:end]))
-            elif opcode in _CONTROL:
-                if not final or length > _MAX_CONTROL_PAYLOAD:
-                    raise ProtocolViolation("fragmented or oversized control frame")
-                append((opcode, data[start:end]))
-            else:
-                message = self._fragment(opcode, final, data[start:end])
-                if message is not None:
-                    append(message)
-            pos = end
+                opcode, final = first & 0x0F, first & 0x80
+                if final and opcode in _DATA and not self._fragments:  # nearly every frame of a market feed
+                    append((opcode, data[start:end]))
+                elif opcode in _CONTROL:
+                    if not final or length > _MAX_CONTROL_PAYLOAD:
+                        raise ProtocolViolation("fragmented or oversized control frame")
+                    append((opcode, data[start:end]))
+                else:
+                    message = self._fragment(opcode, final, data[start:end])
+                    if message is not None:
+                        append(message)
+                pos = end
+        except FrameRefused as exc:
+            exc.messages = messages
+            raise
         self._tail = data[pos:]
         return messages
 

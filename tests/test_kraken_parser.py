@@ -125,7 +125,8 @@ def test_a_bad_trade_field_drops_only_its_entry(field, value):
 
 
 def test_a_trade_message_without_a_data_array_is_malformed():
-    for data in ({}, "x", None):
+    shapes: tuple[object, ...] = ({}, "x", None)
+    for data in shapes:
         with pytest.raises(MalformedFrame, match="no data array"):
             parse(session(), {"channel": "trade", "type": "update", "data": data})
 

@@ -298,16 +298,29 @@ def trickling_server(head: bytes, interval_s: float) -> Iterator[str]:
         thread.join(5)
 
 
-@pytest.mark.parametrize("head", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n",  # the body trickles
-    b"HTTP/1.1 200 OK\r\nX-Slow: ",  # the headers trickle
-], ids=["body", "headers"])
-def test_an_answer_trickled_byte_by_byte_ends_at_the_deadline(head):
+@pytest.mark.parametrize("head, scheme", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", "http"),  # the body trickles
+    (b"HTTP/1.1 200 OK\r\nX-Slow: ", "http"),  # the headers trickle
+    (b"\x16\x03\x03\x40\x00", "https"),  # the TLS handshake trickles: a 16 kB record after the ClientHello
+], ids=["body", "headers", "tls_handshake"])
+def test_an_answer_trickled_byte_by_byte_ends_at_the_deadline(head, scheme):
     # A byte every 0.5 s: no single read waits out a 1 s read timeout, only a total deadline ends it.
     with trickling_server(head, 0.5) as url:
+        url = url.replace("http://", f"{scheme}://")
         started = time.monotonic()
         result = get(protocol("coinbase", url, ("BTC-USD",)), Gap("BTC-USD", 1, 10),
                      RestLimits(attempts=1, timeout_s=1.0))
         elapsed = time.monotonic() - started
     assert result.verdict.kind is VerdictKind.RETRY and "no complete answer within 1.0 s" in result.verdict.reason
     assert 1.0 <= elapsed < 2.0
+
+
+def test_a_body_trickled_a_byte_every_2_s_ends_at_the_default_deadline():
+    with trickling_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", 2.0) as url:
+        started = time.monotonic()
+        result = get(protocol("coinbase", url, ("BTC-USD",)), Gap("BTC-USD", 1, 10), RestLimits(attempts=1))
+        elapsed = time.monotonic() - started
+    timeout_s = RestLimits().timeout_s
+    assert result.verdict.kind is VerdictKind.RETRY
+    assert f"no complete answer within {timeout_s} s" in result.verdict.reason
+    assert timeout_s <= elapsed < timeout_s + 1

@@ -90,3 +90,16 @@ def test_a_fragmented_message_above_the_limit_is_refused():
 def test_protocol_violations_are_refused(wire):
     with pytest.raises(ProtocolViolation):
         FrameDecoder(1 << 20).feed(wire)
+
+
+@pytest.mark.parametrize("bad, refusal", [
+    (frame(b"hi", mask=1), ProtocolViolation),
+    (frame(b"hi", rsv1=1), ProtocolViolation),
+    (frame(b"x" * 2000), MessageTooBig),
+], ids=["masked", "reserved_bits", "oversize"])
+def test_a_refused_frame_carries_the_messages_cut_before_it_from_the_same_bytes(bad, refusal):
+    decoder = FrameDecoder(1000)
+    assert decoder.feed(frame(b"first")[:3]) == []  # a frame begun in an earlier chunk
+    with pytest.raises(refusal) as refused:
+        decoder.feed(frame(b"first")[3:] + frame(b"ping", OP_PING) + frame(b"second") + bad + frame(b"after"))
+    assert refused.value.messages == [(OP_TEXT, b"first"), (OP_PING, b"ping"), (OP_TEXT, b"second")]
