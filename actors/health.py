@@ -45,8 +45,9 @@ from marketfeed.telemetry.sdnotify import Notifier
 log = logging.getLogger("marketfeed.health")
 
 ASK_TIMEOUT_S = 0.5
+FEED_CHILD_PREFIX = "feed-"  # a feed actor's child id is feed-<name> (cli/service.py): reports name the feed
 # Which reason wins when several wait behind one gather.
-RANK = {ReportReason.TICK: 0, ReportReason.PERIODIC: 1, ReportReason.SIGNAL: 2}
+RANK = {ReportReason.TICK: 0, ReportReason.QUERY: 1, ReportReason.PERIODIC: 2, ReportReason.SIGNAL: 3}
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
@@ -222,7 +223,7 @@ class HealthActor(Supervised):
             try:
                 status = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except pykka.Timeout:
-                kind = ("feed" if child_id.startswith("feed-") else "buffer" if child_id.startswith("buffer-")
+                kind = ("feed" if child_id.startswith(FEED_CHILD_PREFIX) else "buffer" if child_id.startswith("buffer-")
                         else "ledger" if child_id == "ledger" else "unknown")
                 status = {"kind": kind, "state": NoAnswer.UNRESPONSIVE}
             except Exception as exc:  # noqa: BLE001 - an actor that died while asked
@@ -230,8 +231,10 @@ class HealthActor(Supervised):
             kind = status.pop("kind", "unknown")
             if kind == "ledger":
                 others[child_id] = status
+            elif kind == "feed":  # by the name the config, the logs and the metric labels give it
+                feeds[child_id.removeprefix(FEED_CHILD_PREFIX)] = status
             else:
-                (buffers if kind == "buffer" else feeds if kind == "feed" else supervisors)[child_id] = status
+                (buffers if kind == "buffer" else supervisors)[child_id] = status
 
     def _process(self) -> ProcessFigures:
         p = self.process
@@ -252,9 +255,14 @@ class HealthActor(Supervised):
         report: HealthReport = {**gathered, "status": status, "alerts": alerts, "summary": summary(gathered, alerts)}
         self.reports += 1
         self.board.publish(report)
-        if report["reason"] != ReportReason.TICK:
+        changed = status != self.last_status
+        # The full report (~3.5 KB) on an operator's SIGUSR1, periodically, at shutdown and when the status changes;
+        # a `marketfeed health` query (a container healthcheck every 30 s) gets one line.
+        if changed or report["reason"] in (ReportReason.SIGNAL, ReportReason.PERIODIC, ReportReason.SHUTDOWN):
             event(log, "health_report", logging.INFO, **report)
-        if status != self.last_status:
+        elif report["reason"] == ReportReason.QUERY:
+            event(log, "health_query", logging.INFO, status=status, summary=report["summary"])
+        if changed:
             event(log, "health_status_changed", logging.INFO if status == HealthLevel.OK else logging.WARNING,
                   status=status, previous=self.last_status, alerts=alerts)
             self.last_status = status

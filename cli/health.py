@@ -1,4 +1,4 @@
-"""`marketfeed health`: SIGUSR1 to the running service, wait for the report begun after it, print it.
+"""`marketfeed health`: QUERY_SIGNAL to the running service, wait for the report begun after it, print it.
 
 Exit codes follow the Nagios plugin convention: 0 ok, 1 degraded, 2 critical, 3 unknown (no
 process, no answer in time); the first line is the plugin's one-line output with perfdata after `|`.
@@ -6,7 +6,6 @@ process, no answer in time); the first line is the plugin's one-line output with
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ import orjson
 import psutil
 
 from marketfeed.config.schema import Config
-from marketfeed.telemetry.report import FeedState, HealthLevel, HealthReport
+from marketfeed.telemetry.report import QUERY_SIGNAL, FeedState, HealthLevel, HealthReport
 
 UNKNOWN = HealthLevel.UNKNOWN.code
 POLL_S = 0.02
@@ -50,11 +49,17 @@ def perfdata(report: HealthReport) -> str:
         f"buffered_rows={sum(b.get('buffered_rows', 0) for b in buffers.values())};;;0",
         f"spool_bytes={sum(b.get('spool_bytes', 0) for b in buffers.values())}B;;;0",
         f"alerts={len(report.get('alerts', []))};;;0",
-        f"rss={process.get('rss_bytes', 0)}B;;;0",
-        f"threads={process.get('threads', 0)};;;0",
-        f"open_fds={process.get('open_fds', 0)};;;0",
+        f"rss={process.get('rss_bytes') or 0}B;;;0",
+        f"threads={process.get('threads') or 0};;;0",
+        f"open_fds={process.get('open_fds') or 0};;;0",
     ]
     return " ".join(values)
+
+
+def shown(value: object, missing: str = "-") -> str:
+    """A value for people: what is not known (None: never flushed, no message yet, an actor that did not say) is
+    `missing`, never "None"."""
+    return missing if value is None else str(value)
 
 
 def render(report: HealthReport) -> str:
@@ -62,22 +67,24 @@ def render(report: HealthReport) -> str:
     status = report["status"]
     lines = [f"MARKETFEED {status.upper()} - {report.get('summary', '')} | {perfdata(report)}"]
     for alert in report.get("alerts", []):
-        detail = ", ".join(f"{k}={v}" for k, v in alert.items() if k not in ("level", "cause") and v != "")
+        detail = ", ".join(f"{k}={v}" for k, v in alert.items()
+                           if k not in ("level", "cause") and v not in ("", None))
         lines.append(f"  {alert['level'].upper():9} {alert['cause']}: {detail}")
     lines.append("feeds:")
     for name, f in statuses(report, "feeds").items():
         lines.append(f"  {name:24} {f.get('state', '?'):12} messages={f.get('messages', 0)} "
-                     f"last_message_age_s={f.get('last_message_age_s')} reconnects={f.get('reconnects', 0)} "
-                     f"gaps={f.get('gaps', 0)} duplicates={f.get('duplicates', 0)}")
+                     f"last_message_age_s={shown(f.get('last_message_age_s'), 'never')} "
+                     f"reconnects={f.get('reconnects', 0)} gaps={f.get('gaps', 0)} duplicates={f.get('duplicates', 0)}")
     lines.append("tables:")
     for name, b in statuses(report, "buffers").items():
         lines.append(f"  {name:24} buffered={b.get('buffered_rows', 0)} written={b.get('rows_written', 0)} "
-                     f"last_flush_age_s={b.get('last_flush_age_s')} failures={b.get('failures', 0)} "
-                     f"breaker={b.get('breaker', '-')} spool_bytes={b.get('spool_bytes', 0)}")
+                     f"last_flush_age_s={shown(b.get('last_flush_age_s'), 'never')} failures={b.get('failures', 0)} "
+                     f"breaker={shown(b.get('breaker'))} spool_bytes={b.get('spool_bytes', 0)}")
     p = report.get("process", {})
-    lines.append(f"process: pid={report.get('pid')} rss={p.get('rss_bytes', 0) / 2**20:.1f}MB "
-                 f"cpu={p.get('cpu_percent', 0)}% cpu_seconds={p.get('cpu_seconds')} threads={p.get('threads')} "
-                 f"open_fds={p.get('open_fds')} uptime_s={p.get('uptime_s')}")
+    lines.append(f"process: pid={shown(report.get('pid'))} rss={p.get('rss_bytes', 0) / 2**20:.1f}MB "
+                 f"cpu={shown(p.get('cpu_percent', 0))}% cpu_seconds={shown(p.get('cpu_seconds'))} "
+                 f"threads={shown(p.get('threads'))} open_fds={shown(p.get('open_fds'))} "
+                 f"uptime_s={shown(p.get('uptime_s'))}")
     return "\n".join(lines)
 
 
@@ -100,7 +107,7 @@ def runs_service(cmdline: list[str]) -> bool:
 
 def service_pid(pid_file: str) -> tuple[int | None, str]:
     """(pid, "") of the service process the pid file names, or (None, why not). A pid file left behind names a pid
-    that may since belong to any process: that one is never signalled (SIGUSR1 would kill a `sleep`)."""
+    that may since belong to any process: that one is never signalled (the signal would kill a `sleep`)."""
     path = Path(pid_file)
     try:
         pid = int(path.read_text().strip())
@@ -135,7 +142,7 @@ def fresh_report(config: Config, timeout_s: float) -> tuple[HealthReport | None,
         return None, problem
     signalled_at = time.time()
     try:
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, QUERY_SIGNAL)
     except OSError as exc:
         return None, f"cannot signal pid {pid}: {exc}"
     deadline = time.monotonic() + timeout_s

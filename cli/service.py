@@ -53,7 +53,7 @@ from marketfeed.supervision.supervisor import (
 from marketfeed.telemetry import logs
 from marketfeed.telemetry.http import OpsServer
 from marketfeed.telemetry.logs import event
-from marketfeed.telemetry.report import ReportReason
+from marketfeed.telemetry.report import QUERY_SIGNAL, ReportReason
 from marketfeed.telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.service")
@@ -338,6 +338,7 @@ def run(config: Config, duration_s: float | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: service.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: service.stop_requested.set())
     signal.signal(signal.SIGUSR1, lambda *_: service.request_health(ReportReason.SIGNAL))
+    signal.signal(QUERY_SIGNAL, lambda *_: service.request_health(ReportReason.QUERY))
     signal.signal(signal.SIGHUP, lambda *_: service.reload_requested.set())
     stacks_requested = threading.Event()
     signal.signal(signal.SIGUSR2, lambda *_: stacks_requested.set())

@@ -27,6 +27,11 @@ def _num(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _age(seconds) -> str:
+    """A last-flush or last-message age: "never" before the first one."""
+    return "never" if seconds is None else f"{_num(seconds)}s"
+
+
 class Dashboard:
     """Turns successive health reports into screen lines: (text, style)."""
 
@@ -55,9 +60,9 @@ class Dashboard:
         p = r.get("process", {})
         age = now - r.get("generated_at", now)
         status = r.get("status", "?")
-        title = (f"marketfeed  pid {r.get('pid')}  {status.upper()}  up {_num(p.get('uptime_s'), 0)}s  "
+        title = (f"marketfeed  pid {_num(r.get('pid'))}  {status.upper()}  up {_num(p.get('uptime_s'), 0)}s  "
                  f"rss {p.get('rss_bytes', 0) / 2**20:.0f}MB  cpu {_num(p.get('cpu_percent'))}%  "
-                 f"threads {p.get('threads')}  fds {p.get('open_fds')}  report {age:.1f}s old   (q quits)")
+                 f"threads {_num(p.get('threads'))}  fds {_num(p.get('open_fds'))}  report {age:.1f}s old   (q quits)")
         out = [
             (title, status if status in STYLES else "title"),
             ("", "normal"),
@@ -66,7 +71,7 @@ class Dashboard:
         ]
         for name, f in statuses(r, "feeds").items():
             text = (f"{name[:25]:26}{f.get('state', '?')[:11]:12}{_num(self._rate('feeds', name, 'messages')):>10}"
-                    f"{_num(f.get('last_message_age_s')):>8}{f.get('held_rows', 0):>8}{f.get('reconnects', 0):>8}"
+                    f"{_age(f.get('last_message_age_s')):>8}{f.get('held_rows', 0):>8}{f.get('reconnects', 0):>8}"
                     f"{f.get('gaps', 0):>6}{f.get('duplicates', 0):>7}")
             out.append((text, "normal" if f.get("state") == FeedState.CONNECTED else "degraded"))
         out += [("", "normal"),
@@ -75,7 +80,7 @@ class Dashboard:
         for name, b in statuses(r, "buffers").items():
             text = (f"{name[:25]:26}{b.get('breaker', b.get('state', '-'))[:11]:12}"
                     f"{_num(self._rate('buffers', name, 'rows_written')):>10}{b.get('buffered_rows', 0):>10}"
-                    f"{_num(b.get('last_flush_age_s')) + 's':>12}{b.get('failures', 0):>7}"
+                    f"{_age(b.get('last_flush_age_s')):>12}{b.get('failures', 0):>7}"
                     f"{b.get('spool_bytes', 0):>10}")
             out.append((text, "critical" if b.get("breaker") == BreakerState.OPEN else "normal"))
         out += [("", "normal"), (f"ALERTS ({len(r.get('alerts', []))})", "header")]

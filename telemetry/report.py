@@ -8,6 +8,7 @@ with plain strings, is judged the same way. (As dict keys orjson refuses them: k
 """
 from __future__ import annotations
 
+import signal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict, final
 
@@ -63,10 +64,16 @@ class HealthLevel(StrEnum):
 _NAGIOS_CODES = {HealthLevel.OK: 0, HealthLevel.DEGRADED: 1, HealthLevel.CRITICAL: 2, HealthLevel.UNKNOWN: 3}
 
 
+# What `marketfeed health` sends: a real-time signal of its own, so that the service tells a query (one log line) from
+# an operator's SIGUSR1 (the full report in the log). Its default action, too, ends a process: the pid is checked.
+QUERY_SIGNAL = signal.SIGRTMIN + 1
+
+
 class ReportReason(StrEnum):
     """What asked for a report: which reports are logged, and which wins when several wait behind one gather."""
 
-    SIGNAL = "signal"  # SIGUSR1: `marketfeed health`
+    SIGNAL = "signal"  # SIGUSR1, from an operator: the full report is logged
+    QUERY = "query"  # QUERY_SIGNAL, from `marketfeed health`: the status file gets the report, the log one line
     PERIODIC = "periodic"
     TICK = "tick"  # the status refresh: not logged
     SHUTDOWN = "shutdown"  # the final report

@@ -83,7 +83,7 @@ def test_sigusr1_yields_a_fresh_health_report_within_a_second(sim, service, tmp_
     report = orjson.loads(status_file.read_bytes())
     assert report["generated_at"] >= sent_at
     for r in (line, report):
-        assert set(r["feeds"]) == {"feed-binance-a", "feed-binance-b"}
+        assert set(r["feeds"]) == {"binance-a", "binance-b"}  # the configured names
         assert "buffer-trades" in r["buffers"]
         for feed in r["feeds"].values():
             assert {"state", "messages", "last_message_age_s", "reconnects"} <= set(feed)

@@ -77,13 +77,23 @@ def test_health_is_ok_then_degraded_when_a_feed_stalls(sim, service):
     assert ok.returncode == 0, ok.stdout + proc.tail()
     first = ok.stdout.splitlines()[0]
     assert first.startswith("MARKETFEED OK - 1/1 feeds connected") and "| feeds_connected=1;;;0;1" in first
+    assert "  spot " in ok.stdout and "feed-spot" not in ok.stdout  # the feed's configured name, as logs say it
+    assert "None" not in ok.stdout
+    # A query is one log line; the full report goes to the log on an operator's SIGUSR1 (and status changes).
+    query = proc.wait_event("health_query", where=lambda e: e["status"] == "ok")
+    assert set(query) - {"ts", "level", "logger", "event", "pid", "thread"} <= {"status", "summary"}, query
+    assert not [e for e in proc.events("health_report") if e["reason"] == "query"]
+    proc.signal(signal.SIGUSR1)
+    assert set(proc.wait_event("health_report", where=lambda e: e["reason"] == "signal")["feeds"]) == {"spot"}
 
     sim.connections("binance")[0].stall()
     poll(lambda: health(proc).returncode == 1, 20, "degraded health")
     report = orjson.loads(health(proc, "--json").stdout)
     assert report["status"] == "degraded"
-    assert [a["cause"] for a in report["alerts"]] == ["no_data"] and report["alerts"][0]["feed"] == "feed-spot"
+    assert [a["cause"] for a in report["alerts"]] == ["no_data"] and report["alerts"][0]["feed"] == "spot"
     assert {"rss_bytes", "cpu_percent", "threads", "open_fds", "uptime_s"} <= set(report["process"])
+    changed = proc.wait_event("health_report", where=lambda e: e["status"] == "degraded")  # the change, in full
+    assert changed["alerts"][0]["cause"] == "no_data"
 
 
 def test_health_is_critical_while_questdb_is_down(sim, service):
@@ -112,7 +122,7 @@ def test_health_answers_in_time_while_the_simulator_floods_the_service(service):
 
     def flooded() -> bool:
         report = status_file(proc)
-        return report is not None and report["feeds"]["feed-flood"]["messages"] > 20_000
+        return report is not None and report["feeds"]["flood"]["messages"] > 20_000
 
     poll(flooded, 30, "the flood arriving")
     for _ in range(3):
@@ -121,7 +131,7 @@ def test_health_answers_in_time_while_the_simulator_floods_the_service(service):
         assert result.returncode in (0, 1), result.stdout + proc.tail()
         assert time.monotonic() - began < 5.0 + 2.0  # its own timeout plus interpreter start
     report = orjson.loads(health(proc, "--json", "--timeout", "5").stdout)
-    assert report["feeds"]["feed-flood"]["state"] == "connected"
+    assert report["feeds"]["flood"]["state"] == "connected"
 
 
 def test_http_metrics_health_and_ready(sim, service):
@@ -225,7 +235,7 @@ def test_notify_socket_gets_ready_then_watchdog_then_stopping(sim, service):
 def test_top_renders_the_feeds_on_screen(sim, service, tmp_path):
     proc = service([binance_feed(sim, name="spot-a"), binance_feed(sim, name="spot-b")])
     connected(proc, 2)
-    top_screen(proc.config_path, ("feed-spot-a", "feed-spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS"))
+    top_screen(proc.config_path, ("spot-a", "spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS"))
 
 
 def test_the_systemd_unit_verifies_cleanly(tmp_path):

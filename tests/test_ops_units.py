@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import orjson
+import psutil
 import pykka
 import pytest
 
@@ -174,11 +175,17 @@ def test_no_process_is_unknown(tmp_path):
     assert UNKNOWN == 3
 
 
+def exec_done(pid: int, cmdline: list[str]) -> None:
+    """Until the child has exec'd, its command line is the forked interpreter's (or empty)."""
+    poll(lambda: psutil.Process(pid).cmdline() == cmdline, 10, f"pid {pid} to run {cmdline}")
+
+
 def test_a_stale_pid_file_naming_an_unrelated_process_signals_nothing_and_is_unknown(tmp_path, capsys):
     pid_file, status_file = tmp_path / "marketfeed.pid", tmp_path / "s.json"
     config = Config(service=ServiceConfig(pid_file=str(pid_file), status_file=str(status_file)))
     with subprocess.Popen(["sleep", "60"]) as unrelated:  # SIGUSR1's default action would end it
         try:
+            exec_done(unrelated.pid, ["sleep", "60"])
             pid_file.write_text(f"{unrelated.pid}\n")  # the service died, its pid went to this process
             assert health(config, False, 5.0) == UNKNOWN
             assert capsys.readouterr().out == (f"MARKETFEED UNKNOWN - stale pid file {pid_file}: pid {unrelated.pid} "
@@ -196,6 +203,7 @@ def test_a_marketfeed_process_started_after_the_pid_file_was_written_is_not_the_
     lookalike = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "marketfeed.cli.main", "run"]
     with subprocess.Popen(lookalike) as process:
         try:
+            exec_done(process.pid, lookalike)
             pid_file.write_text(f"{process.pid}\n")
             assert service_pid(str(pid_file)) == (process.pid, "")
             os.utime(pid_file, (time.time() - 600, time.time() - 600))  # written by a process long gone
@@ -437,3 +445,17 @@ def test_healthcheck_exit_codes_are_dockers(tmp_path, capsys):
     config = Config(service=ServiceConfig(pid_file=str(tmp_path / "none.pid"), status_file=str(tmp_path / "s.json")))
     assert health(config, False, 0.1, healthcheck=True) == 1  # no service: unhealthy
     assert capsys.readouterr().out.startswith("MARKETFEED UNKNOWN")
+
+
+def test_what_is_not_known_yet_reads_never_or_a_dash_not_none():
+    data = report(feeds={"spot": feed(last_message_age_s=None)},
+                  buffers={"buffer-trades": buffer(last_flush_age_s=None, rows_written=0)})
+    data["status"], data["alerts"] = AlertRules(AlertConfig()).evaluate(data, 0.0)
+    data["process"] = {"rss_bytes": MB, "cpu_seconds": None, "threads": None}
+    text = render(data)
+    assert "None" not in text
+    assert "last_message_age_s=never" in text and "last_flush_age_s=never" in text and "threads=-" in text
+    board = Dashboard()
+    board.update({**data, "gather_started_at": 1.0, "generated_at": 1.0, "pid": None})
+    screen = "\n".join(line for line, _ in board.lines(2.0, []))
+    assert "None" not in screen and "never" in screen

@@ -76,7 +76,7 @@ def test_drops_stalls_duplicates_and_garbage_end_in_exactly_the_ground_truth(ser
     assert_stored_equal_truth(questdb, sim, proc, f"{table_prefix}trades", STOCKS)
     proc.signal(signal.SIGUSR1)
     report = proc.wait_event("health_report", where=lambda e: e["reason"] == "signal")
-    feed = report["feeds"]["feed-polygon-stocks"]
+    feed = report["feeds"]["polygon-stocks"]
     assert feed["duplicates"] >= 20 and feed["malformed"] == 3 and feed["backfilled"] > 40
     assert proc.events("feed_stale")
     assert proc.stop() == 0
@@ -156,7 +156,7 @@ def test_a_refused_key_reports_the_feed_failed_without_a_reconnect_storm(service
     proc.wait_event("feed_subscription_refused", after=2, timeout=10)  # tried again after each cool-down…
     proc.signal(signal.SIGUSR1)
     report = proc.wait_event("health_report", where=lambda e: e["reason"] == "signal")
-    feed_status = report["feeds"]["feed-polygon-stocks"]
+    feed_status = report["feeds"]["polygon-stocks"]
     assert feed_status["state"] == "failed" and "refused" in feed_status["last_error"]
     assert len(proc.events("feed_subscription_refused")) <= 6  # …not in a tight loop
     assert proc.proc.poll() is None and not proc.events("child_exited")  # the actor lives on
