@@ -189,7 +189,10 @@ class FeedProtocol:
         return None
 
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
-        """Rows from one REST page, and the gap still left to fetch (None when done)."""
+        """Rows from one REST page, and the gap still left to fetch (None when done), which asks for another page.
+
+        Whatever the body holds, it raises MalformedFrame (the page cannot be understood, or would page nowhere)
+        or BeyondRetention, never anything else: rows are well-typed, values the validator judges."""
         raise NotImplementedError
 
     def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:

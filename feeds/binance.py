@@ -155,26 +155,27 @@ class BinanceProtocol(FeedProtocol):
         try:
             page = orjson.loads(body)
             if agg:
-                ids = [t["a"] for t in page]
-                rows = [Trade(int(t["T"]) * 1_000_000, AGG_EXCHANGE, gap.symbol, t["a"], float(t["p"]), float(t["q"]),
-                              "sell" if t["m"] else "buy", received_ns) for t in page]
+                rows = [Trade(int(t["T"]) * _MS, AGG_EXCHANGE, gap.symbol, _rest_id(t["a"]), float(t["p"]),
+                              float(t["q"]), "sell" if t["m"] else "buy", received_ns) for t in page]
             else:
-                ids = [t["id"] for t in page]
-                rows = [Trade(int(t["time"]) * 1_000_000, "binance", gap.symbol, t["id"], float(t["price"]),
+                rows = [Trade(int(t["time"]) * _MS, "binance", gap.symbol, _rest_id(t["id"]), float(t["price"]),
                               float(t["qty"]), "sell" if t["isBuyerMaker"] else "buy", received_ns) for t in page]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad {'aggTrades' if agg else 'historicalTrades'} page: {exc!r}", body) from None
+        full = len(rows) >= BACKFILL_PAGE
+        next_id = rows[-1].trade_id + 1 if rows else gap.first_id
         if gap.last_id is not None:
             rows = [row for row in rows if row.trade_id <= gap.last_id]
         if gap.until_ns:  # a window by time (marketfeed backfill): its end is where this gap ends
             kept = [row for row in rows if row.ts_ns <= gap.until_ns]
             if len(kept) < len(rows):
                 return kept, None
-        if len(ids) < BACKFILL_PAGE:
+        if not full:
             return rows, None  # nothing newer exists yet
-        next_id = ids[-1] + 1
         if gap.last_id is not None and next_id > gap.last_id:
             return rows, None
+        if next_id <= gap.first_id:  # fromId answers ids from it on: a page that ends before it would repeat forever
+            raise MalformedFrame(f"page ends at id {next_id - 1}, before fromId {gap.first_id}", body)
         return rows, Gap(gap.symbol, next_id, gap.last_id, until_ns=gap.until_ns, stream=gap.stream)
 
     def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:
@@ -198,13 +199,15 @@ class BinanceProtocol(FeedProtocol):
             candles = [Candle(int(k[0]) * _MS, "binance", gap.symbol, interval, float(k[1]), float(k[2]),
                               float(k[3]), float(k[4]), float(k[5]), True, received_ns)
                        for k in page if int(k[6]) * _MS < gap.until_ns]
-        except (orjson.JSONDecodeError, IndexError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad klines page: {exc!r}", body) from None
         if len(page) < BACKFILL_PAGE or len(candles) < len(page):
             return candles, None
         # A full page, all closed: the next one starts after its last candle.
-        return candles, Gap(gap.symbol, since_ns=candles[-1].ts_ns + INTERVAL_MS[interval] * _MS,
-                             until_ns=gap.until_ns, stream=gap.stream, table=gap.table)
+        next_ns = candles[-1].ts_ns + INTERVAL_MS[interval] * _MS
+        if next_ns <= gap.since_ns:  # startTime answers candles from it on: this page would repeat forever
+            raise MalformedFrame(f"page ends at {candles[-1].ts_ns // _MS} ms, before startTime", body)
+        return candles, Gap(gap.symbol, since_ns=next_ns, until_ns=gap.until_ns, stream=gap.stream, table=gap.table)
 
 
 def _locating(gap: Gap) -> bool:
@@ -217,13 +220,21 @@ def _located(gap: Gap, body: bytes, agg: bool, now_ns: int) -> Gap | None:
     (until its end, or now if it is open-ended)."""
     try:
         page = orjson.loads(body)
-        first = [int(t["a"] if agg else t["f"]) for t in page[:1]]
+        first = [_rest_id(t["a"] if agg else t["f"]) for t in page[:1]]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise MalformedFrame(f"bad aggTrades page: {exc!r}", body) from None
     if first:
         return Gap(gap.symbol, first[0], until_ns=gap.until_ns, stream=gap.stream)
     next_ns = (gap.since_ns // _MS + AGG_WINDOW_MS + 1) * _MS
     return dataclasses.replace(gap, since_ns=next_ns) if next_ns <= (gap.until_ns or now_ns) else None
+
+
+def _rest_id(value: object) -> int:
+    """A trade or aggregate trade id: a JSON integer (a long, in Binance's docs); anything else makes the page
+    malformed, since the next page is asked from it."""
+    if type(value) is int:
+        return value
+    raise TypeError(f"not an integer id: {value!r}")
 
 
 def _kline_interval(gap: Gap) -> str:

@@ -145,6 +145,8 @@ class CoinbaseProtocol(FeedProtocol):
                 return rows, None
         if oldest is None or oldest <= gap.first_id:
             return rows, None
+        if gap.last_id is not None and oldest > gap.last_id:  # `after` answers older ids only: this would repeat
+            raise MalformedFrame(f"page's oldest id {oldest} is after the gap's last id {gap.last_id}", body)
         return rows, dataclasses.replace(gap, last_id=oldest - 1)
 
 

@@ -150,22 +150,23 @@ class KrakenProtocol(FeedProtocol):
             return _parse_ohlc(gap, body, received_ns), None
         try:
             page, cursor = _rest_result(body)
-            last_id = gap.last_id
-            rows = [
-                Trade(round(float(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, t[6], float(t[0]), float(t[1]),
-                      _REST_SIDES[t[3]], received_ns)
-                for t in page
-                if gap.first_id <= t[6] and (last_id is None or t[6] <= last_id)
-            ]
-            newest = page[-1][6] if page else None
-        except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            # [price, volume, time (Unix s, a JSON number), buy/sell, market/limit, miscellaneous, trade_id]
+            trades = [Trade(round(_number(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, _integer(t[6]),
+                            float(t[0]), float(t[1]), _REST_SIDES[t[3]], received_ns) for t in page]
+        except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError,
+                OverflowError) as exc:  # OverflowError: a time so large that its µs are infinite
             raise MalformedFrame(f"bad Trades page: {exc!r}", body) from None
+        last_id = gap.last_id
+        rows = [t for t in trades if gap.first_id <= t.trade_id and (last_id is None or t.trade_id <= last_id)]
+        newest = trades[-1].trade_id if trades else None
         if gap.until_ns:  # a window by time (marketfeed backfill): its end is where this gap ends
             kept = [row for row in rows if row.ts_ns <= gap.until_ns]
             if len(kept) < len(rows):
                 return kept, None
         if newest is None or len(page) < BACKFILL_PAGE or (last_id is not None and newest >= last_id):
             return rows, None  # the gap is covered, or nothing newer exists yet
+        if cursor <= gap.since_ns:  # `since` is exclusive: a cursor that does not move would ask this page forever
+            raise MalformedFrame(f"cursor {cursor} does not advance past since={gap.since_ns}", body)
         return rows, dataclasses.replace(gap, first_id=max(gap.first_id, newest + 1), since_ns=cursor)
 
     def rest_verdict(self, status: int, headers: Mapping[str, str], body: bytes) -> RestVerdict:

@@ -211,15 +211,20 @@ class PolygonProtocol(FeedProtocol):
         try:
             page = orjson.loads(body)
             rows = [rest_trade(gap.symbol, result, received_ns) for result in page.get("results") or ()]
-            next_url = page.get("next_url")
+            next_url = page.get("next_url") or ""
+            if not isinstance(next_url, str):
+                raise TypeError(f"next_url is a {type(next_url).__name__}")
+            url = urlsplit(next_url)  # ValueError: a bad IPv6 host or port
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad v3 trades page: {exc!r}", body) from None
         rows = [row for row in rows if self._worth_keeping(row)]
         if not next_url:
             return rows, None
         # Only the path and cursor are taken from next_url: the key goes nowhere but the configured host.
-        url = urlsplit(next_url)
-        return rows, replace(gap, page=f"{url.path}?{url.query}" if url.query else url.path)
+        next_page = f"{url.path}?{url.query}" if url.query else url.path
+        if not next_page.startswith("/") or next_page == gap.page:  # the first page again, or this one: forever
+            raise MalformedFrame(f"next_url names no next page: {next_url[:200]!r}", body)
+        return rows, replace(gap, page=next_page)
 
 
 @dataclass(frozen=True)
