@@ -40,7 +40,7 @@ def test_demo_stores_trades_of_every_simulated_exchange_and_a_second_run_stays_c
         console = re.search(r"QuestDB console\s+(\S+)", first.stdout)[1]  # type: ignore[index]
         assert console.startswith(f"http://127.0.0.1:{env['QDB_HTTP_PORT']}/")
         where = urlsplit(console)
-        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+        conn = http.client.HTTPConnection(where.netloc, timeout=10)
         conn.request("GET", where.path)  # as a plain curl does: no redirect followed
         answer = conn.getresponse()
         assert answer.status == 200 and b"<html" in answer.read().lower()

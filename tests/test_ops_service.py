@@ -2,6 +2,7 @@
 
 Each test runs `marketfeed run` as a child process against the simulator and the session QuestDB.
 """
+import math
 import re
 import shutil
 import signal
@@ -299,9 +300,9 @@ def test_the_alert_rules_fire_as_the_health_rules_do_for_healthy_degraded_and_cr
 
     def lag(table: str, seconds: float) -> list[dict]:
         """A lag histogram whose every observation (10 a scrape) is `seconds`."""
-        buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, "+Inf"]
-        return [series("marketfeed_ingestion_lag_seconds_bucket",
-                       "0+10x80" if le == "+Inf" or le >= seconds else "0x80", table=table, le=str(le))
+        buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, math.inf]
+        return [series("marketfeed_ingestion_lag_seconds_bucket", "0+10x80" if le >= seconds else "0x80",
+                       table=table, le="+Inf" if le == math.inf else str(le))
                 for le in buckets]
 
     def service(*, status: int, connected: int, messages: str, buffered: int, errors_per_scrape: float,

@@ -456,6 +456,7 @@ def test_what_is_not_known_yet_reads_never_or_a_dash_not_none():
     assert "None" not in text
     assert "last_message_age_s=never" in text and "last_flush_age_s=never" in text and "threads=-" in text
     board = Dashboard()
-    board.update({**data, "gather_started_at": 1.0, "generated_at": 1.0, "pid": None})
+    data.update(gather_started_at=1.0, generated_at=1.0, pid=None)
+    board.update(data)
     screen = "\n".join(line for line, _ in board.lines(2.0, []))
     assert "None" not in screen and "never" in screen
