@@ -166,6 +166,14 @@ def test_http_metrics_health_and_ready(sim, service):
                    'marketfeed_actor_restarts_total{actor="feed-spot"} 0.0',
                    f'marketfeed_build_info{{version="{metadata.version("marketfeed")}"}} 1.0'):
         assert sample in text.splitlines(), sample
+    # Every dashboard panel has a series to show on a healthy service, before any of its events happened.
+    dashboard = orjson.loads((REPO / "config/grafana/marketfeed-dashboard.json").read_bytes())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= 20
+    sampled = {line.split("{")[0].split()[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for expr in exprs:
+        for name in re.findall(r"\b((?:marketfeed|process)_[a-z_]+)\b", expr):
+            assert name in sampled, f"dashboard panel {expr!r}: no {name} series"
     assert shutil.which("promtool"), "promtool missing: bin/test-deps installs it"
     lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
