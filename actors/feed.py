@@ -441,6 +441,10 @@ class FeedActor(Supervised):
         return ""
 
     def _tick(self) -> None:
+        if self.backfiller is not None and not self.backfiller.is_alive():  # it ends only when stopped: it died
+            event(log, "backfill_thread_died", logging.ERROR, feed=self.feed.name, fetching=len(self.fetching))
+            self.exit(ABNORMAL, "the backfill thread died")  # restarted with a new one; its gaps stay open, due
+            return
         self.outbox.deliver()
         if self.backfiller is not None and self.state is not FeedState.PAUSED:
             self._take_requests()
