@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 
+import orjson
 import pytest
 
 from marketfeed.config.loader import load, to_toml
@@ -123,3 +124,187 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
     assert len(proc.events("flush_failed")) >= 1 and '"feeds"' in outputs["status file"]
     for name, text in outputs.items():
         assert MARKER not in text and KEY_MARKER not in text, f"a secret leaked into the {name}"
+
+
+# --- tracebacks: every thread kind's uncaught exception goes through the JSON logger and its scrubber
+
+CRASHES = '''
+import sys, threading, warnings
+import pykka
+from marketfeed.actors.backfill import Backfiller
+from marketfeed.actors.feed_reader import FeedReader, ReaderLimits, ReaderOutlet
+from marketfeed.feeds.base import Gap
+from marketfeed.telemetry import logs
+
+marker, log_file = sys.argv[1:]
+logs.setup("info", log_file)
+logs.hide({marker})
+URL = f"https://api.polygon.io/v3/trades/AAPL?timestamp.gte=1&apiKey={marker}"
+
+
+class Boom(Exception):
+    pass
+
+
+class Killed(BaseException):  # past every `except Exception` of a worker's loop
+    pass
+
+
+def kill(*_):
+    raise Killed(f"GET {URL}")
+
+
+class Crashes(pykka.ThreadingActor):
+    def on_receive(self, message):
+        raise Boom(f"actor failed on {URL}")
+
+
+class Protocol:  # the backfill thread's first request kills it
+    backfill_request = staticmethod(kill)
+
+
+class Deleted:
+    def __del__(self):
+        raise Boom(f"finalizer of {URL}")
+
+
+plain = threading.Thread(target=kill, name="plain-thread")
+plain.start(); plain.join()
+allowed = threading.Event(); allowed.set()
+backfill = Backfiller("marker", Protocol(), None, allowed, None)
+backfill.start(); backfill.gaps.put(Gap("AAPL")); backfill.join()
+sink = Crashes.start()
+reader = FeedReader("reader-marker", URL, None, ReaderOutlet(sink, 1, lambda s: True), ReaderLimits(1, 0.1, 1, 1))
+reader._open = kill  # the connection's first step raises past the reader's own handling
+reader.start(); reader.join()
+sink.tell("crash")
+while sink.is_alive():
+    pass
+Deleted()
+warnings.warn(f"insecure request to {URL}")
+raise Boom(f"main thread gave up on {URL}")
+'''
+
+
+def test_every_thread_kinds_traceback_is_a_scrubbed_json_log_line(tmp_path):
+    """A plain thread, the backfill thread, a reader thread, a pykka actor, a finalizer, a warning and the main
+    thread each die with the marker key in their message: each is one JSON line naming the exception type,
+    the key shown as *** only, and nothing at all on stdout or stderr."""
+    script, log_file = tmp_path / "crashes.py", tmp_path / "marketfeed.log"
+    script.write_text(CRASHES)
+    run = subprocess.run([sys.executable, str(script), KEY_MARKER, str(log_file)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 1  # the main thread's exception ended it
+    log_text = log_file.read_text()
+    lines = [orjson.loads(line) for line in log_text.splitlines()]
+    for name, text in {"stdout": run.stdout, "stderr": run.stderr, "log": log_text}.items():
+        assert KEY_MARKER not in text, f"the key leaked into {name}"
+    assert run.stdout == run.stderr == ""  # no printer bypassed the logger
+    died = {line["thread"]: line["error"] for line in lines if line["event"] == "thread_died"}
+    assert died.keys() >= {"plain-thread", "backfill-marker", "reader-marker"}, died
+    assert all(error.startswith("Killed: GET https://api.polygon.io/") and "apiKey=***" in error
+               for error in died.values()), died
+    by_event = {line["event"]: line for line in lines}
+    actor = next(line for line in lines if line["logger"] == "pykka" and "traceback" in line)
+    assert actor["error"].startswith("Boom: actor failed on") and "apiKey=***" in actor["traceback"]
+    assert by_event["unraisable_exception"]["error"].startswith("Boom: finalizer of")
+    assert next(line for line in lines if line["logger"] == "py.warnings")["event"].count("apiKey=***") == 1
+    main = by_event["uncaught_exception"]
+    assert main["thread"] == "MainThread" and main["error"] == (
+        "Boom: main thread gave up on https://api.polygon.io/v3/trades/AAPL?timestamp.gte=1&apiKey=***")
+    assert "Traceback (most recent call last)" in main["traceback"] and 'raise Boom(f"main thread' in main["traceback"]
+
+
+# Faults injected into a real `marketfeed run` at interpreter start-up (sitecustomize), the key they show the
+# feed's own Polygon key: its backfill thread dies on the first page after an outage, the reader of its third
+# connection dies, a plain thread and a pykka actor crash once logging is up, and SIGHUP's reload raises on the
+# main thread, which ends the process.
+FAULTS = '''
+import os, threading, time
+import pykka
+from marketfeed.cli import service
+from marketfeed.feeds import polygon
+
+URL = "https://api.polygon.io/v3/trades/AAPL?apiKey=" + os.environ["MARKER_KEY"]
+connects = []
+
+
+class Killed(BaseException):
+    pass
+
+
+def kill(*_):
+    raise Killed("GET " + URL)
+
+
+def subscribe(self, subscribe=polygon.PolygonProtocol.subscribe_messages):
+    connects.append(1)
+    return kill() if len(connects) == 3 else subscribe(self)
+
+
+def reload(self):
+    raise ValueError("reload failed for " + URL)
+
+
+class Crashes(pykka.ThreadingActor):
+    def on_receive(self, message):
+        raise ValueError("actor failed on " + URL)
+
+
+def once_logging_is_up():
+    while threading.excepthook is threading.__excepthook__:
+        time.sleep(0.05)
+    threading.Thread(target=kill, name="plain-thread").start()
+    Crashes.start().tell("crash")
+
+
+polygon.PolygonProtocol.parse_backfill = kill
+polygon.PolygonProtocol.subscribe_messages = subscribe
+service.Service.reload = reload
+threading.Thread(target=once_logging_is_up, daemon=True).start()
+'''
+
+
+@pytest.mark.integration  # the service process, against a QuestDB that is down
+def test_tracebacks_of_every_thread_kind_in_the_service_show_no_key(tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(FAULTS)
+    status_file, dead = tmp_path / "status.json", free_port()
+    with Simulator(["polygon"], ["AAPL"], rate=50, seed=1) as sim:
+        config = {
+            "service": {"status_file": str(status_file), "pid_file": str(tmp_path / "pid"), "http_listen": "",
+                        "status_interval_s": 0.2, "shutdown_timeout_s": 3.0},
+            "questdb": {"conf": f"http::addr=127.0.0.1:{dead};", "pg_dsn": f"host=127.0.0.1 port={dead} user=admin"
+                        " connect_timeout=1"},
+            "spool": {"dir": str(tmp_path / "spool")}, "ledger": {"dir": str(tmp_path / "ledger")},
+            "supervisor": {"min_backoff_s": 0.1, "max_backoff_s": 0.5},
+            "feeds": [{"name": "marker", "exchange": "polygon", "url": sim.url("polygon"), "symbols": ["AAPL"],
+                       "rest_url": sim.rest_url("polygon"), "api_key": KEY_MARKER, "reconnect_min_s": 0.05}],
+        }
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, (str(faults), os.environ.get("PYTHONPATH")))),
+               "MARKER_KEY": KEY_MARKER}
+        proc = ServiceProcess.start(tmp_path, config, env)
+        try:
+            proc.wait_event("feed_connected")
+            proc.wait_event("thread_died", where=lambda line: line["thread"] == "plain-thread")
+            # The outage's backfill kills its thread; the restarted feed's reader dies on connecting.
+            sim.wait_connections("polygon", 1)[0].drop()
+            proc.wait_event("thread_died", where=lambda line: line["thread"] == "backfill-marker")
+            proc.wait_event("backfill_thread_died")
+            proc.wait_event("thread_died", where=lambda line: line["thread"].startswith("reader"), timeout=30)
+            proc.signal(signal.SIGHUP)
+            code = proc.wait(30)
+        finally:
+            proc.stop()
+    assert code == 1  # the main thread's exception ended it
+    outputs = {"stdout and stderr": "".join(proc.raw), "status file": status_file.read_text()}
+    for name, text in outputs.items():
+        assert KEY_MARKER not in text, f"the key leaked into the {name}"
+    crashes = [line for line in proc.lines if "traceback" in line]
+    assert {line["error"].split(":")[0] for line in crashes} >= {"Killed", "ValueError"}
+    assert all("apiKey=***" in line["error"] for line in crashes if "apiKey" in line["error"])
+    assert any(line["logger"] == "pykka" and line["error"].startswith("ValueError: actor failed") for line in crashes)
+    main = proc.events("uncaught_exception")
+    assert [line["thread"] for line in main] == ["MainThread"] and main[0]["error"].startswith("ValueError: reload")
+    assert [raw for raw in proc.raw if not raw.startswith("{")] == []  # every line the process wrote is JSON
