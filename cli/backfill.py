@@ -32,7 +32,7 @@ from marketfeed.config.schema import Config, FeedConfig
 from marketfeed.feeds import registry
 from marketfeed.feeds.base import BeyondRetention, FeedProtocol, Gap, MalformedFrame
 from marketfeed.feeds.rest_policy import VerdictKind
-from marketfeed.feeds.validation import RowValidator
+from marketfeed.feeds.validation import RowValidator, Subscribed
 from marketfeed.storage.ledger import CloseReason, Journal, Ledger, OpenGap, Origin
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.tables import Table
@@ -159,7 +159,8 @@ class BackfillJob:
         self.config, self.spec, self.progress, self.cancel, self.clock = config, spec, progress, cancel, clock
         self.protocol: FeedProtocol = registry.exchange(spec.feed.exchange).protocol(spec.feed)
         self.limits = RestLimits.of(spec.feed)
-        self.validator = RowValidator(spec.feed.symbols, spec.feed.max_future_skew_s, spec.feed.max_string_len)
+        self.validator = RowValidator(spec.feed.symbols, spec.feed.max_future_skew_s, spec.feed.max_string_len,
+                                      Subscribed.of(self.protocol))
         self.journal = Journal(spec.job_dir)
         self.store = Store(config)
         self.rows = self.rejected = 0

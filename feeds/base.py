@@ -141,6 +141,10 @@ class FeedProtocol:
         loader prefixes the file or environment variable the key came from. Default: nothing."""
         return []
 
+    def candle_intervals(self) -> tuple[str, ...]:
+        """The candle intervals (the rows' `interval`) this feed subscribes to; a candle of any other is refused."""
+        return ()
+
     def url(self, base: str) -> str:
         """The WebSocket URL to open, given one of the configured base URLs."""
         return base

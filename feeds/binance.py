@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 import orjson
@@ -36,6 +37,9 @@ from marketfeed.feeds.base import (
 from marketfeed.feeds.rest_policy import RestVerdict, VerdictKind, error_text, retry_after_s
 from marketfeed.feeds.rows import Candle, Trade, new_trade
 from marketfeed.storage.tables import CANDLES
+
+if TYPE_CHECKING:
+    from marketfeed.config.schema import FeedConfig
 
 BACKFILL_PAGE = 1000  # historicalTrades', aggTrades' and klines' maximum limit
 AGG_EXCHANGE = "binance-agg"  # exchange label of aggregate trades in the trades table
@@ -59,6 +63,17 @@ class BinanceProtocol(FeedProtocol):
     max_connection_age_s = 24 * 3600 - 600  # Binance cuts at 24 h: roll over to a fresh connection 10 min before
     rest_weight_limit = 6000  # exchangeInfo rateLimits: REQUEST_WEIGHT 6000 per 1 MINUTE, per IP
     rest_weight_header = "x-mbx-used-weight-1m"
+
+    @classmethod
+    def config_problems(cls, feed: FeedConfig) -> list[str]:
+        """Binance streams: trade, aggTrade, kline_<interval> with the documented intervals."""
+        intervals = ", ".join(INTERVAL_MS)
+        return [f"channels: {channel!r} is not a Binance stream: use trade, aggTrade or kline_<interval> "
+                f"({intervals})" for channel in feed.channels
+                if channel not in ("trade", "aggTrade") and channel.removeprefix(KLINE) not in INTERVAL_MS]
+
+    def candle_intervals(self) -> tuple[str, ...]:
+        return tuple(c[len(KLINE):] for c in self.feed.channels if c.startswith(KLINE))
 
     def url(self, base: str) -> str:
         streams = "/".join(f"{s.lower()}@{ch}" for s in self.feed.symbols for ch in self.feed.channels)

@@ -106,6 +106,9 @@ class KrakenProtocol(FeedProtocol):
         base = base.rstrip("/")
         return base if base.endswith("/v2") else base + "/v2"
 
+    def candle_intervals(self) -> tuple[str, ...]:
+        return tuple(OHLC_INTERVALS[m] for m in self.ohlc_intervals)
+
     def open_session(self) -> KrakenSession:
         return KrakenSession(self)
 

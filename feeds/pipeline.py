@@ -15,7 +15,7 @@ from marketfeed.feeds.base import FeedProtocol, Gap, ParsedRows
 from marketfeed.feeds.dedup import DedupWindow
 from marketfeed.feeds.rows import Candle, Row
 from marketfeed.feeds.sequence import SequenceTracker
-from marketfeed.feeds.validation import IMPLAUSIBLE_ID, RowValidator, SampleGate, sample_row
+from marketfeed.feeds.validation import IMPLAUSIBLE_ID, RowValidator, SampleGate, Subscribed, sample_row
 from marketfeed.storage.deadletter import Record
 from marketfeed.storage.ledger import Ledger
 from marketfeed.storage.tables import CANDLES, TRADES, Table
@@ -110,7 +110,8 @@ class FeedPipeline:
 
     def __init__(self, feed: FeedConfig, protocol: FeedProtocol, memory: FeedMemory):
         self.feed, self.protocol, self.memory = feed, protocol, memory
-        self.validator = RowValidator(feed.symbols, feed.max_future_skew_s, feed.max_string_len)
+        self.validator = RowValidator(feed.symbols, feed.max_future_skew_s, feed.max_string_len,
+                                      Subscribed.of(protocol))
         self.reject_samples = SampleGate(REJECT_SAMPLE_INTERVAL_S)
         self.dedup = DedupWindow(feed.dedup_window_s, feed.dedup_max_entries)
         self.sequence = SequenceTracker(memory.last_ids, protocol.stream_key, memory.stream_symbols, memory.last_ts,

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from marketfeed.feeds.rows import Candle, Row, Trade
 from marketfeed.storage.deadletter import Record
+
+if TYPE_CHECKING:
+    from marketfeed.feeds.base import FeedProtocol
 
 MIN_TS_NS = 1_230_768_000 * 10**9  # 2009-01-01T00:00:00Z: no exchange we ingest traded before
 INT64_MAX = 2**63 - 1  # QuestDB LONG
@@ -39,9 +44,22 @@ UNKNOWN_SYMBOL = "unknown_symbol"  # not one of the feed's configured symbols
 OVERSIZED_STRING = "oversized_string"
 BAD_TRADE_ID = "bad_trade_id"  # negative or beyond a 64-bit integer
 BAD_SIDE = "bad_side"
+UNSUBSCRIBED = "unsubscribed"  # a trade sequence or candle interval the feed did not subscribe to
 IMPLAUSIBLE_ID = "implausible_trade_id"  # further ahead than feeds.max_id_jump, not (yet) confirmed over REST
 REASONS = (BAD_TYPE, BAD_PRICE, BAD_SIZE, PRICE_OUT_OF_RANGE, SIZE_OUT_OF_RANGE, FUTURE_TS, ANCIENT_TS,
-           UNKNOWN_SYMBOL, OVERSIZED_STRING, BAD_TRADE_ID, BAD_SIDE, IMPLAUSIBLE_ID)
+           UNKNOWN_SYMBOL, OVERSIZED_STRING, BAD_TRADE_ID, BAD_SIDE, UNSUBSCRIBED, IMPLAUSIBLE_ID)
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """What a feed asked its exchange for, that rows are checked against exactly (None: not checked)."""
+
+    trade_labels: frozenset[str] | None = None  # the `exchange` values of its trade sequences
+    candle_intervals: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, protocol: FeedProtocol) -> Subscribed:
+        return cls(frozenset(protocol.trade_labels()), frozenset(protocol.candle_intervals()))
 
 
 class RowValidator:
@@ -50,10 +68,12 @@ class RowValidator:
     Symbols match as configured, upper- or lower-case (exchanges echo them in their own case).
     """
 
-    def __init__(self, symbols: Iterable[str], max_future_skew_s: float, max_string_len: int):
+    def __init__(self, symbols: Iterable[str], max_future_skew_s: float, max_string_len: int,
+                 subscribed: Subscribed | None = None):
         self.symbols = frozenset(v for s in symbols for v in (s, s.upper(), s.lower()))
         self.max_future_skew_ns = int(max_future_skew_s * 1e9)
         self.max_string_len = max_string_len
+        self.subscribed = subscribed or Subscribed()
 
     def split(self, rows: list, now_ns: int) -> tuple[list, list[tuple[Row, str]]]:
         """(rows to store, [(row, reason)] rejected); the input list itself when every row is valid."""
@@ -72,10 +92,11 @@ class RowValidator:
 
     def _all_good_trades(self, rows: list, latest_ns: int) -> bool:
         """The hot path: a batch of good trades in one tight loop (a row that is no trade, or fails, says False)."""
-        symbols = self.symbols
+        symbols, labels = self.symbols, self.subscribed.trade_labels
         try:
-            for ts, _, symbol, trade_id, price, amount, side, _ in rows:
+            for ts, exchange, symbol, trade_id, price, amount, side, _ in rows:
                 if not (type(ts) is int and MIN_TS_NS <= ts <= latest_ns and symbol in symbols
+                        and (labels is None or exchange in labels)
                         and MIN_PRICE <= price <= MAX_PRICE and MIN_AMOUNT <= amount <= MAX_AMOUNT
                         and type(trade_id) is int and 0 <= trade_id <= INT64_MAX and side in SIDES):
                     return False
@@ -101,8 +122,13 @@ class RowValidator:
             if symbol not in self.symbols:
                 return UNKNOWN_SYMBOL
             if type(row) is Trade:
-                return self._trade_reason(row)
-            return self._candle_reason(row)
+                labels = self.subscribed.trade_labels
+                return UNSUBSCRIBED if labels is not None and row.exchange not in labels else self._trade_reason(row)
+            reason = self._candle_reason(row)
+            intervals = self.subscribed.candle_intervals
+            if reason is None and intervals is not None and row.interval not in intervals:
+                return UNSUBSCRIBED
+            return reason
         except (AttributeError, TypeError):  # not a row at all, or a field that cannot be compared
             return BAD_TYPE
 

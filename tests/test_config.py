@@ -289,3 +289,9 @@ def test_an_exchanges_config_problems_are_named_by_the_key_and_where_it_came_fro
         f"{path}: feeds (other).channels: 'depth' is not a channel of this test",
         f"{path}: feeds (other): the feed as a whole is refused",
     ]
+
+
+def test_binance_refuses_streams_it_does_not_have_naming_the_key():
+    found = problems_of({"feeds": [{**FEED, "channels": ["trade", "depth", "kline_7q", "kline_1m"]}]})
+    assert len(found) == 2 and all("channels: " in p and "is not a Binance stream" in p for p in found), found
+    assert "'depth'" in found[0] and "'kline_7q'" in found[1]

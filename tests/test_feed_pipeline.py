@@ -12,6 +12,7 @@ MINUTE_NS = 60 * 10**9
 
 
 def feed(exchange="binance", symbols=("BTCUSDT",), **extra) -> FeedConfig:
+    extra.setdefault("channels", ("trade", "kline_1m") if exchange == "binance" else ("trade", "ohlc-1"))
     return FeedConfig(name="f", exchange=exchange, url="ws://x", symbols=symbols, **extra)
 
 
@@ -147,3 +148,13 @@ def test_a_fake_id_far_ahead_is_refused_and_blinds_nothing_while_rest_is_asked_f
     assert p.backfill(TRADES, [], NOW_NS, 0.0).gaps == [] and p.memory.last_ids == {"BTCUSDT": 4}
     confirmed = p.backfill(TRADES, [trade(9000)], NOW_NS, 0.0)  # a real jump: REST has the id
     assert confirmed.gaps == [] and p.memory.last_ids == {"BTCUSDT": 9000}  # not the one asked about: no new gap
+
+
+def test_rows_of_a_sequence_or_interval_the_feed_did_not_subscribe_to_are_refused():
+    p = pipeline(channels=("trade", "kline_1m"))
+    agg = trade(7)._replace(exchange="binance-agg")
+    out = p.live(burst([trade(1), agg], [candle(1, 5.0, True, interval="1h"), candle(2, 5.0, True)]), True, NOW_NS,
+                 0.0)
+    assert [t.trade_id for t in out.rows[TRADES.name]] == [1]
+    assert [c.interval for c in out.rows[CANDLES.name]] == ["1m"]
+    assert p.rejected == {"unsubscribed": 2}
