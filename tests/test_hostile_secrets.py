@@ -106,7 +106,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                                              capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
                         for name in ("health", "verify")}  # verify: QuestDB unreachable, its error is shown
             # top: the feeds, buffers and alerts (with their details) of the live report, on a real terminal.
-            screen = top_screen(proc.config_path, ("feed-marker", "buffer-trades", "ALERTS"), env)
+            screen = top_screen(proc.config_path, ("marker", "buffer-trades", "ALERTS"), env)
             text = proc.config_path.read_text()  # a secret of the wrong type: the problem must not echo it
             proc.config_path.write_text(re.sub(r'pg_dsn = (".*")', r"pg_dsn = [\1]", text))
             proc.signal(signal.SIGHUP)
@@ -118,7 +118,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
     outputs = {"log": "".join(proc.raw), "status file": status_file.read_text(), "http": "\n".join(pages),
                "check-config": check.stdout + check.stderr, "top": screen,
                **{name: run.stdout + run.stderr for name, run in commands.items()}}
-    assert commands["health"].returncode in (1, 2) and "feed-marker" in commands["health"].stdout  # it ran
+    assert commands["health"].returncode in (1, 2) and "marker" in commands["health"].stdout  # it ran
     assert commands["verify"].returncode not in (0, 1) and commands["verify"].stderr  # it failed to reach QuestDB
     assert "questdb.pg_dsn: expected a string, got a value of type list" in outputs["check-config"]  # it really ran
     assert len(proc.events("flush_failed")) >= 1 and '"feeds"' in outputs["status file"]
