@@ -220,5 +220,21 @@ def load_json(frame: bytes | str, shape: type[_Shape]) -> _Shape:
     return value
 
 
+def decimal(value: object) -> float:
+    """A price or size the exchange documents as a decimal string ("0.01633102"). A JSON number or `true` where a
+    string is documented, or text only Python reads as a number ("1_000"), is malformed (a TypeError or
+    ValueError to the parser, which raises MalformedFrame); "nan" and "inf" are left to validation."""
+    if type(value) is not str or "_" in value:
+        raise ValueError(f"not a decimal string: {value!r}")
+    return float(value)
+
+
+def json_number(value: object) -> float:
+    """A price or size the exchange documents as a JSON number: `true` (a number to Python) and strings are not."""
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
 def ms_to_ns(ms: int) -> int:
     return ms * 1_000_000

@@ -32,6 +32,7 @@ from marketfeed.feeds.base import (
     MalformedFrame,
     ParsedRows,
     SubscriptionRejected,
+    decimal,
     load_json,
 )
 from marketfeed.feeds.rest_policy import RestVerdict, VerdictKind, error_text, retry_after_s
@@ -97,18 +98,18 @@ class BinanceProtocol(FeedProtocol):
         try:
             if event == "trade":
                 out.trades.append(new_trade((int(data["T"]) * 1_000_000, "binance", data["s"], data["t"],
-                                             float(data["p"]), float(data["q"]), "sell" if data["m"] else "buy",
+                                             decimal(data["p"]), decimal(data["q"]), "sell" if data["m"] else "buy",
                                              received_ns)))
                 return None
             if event == "aggTrade":
                 out.trades.append(new_trade((int(data["T"]) * 1_000_000, AGG_EXCHANGE, data["s"], data["a"],
-                                             float(data["p"]), float(data["q"]), "sell" if data["m"] else "buy",
+                                             decimal(data["p"]), decimal(data["q"]), "sell" if data["m"] else "buy",
                                              received_ns)))
                 return None
             if event == "kline":
                 k = data["k"]
-                candle = Candle(int(k["t"]) * 1_000_000, "binance", data["s"], k["i"], float(k["o"]), float(k["h"]),
-                                float(k["l"]), float(k["c"]), float(k["v"]), bool(k["x"]), received_ns)
+                candle = Candle(int(k["t"]) * 1_000_000, "binance", data["s"], k["i"], decimal(k["o"]), decimal(k["h"]),
+                                decimal(k["l"]), decimal(k["c"]), decimal(k["v"]), bool(k["x"]), received_ns)
                 (out.candles if candle.closed else out.live_candles).append(candle)
                 return None
         except (KeyError, TypeError, ValueError) as exc:
@@ -170,11 +171,11 @@ class BinanceProtocol(FeedProtocol):
         try:
             page = orjson.loads(body)
             if agg:
-                rows = [Trade(int(t["T"]) * _MS, AGG_EXCHANGE, gap.symbol, _rest_id(t["a"]), float(t["p"]),
-                              float(t["q"]), "sell" if t["m"] else "buy", received_ns) for t in page]
+                rows = [Trade(int(t["T"]) * _MS, AGG_EXCHANGE, gap.symbol, _rest_id(t["a"]), decimal(t["p"]),
+                              decimal(t["q"]), "sell" if t["m"] else "buy", received_ns) for t in page]
             else:
-                rows = [Trade(int(t["time"]) * _MS, "binance", gap.symbol, _rest_id(t["id"]), float(t["price"]),
-                              float(t["qty"]), "sell" if t["isBuyerMaker"] else "buy", received_ns) for t in page]
+                rows = [Trade(int(t["time"]) * _MS, "binance", gap.symbol, _rest_id(t["id"]), decimal(t["price"]),
+                              decimal(t["qty"]), "sell" if t["isBuyerMaker"] else "buy", received_ns) for t in page]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad {'aggTrades' if agg else 'historicalTrades'} page: {exc!r}", body) from None
         full = len(rows) >= BACKFILL_PAGE
@@ -211,8 +212,8 @@ class BinanceProtocol(FeedProtocol):
         interval = _kline_interval(gap)
         try:
             page = orjson.loads(body)
-            candles = [Candle(int(k[0]) * _MS, "binance", gap.symbol, interval, float(k[1]), float(k[2]),
-                              float(k[3]), float(k[4]), float(k[5]), True, received_ns)
+            candles = [Candle(int(k[0]) * _MS, "binance", gap.symbol, interval, decimal(k[1]), decimal(k[2]),
+                              decimal(k[3]), decimal(k[4]), decimal(k[5]), True, received_ns)
                        for k in page if int(k[6]) * _MS < gap.until_ns]
         except (orjson.JSONDecodeError, IndexError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad klines page: {exc!r}", body) from None

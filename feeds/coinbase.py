@@ -40,6 +40,7 @@ from marketfeed.feeds.base import (
     MalformedFrame,
     ParsedRows,
     SubscriptionRejected,
+    decimal,
 )
 from marketfeed.feeds.rows import Trade, new_trade
 
@@ -90,8 +91,8 @@ class CoinbaseProtocol(FeedProtocol):
                     "coinbase",
                     msg["product_id"],
                     msg["trade_id"],
-                    float(msg["price"]),
-                    float(msg["size"]),
+                    decimal(msg["price"]),
+                    decimal(msg["size"]),
                     TAKER_SIDE[msg["side"]],
                     received_ns,
                 )))
@@ -127,8 +128,8 @@ class CoinbaseProtocol(FeedProtocol):
                     "coinbase",
                     gap.symbol,
                     trade_id,
-                    float(t["price"]),
-                    float(t["size"]),
+                    decimal(t["price"]),
+                    decimal(t["size"]),
                     TAKER_SIDE[t["side"]],
                     received_ns,
                 )

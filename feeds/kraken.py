@@ -66,6 +66,8 @@ from marketfeed.feeds.base import (
     MalformedFrame,
     ParsedRows,
     SubscriptionRejected,
+    decimal,
+    json_number,
     load_json,
 )
 from marketfeed.feeds.rest_policy import OK, RestVerdict, VerdictKind, server_delay_s
@@ -154,8 +156,8 @@ class KrakenProtocol(FeedProtocol):
         try:
             page, cursor = _rest_result(body)
             # [price, volume, time (Unix s, a JSON number), buy/sell, market/limit, miscellaneous, trade_id]
-            trades = [Trade(round(_number(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, _integer(t[6]),
-                            float(t[0]), float(t[1]), _REST_SIDES[t[3]], received_ns) for t in page]
+            trades = [Trade(round(json_number(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, _integer(t[6]),
+                            decimal(t[0]), decimal(t[1]), _REST_SIDES[t[3]], received_ns) for t in page]
         except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError,
                 OverflowError) as exc:  # OverflowError: a time so large that its µs are infinite
             raise MalformedFrame(f"bad Trades page: {exc!r}", body) from None
@@ -231,8 +233,8 @@ class KrakenSession:
         try:
             candles = [
                 Candle(rfc3339_ns(c["interval_begin"]), "kraken", _text(c["symbol"]), OHLC_INTERVALS[c["interval"]],
-                       _number(c["open"]), _number(c["high"]), _number(c["low"]), _number(c["close"]),
-                       _number(c["volume"]), False, received_ns)
+                       json_number(c["open"]), json_number(c["high"]), json_number(c["low"]), json_number(c["close"]),
+                       json_number(c["volume"]), False, received_ns)
                 for c in msg["data"]
             ]
         except (KeyError, TypeError, ValueError) as exc:
@@ -285,7 +287,7 @@ def _trades(msg: dict, frame: bytes | str, received_ns: int, out: list[Trade]) -
     for t in data:
         try:
             out.append(new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
-                                  _number(t["price"]), _number(t["qty"]), _SIDES[t["side"]], received_ns)))
+                                  json_number(t["price"]), json_number(t["qty"]), _SIDES[t["side"]], received_ns)))
         except (KeyError, TypeError, ValueError) as exc:
             bad += 1
             if bad == 1:
@@ -302,8 +304,8 @@ def _parse_ohlc(gap: Gap, body: bytes, received_ns: int) -> list[Candle]:
     try:
         entries = _rest_result(body)[0]
         committed = entries[:-1]  # the last entry is the current, not-yet-committed timeframe
-        candles = [Candle(_integer(e[0]) * _S, "kraken", gap.symbol, OHLC_INTERVALS[minutes], float(e[1]),
-                          float(e[2]), float(e[3]), float(e[4]), float(e[6]), True, received_ns)
+        candles = [Candle(_integer(e[0]) * _S, "kraken", gap.symbol, OHLC_INTERVALS[minutes], decimal(e[1]),
+                          decimal(e[2]), decimal(e[3]), decimal(e[4]), decimal(e[6]), True, received_ns)
                    for e in committed if _integer(e[7]) > 0]
         first_ns = _integer(entries[0][0]) * _S if entries else 0
     except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -366,13 +368,6 @@ def rfc3339_ns(text: str) -> int:
 def _epoch_seconds(prefix: str) -> int:
     """'2023-09-25T07:48:36' → Unix seconds; cached, since a second's trades share it."""
     return calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
-
-
-def _number(value: object) -> float:
-    """Kraken v2 sends prices and quantities as JSON numbers; anything else is malformed."""
-    if type(value) is float or type(value) is int:
-        return float(value)
-    raise TypeError(f"not a number: {value!r}")
 
 
 def _text(value: object) -> str:

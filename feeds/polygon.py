@@ -48,6 +48,7 @@ from marketfeed.feeds.base import (
     MalformedFrame,
     ParsedRows,
     SubscriptionRejected,
+    json_number,
     load_json,
 )
 from marketfeed.feeds.rows import Trade, new_trade
@@ -80,7 +81,7 @@ def _hash63(text: str) -> int:
 def event_trade(event: dict, received_ns: int) -> Trade:
     """One WebSocket trade event {"ev":"T",…} as a Trade (no value filter)."""
     symbol, exchange_id, sip_ms = event["sym"], event["x"], event["t"]
-    price, size = float(event["p"]), float(event["s"])
+    price, size = json_number(event["p"]), json_number(event["s"])
     if type(sip_ms) is not int or type(exchange_id) is not int or not isinstance(symbol, str):
         raise TypeError("sym, x and t must be a string and integers")
     trade_id = event.get("i")
@@ -94,7 +95,7 @@ def event_trade(event: dict, received_ns: int) -> Trade:
 def rest_trade(symbol: str, result: dict, received_ns: int) -> Trade:
     """One v3 trades result as a Trade: the same ts and id the live stream gives that trade."""
     exchange_id, sip_ns = result["exchange"], result["sip_timestamp"]
-    price, size = float(result["price"]), float(result["size"])
+    price, size = json_number(result["price"]), json_number(result["size"])
     if type(sip_ns) is not int or type(exchange_id) is not int:
         raise TypeError("exchange and sip_timestamp must be integers")
     sip_ms = sip_ns // _MS

@@ -33,7 +33,8 @@ def test_trade_fields_and_taker_side():
 
 
 @pytest.mark.parametrize("bad", [b"not json", b"{}", b'{"stream":"x","data":{"e":"trade"}}',
-                                 frame(p="abc"), b'{"stream":"x","data":{"e":"weird"}}'])
+                                 frame(p="abc"), b'{"stream":"x","data":{"e":"weird"}}',
+                                 frame(p=True), frame(q=1.5), frame(p="1_000")])  # prices are decimal strings
 def test_malformed_frames_raise_malformed(bad):
     with pytest.raises(MalformedFrame):
         BinanceProtocol(FEED).parse(bad, 0, ParsedRows())

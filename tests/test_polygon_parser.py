@@ -81,7 +81,7 @@ def test_garbage_is_malformed(frame, reason):
 def test_a_bad_event_is_reported_and_the_good_trades_of_its_frame_are_kept():
     out = ParsedRows()
     bad = [STOCK_TRADE, {"ev": "T", "sym": "MSFT", "x": 4, "p": "oops", "s": 1, "t": 1}, {"ev": "Q"}, "text",
-           {**STOCK_TRADE, "t": "1536036818784"}]
+           {**STOCK_TRADE, "t": "1536036818784"}, {**STOCK_TRADE, "p": True}, {**STOCK_TRADE, "s": "100"}]
     with pytest.raises(MalformedFrame, match="bad trade event"):
         protocol().parse(orjson.dumps(bad), 0, out)
     assert [t.trade_id for t in out.trades] == [stock_trade_id(4, 202, "12345")]
