@@ -230,15 +230,27 @@ class KrakenSession:
         return _parse_message(msg, frame, received_ns, out)
 
     def _ohlc(self, msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> None:
-        try:
-            candles = [
-                Candle(rfc3339_ns(c["interval_begin"]), "kraken", _text(c["symbol"]), OHLC_INTERVALS[c["interval"]],
-                       json_number(c["open"]), json_number(c["high"]), json_number(c["low"]), json_number(c["close"]),
-                       json_number(c["volume"]), False, received_ns)
-                for c in msg["data"]
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedFrame(f"bad ohlc message: {exc!r}", frame) from None
+        """As trades: a bad entry drops only itself, and the message is reported malformed once the good ones are in."""
+        data = msg.get("data")
+        if not isinstance(data, list):
+            raise MalformedFrame("bad ohlc message: no data array", frame)
+        candles, bad, first, sample = [], 0, "", b""
+        for c in data:
+            try:
+                candles.append(Candle(
+                    rfc3339_ns(c["interval_begin"]), "kraken", _text(c["symbol"]), OHLC_INTERVALS[c["interval"]],
+                    json_number(c["open"]), json_number(c["high"]), json_number(c["low"]), json_number(c["close"]),
+                    json_number(c["volume"]), False, received_ns))
+            except (KeyError, TypeError, ValueError) as exc:
+                bad += 1
+                if bad == 1:
+                    first, sample = repr(exc), orjson.dumps(c)
+        self._track(candles, out)
+        if bad:
+            raise MalformedFrame(f"bad ohlc message: {bad} of {len(data)} entries dropped, the first: {first}", sample)
+
+    def _track(self, candles: list[Candle], out: ParsedRows) -> None:
+        """Closes what a newer interval ends; the newest of each (symbol, interval) stays live."""
         live: dict[tuple[str, str], Candle] = {}
         for candle in candles:
             key = (candle.symbol, candle.interval)

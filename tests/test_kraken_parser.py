@@ -381,3 +381,14 @@ def test_history_asks_trades_since_its_start_and_stops_at_its_end():
     ], "last": "1688671342950000000"}}
     rows, rest = protocol.parse_backfill(gap, orjson.dumps(page), 7)
     assert [t.trade_id for t in rows] == [1] and rest is None  # the one past the end ends the window
+
+
+def test_a_bad_entry_of_an_ohlc_message_drops_only_itself():
+    message = ohlc("2023-10-04T16:25:00.000000000Z", 0.1, 5.0)
+    good = message["data"][0]
+    message["data"] = [{**good, "close": True}, good, {**good, "interval": 7}]
+    out = ParsedRows()
+    with pytest.raises(MalformedFrame, match="2 of 3 entries dropped") as info:
+        session().parse(orjson.dumps(message), 42, out)
+    assert [c.close for c in out.live_candles] == [0.1]  # the good one is kept
+    assert b'"close":true' in info.value.sample
