@@ -1,5 +1,8 @@
 import itertools
+import logging
 import os
+import sys
+import threading
 
 import pytest
 
@@ -15,6 +18,27 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "questdb" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _process_logging_restored():
+    """A test that calls telemetry.logs.setup() in this process leaves a handler on pytest's captured stdout (closed
+    once the test ends) and the crash hooks installed: both are undone, so no later test logs into a closed file."""
+    from marketfeed.telemetry import logs
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    if logs._handler is not None and logs._handler not in handlers:
+        logs._handler = None
+    root.setLevel(level)
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="session")
