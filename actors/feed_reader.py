@@ -131,7 +131,7 @@ class ReaderLimits:
     def of(cls, feed: FeedConfig) -> ReaderLimits:
         hosts = frozenset(host for url in (feed.url, *feed.alt_urls) if (host := urlsplit(url).hostname))
         return cls(feed.batch_rows, feed.batch_linger_s, feed.max_frame_bytes, feed.max_json_bytes, feed.ca_file,
-                   follow_redirects=feed.follow_redirects, hosts=hosts)
+                   handshake_s=feed.handshake_timeout_s, follow_redirects=feed.follow_redirects, hosts=hosts)
 
 
 def redirect_target(url: str, status: int, location: str | None, limits: ReaderLimits) -> str:

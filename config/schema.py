@@ -169,6 +169,7 @@ class FeedConfig:
     # Hostile input and secrets (README, Security).
     ca_file: str = ""  # CA bundle for wss:// and https:// (empty: service.ca_file, else the system's)
     follow_redirects: bool = False  # on: a connect's redirect is followed to a url/alt_urls host, never wss→ws
+    handshake_timeout_s: float = bounded(10.0, min=0.5)  # connect + TLS + upgrade, all redirects: one deadline
     max_frame_bytes: int = bounded(16 << 20, min=1024)  # a bigger WebSocket message closes the connection
     max_json_bytes: int = bounded(4 << 20, min=64)  # a bigger message is a malformed frame, never parsed
     max_messages_per_s: float = bounded(0.0, min=0.0)  # above this the feed is flagged in health (0: no ceiling)

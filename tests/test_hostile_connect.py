@@ -234,6 +234,7 @@ def test_a_redirect_on_the_feeds_own_host_is_followed_when_configured_and_logged
         with caplog.at_level(logging.INFO, logger="marketfeed.feed"):
             feed, rows = feeds(**polygon_feed(front.url("/stocks"), follow_redirects=True))
             (connection,) = sim.wait_connections("polygon", 1)
+            poll(lambda: connection.session.symbols, what="the feed subscribed through the redirect")
             sim.start_clock()
             sim.wait_emitted(20)
             poll(lambda: len(rows) >= 20, what="the 20 trades through the redirect")
@@ -267,20 +268,23 @@ def test_the_feeds_hosts_are_its_url_and_alt_urls():
 
 # --- handshake deadline
 
+DEADLINE_S = 3.0  # feeds.handshake_timeout_s of these tests (default HANDSHAKE_S, 10 s): the same proof, sooner
+
 @pytest.mark.parametrize("scheme, behave", [
-    ("ws", trickle(b"HTTP/1.1 101 Switching Protocols\r\nX-Slow: ", 3.0)),  # the upgrade answer trickles
-    ("wss", trickle(b"\x16\x03\x03\x40\x00", 3.0, http=False)),  # a 16 kB TLS record that trickles
+    ("ws", trickle(b"HTTP/1.1 101 Switching Protocols\r\nX-Slow: ", 1.0)),  # the upgrade answer trickles
+    ("wss", trickle(b"\x16\x03\x03\x40\x00", 1.0, http=False)),  # a 16 kB TLS record that trickles
 ], ids=["upgrade", "tls"])
 def test_a_handshake_trickled_byte_by_byte_ends_at_the_deadline(peers, feeds, scheme, behave):
-    # A byte every 3 s: no single read waits long enough for a per-read timeout, only a total deadline ends it.
+    # A byte a second: no single read waits long enough for a per-read timeout, only a total deadline ends it.
     peer = peers("127.0.0.1", behave)
     url = peer.url().replace("ws://", f"{scheme}://")
     started = time.monotonic()
-    feed, _ = feeds(exchange="binance", url=url, symbols=("BTCUSDT",))
-    error = poll(lambda: status(feed)["last_error"] or None, timeout=HANDSHAKE_S + 10, what="the connect ended")
+    feed, _ = feeds(exchange="binance", url=url, symbols=("BTCUSDT",), handshake_timeout_s=DEADLINE_S)
+    error = poll(lambda: status(feed)["last_error"] or None, timeout=DEADLINE_S + 10, what="the connect ended")
     elapsed = time.monotonic() - started
-    assert error == f"HandshakeTimeout: no WebSocket handshake within {HANDSHAKE_S:g} s (connect, TLS, upgrade)"
-    assert HANDSHAKE_S <= elapsed < HANDSHAKE_S + 2
+    assert error == f"HandshakeTimeout: no WebSocket handshake within {DEADLINE_S:g} s (connect, TLS, upgrade)"
+    assert DEADLINE_S <= elapsed < DEADLINE_S + 2
+    assert ReaderLimits.of(FeedConfig("f", "binance", url, ("BTCUSDT",))).handshake_s == HANDSHAKE_S  # the default
 
 
 # --- a refused frame drops only itself
