@@ -37,7 +37,7 @@ from marketfeed.storage.ledger import CloseReason, Journal, Ledger, OpenGap, Ori
 from marketfeed.storage.schema import create_tables
 from marketfeed.storage.tables import Table
 from marketfeed.storage.verify import parse_since
-from marketfeed.storage.writer import sender_conf
+from marketfeed.storage.writer import close_sender, sender_conf
 from marketfeed.supervision.backoff import Backoff
 from marketfeed.telemetry.logs import scrub
 
@@ -91,11 +91,7 @@ class Store:
 
     def close(self) -> None:
         sender, self.sender = self.sender, None
-        if sender is not None:
-            try:
-                sender.close(flush=False)
-            except QuestDBError:
-                pass
+        close_sender(sender)
 
 
 def coverage(gap: Gap, first_ts_ns: int, last_ts_ns: int) -> float:

@@ -128,6 +128,15 @@ def sender_conf(conf: str) -> str:
     return conf
 
 
+def close_sender(sender: Sender | None) -> None:
+    """Drop a sender's connection, nothing flushed: the next write makes a fresh one."""
+    if sender is not None:
+        try:
+            sender.close(flush=False)
+        except QuestDBError:
+            pass
+
+
 def is_bad_data(exc: QuestDBError) -> bool:
     """Refused rows (HTTP 400 "invalid", parse and cast errors) as opposed to QuestDB being unavailable."""
     text = str(exc)
@@ -348,11 +357,7 @@ class FlushWorker(threading.Thread):
 
     def _close_sender(self) -> None:
         sender, self.sender = self.sender, None
-        if sender is not None:
-            try:
-                sender.close(flush=False)
-            except QuestDBError:
-                pass
+        close_sender(sender)
 
     def _report(self, report: SinkReport) -> None:
         spool = self.spool

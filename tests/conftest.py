@@ -51,6 +51,15 @@ def questdb(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_questdb(tmp_path_factory):
+    """A QuestDB of the requesting module's own: a test that stops it disturbs no other module."""
+    server = QuestDB(tmp_path_factory.mktemp("questdb-own"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def table_prefix(request) -> str:
     name = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]

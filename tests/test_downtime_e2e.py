@@ -41,15 +41,6 @@ CLIENT_RETRY_MS = 1000  # the questdb client's own retry window: the outage is l
 CANDLES_FLUSH_S = 2.0  # 40 s of market: dozens of 1-second candles wait in memory between two candle flushes
 
 
-@pytest.fixture(scope="module")
-def own_questdb(tmp_path_factory):
-    """A QuestDB of this module's own: stopping it must not disturb the other tests."""
-    server = QuestDB(tmp_path_factory.mktemp("questdb-downtime"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def services(tmp_path, own_questdb, table_prefix):
     with Services(tmp_path, own_questdb, table_prefix) as services:

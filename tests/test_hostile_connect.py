@@ -20,7 +20,6 @@ import pykka
 import pytest
 import websocket
 
-from marketfeed.actors.buffer import SinkDirectory
 from marketfeed.actors.feed import FeedActor
 from marketfeed.actors.feed_reader import HANDSHAKE_S, ReaderLimits, RedirectRefused, redirect_target
 from marketfeed.config.schema import FeedConfig
@@ -31,7 +30,7 @@ from marketfeed.feeds.wsframes import OP_CLOSE, OP_TEXT
 from marketfeed.sim import Simulator
 from marketfeed.sim.polygon import PolygonSession
 from tests.support.polling import poll
-from tests.test_hostile_feed import Recorder, private_ca, status  # noqa: F401 - private_ca is a fixture
+from tests.test_hostile_feed import private_ca, recording_sinks, status  # noqa: F401 - private_ca is a fixture
 
 KEY = "polygon-key-hostile-0123456789"
 OTHER_HOST = "127.0.0.2"  # loopback too, but another host by name and address
@@ -156,12 +155,7 @@ def feeds() -> Iterator[Callable[..., tuple[pykka.ActorRef, list]]]:
     refs: list[pykka.ActorRef] = []
 
     def start(**keys) -> tuple[pykka.ActorRef, list]:
-        rows: list = []
-        sinks = SinkDirectory()
-        recorder = Recorder.start(rows)
-        refs.append(recorder)
-        for table in ("trades", "candles"):
-            sinks.register(table, recorder)
+        sinks, rows = recording_sinks(refs)
         config = FeedConfig(**{"name": "hostile", "reconnect_min_s": 0.05, "reconnect_max_s": 0.2,
                                "backfill": False, **keys})
         refs.append(FeedActor.start(None, config, sinks, FeedMemory(), "/nonexistent/dead"))

@@ -47,6 +47,17 @@ class Recorder(pykka.ThreadingActor):
             self.rows.extend(message.rows)
 
 
+def recording_sinks(refs: list[pykka.ActorRef]) -> tuple[SinkDirectory, list]:
+    """Sinks whose every table is one Recorder (added to refs, for stopping), and the rows it gets."""
+    rows: list = []
+    sinks = SinkDirectory()
+    recorder = Recorder.start(rows)
+    refs.append(recorder)
+    for table in ("trades", "candles"):
+        sinks.register(table, recorder)
+    return sinks, rows
+
+
 
 
 def feed_config(sim: Simulator, **extra) -> FeedConfig:
@@ -60,12 +71,7 @@ def running(tmp_path):
     refs: list[pykka.ActorRef] = []
 
     def start(sim: Simulator, **extra):
-        rows: list = []
-        sinks = SinkDirectory()
-        recorder = Recorder.start(rows)
-        refs.append(recorder)
-        for table in ("trades", "candles"):
-            sinks.register(table, recorder)
+        sinks, rows = recording_sinks(refs)
         feed = FeedActor.start(None, feed_config(sim, **extra), sinks, FeedMemory(), str(tmp_path / "dead"))
         refs.append(feed)
         return feed, rows, tmp_path / "dead"

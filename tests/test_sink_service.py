@@ -20,15 +20,6 @@ HIGH_WATER_ROWS = 1000
 CLIENT_RETRY_MS = 1000  # the questdb client's own retry window; every outage here is several times longer
 
 
-@pytest.fixture(scope="module")
-def own_questdb(tmp_path_factory):
-    """A QuestDB of this module's own: stopping it must not disturb the other tests."""
-    server = QuestDB(tmp_path_factory.mktemp("questdb-outage"))
-    server.start()
-    yield server
-    server.stop()
-
-
 class Service:
     """One `marketfeed run` subprocess and its files."""
 
