@@ -70,7 +70,8 @@ def cut_out(questdb, prefix: str, since_ns: int, until_ns: int) -> None:
 def connected(sim, symbols: dict) -> None:
     """Every feed subscribed: then the market starts, so that the service sees all of it live."""
     for exchange in symbols:
-        sim.wait_connections(exchange, 1, timeout=30)
+        (connection,) = sim.wait_connections(exchange, 1, timeout=30)
+        poll(lambda c=connection: c.session.symbols, 30, f"{exchange} subscribed")  # connected is not subscribed
     sim.start_clock()
 
 
