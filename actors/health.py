@@ -26,6 +26,7 @@ from marketfeed.supervision.supervisor import ChildContext, GetChildren, GetStat
 from marketfeed.telemetry import metrics
 from marketfeed.telemetry.health_rules import ALERT_CAUSES, AlertRules, summary
 from marketfeed.telemetry.logs import event, scrub
+from marketfeed.telemetry.names import BUFFER_CHILD_PREFIX, FEED_CHILD_PREFIX, known_name
 from marketfeed.telemetry.report import (
     BreakerState,
     FeedStatus,
@@ -45,7 +46,6 @@ from marketfeed.telemetry.sdnotify import Notifier
 log = logging.getLogger("marketfeed.health")
 
 ASK_TIMEOUT_S = 0.5
-FEED_CHILD_PREFIX = "feed-"  # a feed actor's child id is feed-<name> (cli/service.py): reports name the feed
 # Which reason wins when several wait behind one gather.
 RANK = {ReportReason.TICK: 0, ReportReason.QUERY: 1, ReportReason.PERIODIC: 2, ReportReason.SIGNAL: 3}
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -223,7 +223,8 @@ class HealthActor(Supervised):
             try:
                 status = future.get(timeout=max(0.0, deadline - time.monotonic()))
             except pykka.Timeout:
-                kind = ("feed" if child_id.startswith(FEED_CHILD_PREFIX) else "buffer" if child_id.startswith("buffer-")
+                kind = ("feed" if child_id.startswith(FEED_CHILD_PREFIX)
+                        else "buffer" if child_id.startswith(BUFFER_CHILD_PREFIX)
                         else "ledger" if child_id == "ledger" else "unknown")
                 status = {"kind": kind, "state": NoAnswer.UNRESPONSIVE}
             except Exception as exc:  # noqa: BLE001 - an actor that died while asked
@@ -231,10 +232,10 @@ class HealthActor(Supervised):
             kind = status.pop("kind", "unknown")
             if kind == "ledger":
                 others[child_id] = status
-            elif kind == "feed":  # by the name the config, the logs and the metric labels give it
-                feeds[child_id.removeprefix(FEED_CHILD_PREFIX)] = status
+            elif kind in ("feed", "buffer"):  # by the name the config, the logs and the metric labels give it
+                (feeds if kind == "feed" else buffers)[known_name(child_id)] = status
             else:
-                (buffers if kind == "buffer" else supervisors)[child_id] = status
+                supervisors[child_id] = status
 
     def _process(self) -> ProcessFigures:
         p = self.process
@@ -282,8 +283,8 @@ def export_gauges(report: HealthReport) -> None:
         metrics.HEALTH_ALERTS.labels(cause).set(counts[cause])
     for sup in report["supervisors"].values():
         if not silent(sup):
-            for child in sup.get("children", {}):
-                metrics.ACTOR_RESTARTS.labels(child)  # at 0 before its first restart, so increase() sees that one
+            for child in sup.get("children", {}):  # at 0 before its first restart, so increase() sees that one
+                metrics.ACTOR_RESTARTS.labels(sup["name"], known_name(child))
     for table, buffer in report["buffers"].items():
         if not silent(buffer):
             metrics.SPOOL_BYTES.labels(table).set(buffer["spool_bytes"])

@@ -30,6 +30,7 @@ from marketfeed.supervision.backoff import Backoff, RestartIntensity
 from marketfeed.supervision.scheduler import Timer, scheduler
 from marketfeed.telemetry import metrics
 from marketfeed.telemetry.logs import event
+from marketfeed.telemetry.names import known_name
 from marketfeed.telemetry.report import ChildState, SupervisorStatus
 
 log = logging.getLogger("marketfeed.supervisor")
@@ -488,7 +489,7 @@ class Supervisor(Supervised):
                 self._failed(child)
                 return
             child.restarts += 1
-            metrics.ACTOR_RESTARTS.labels(child_id).inc()
+            metrics.ACTOR_RESTARTS.labels(self.name, known_name(child_id)).inc()
             event(log, "child_restarted", supervisor=self.name, child=child_id, restarts=child.restarts)
 
     def _start(self, child: _Child) -> None:

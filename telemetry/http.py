@@ -1,5 +1,8 @@
 """The service's HTTP endpoints on loopback: /metrics (Prometheus), /health (liveness), /ready.
 
+/metrics negotiates as prometheus_client's own exposition does: OpenMetrics when Accept asks for it (as
+Prometheus's scrapes do), else the text format 0.0.4; gzip when Accept-Encoding allows it.
+
 Handlers answer from the health actor's latest published report, never by asking actors, so a
 scrape cannot stall the tree and a stalled tree cannot stall a scrape.
 
@@ -12,6 +15,7 @@ debug line; any other failure is an `event`, never a traceback on stderr.
 """
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import logging
 import queue
@@ -27,7 +31,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from marketfeed.telemetry.health_rules import liveness, readiness
 from marketfeed.telemetry.logs import event
@@ -87,6 +92,16 @@ class Request:
     method: str
     path: str  # without the query
     keep_alive: bool  # the connection may carry another request after the answer
+    accept: str = ""  # the Accept header: which exposition format /metrics answers in
+    accept_encoding: str = ""  # the Accept-Encoding header: whether /metrics is gzipped
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[str, ...] = ()  # more header lines, "Name: value"
 
 
 def split_head(inbox: bytearray, max_bytes: int) -> bytes | None:
@@ -122,7 +137,19 @@ def parse_head(head: bytes) -> Request:
     tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
     keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
     has_body = "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
-    return Request(method, target.split("?", 1)[0], keep_alive and not has_body)  # a body is never read: close
+    return Request(method, target.split("?", 1)[0], keep_alive and not has_body,  # a body is never read: close
+                   headers.get("accept", ""), headers.get("accept-encoding", ""))
+
+
+def exposition(registry: CollectorRegistry, accept: str, accept_encoding: str) -> Answer:
+    """/metrics as prometheus_client's own servers answer it (exposition._bake_output): its choose_encoder picks
+    the format from Accept, its gzip_accepted the compression from Accept-Encoding."""
+    encoder, content_type = choose_encoder(accept)
+    body = encoder(registry)
+    vary = "Vary: Accept, Accept-Encoding"  # caches keep one answer per negotiated variant (RFC 9110 12.5.5)
+    if gzip_accepted(accept_encoding):
+        return Answer(200, content_type, gzip.compress(body), (vary, "Content-Encoding: gzip"))
+    return Answer(200, content_type, body, (vary,))
 
 
 def render(status: int, content_type: str, body: bytes, keep_alive: bool, head_only: bool = False,
@@ -154,8 +181,9 @@ class _Conn:
 
 
 class OpsServer:
-    def __init__(self, listen: str, latest: ReportSource, max_report_age_s: float, limits: Limits = LIMITS):
-        self.latest, self.max_report_age_s, self.limits = latest, max_report_age_s, limits
+    def __init__(self, listen: str, latest: ReportSource, max_report_age_s: float, limits: Limits = LIMITS,
+                 registry: CollectorRegistry = REGISTRY):
+        self.latest, self.max_report_age_s, self.limits, self.registry = latest, max_report_age_s, limits, registry
         host, port = parse_listen(listen)
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         self.listener = socket.create_server((host, port), family=family, backlog=limits.backlog)
@@ -196,17 +224,18 @@ class OpsServer:
             self._close_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def answer(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) for a GET of `path`."""
+    def answer(self, request: Request) -> Answer:
+        """The answer to a GET of `request.path`."""
+        path = request.path
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            return exposition(self.registry, request.accept, request.accept_encoding)
         if path in ("/health", "/ready"):
             published = self.latest()
             report, age = (published[0], time.monotonic() - published[1]) if published else (None, 0.0)
             ok, detail = liveness(report, age, self.max_report_age_s) if path == "/health" else readiness(report)
             body = {"ok": ok, "detail": detail, "status": report.get("status") if report else None}
-            return (200 if ok else 503), "application/json", orjson.dumps(body)
-        return 404, "text/plain", b"not found: try /metrics, /health or /ready\n"
+            return Answer(200 if ok else 503, "application/json", orjson.dumps(body))
+        return Answer(404, "text/plain", b"not found: try /metrics, /health or /ready\n")
 
     # --- the selector thread
 
@@ -392,8 +421,9 @@ class OpsServer:
         keep_alive = request.keep_alive and request.method in ("GET", "HEAD")
         try:
             if request.method in ("GET", "HEAD"):
-                status, content_type, body = self.answer(request.path)
-                answer = render(status, content_type, body, keep_alive, head_only=request.method == "HEAD")
+                reply = self.answer(request)
+                answer = render(reply.status, reply.content_type, reply.body, keep_alive,
+                                head_only=request.method == "HEAD", extra=reply.headers)
             else:
                 answer = render(405, "text/plain", b"only GET and HEAD\n", keep_alive, extra=("Allow: GET, HEAD",))
         except Exception as exc:  # noqa: BLE001 - a failing handler is a 500 and one log line, never a traceback

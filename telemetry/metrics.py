@@ -41,7 +41,9 @@ ROWS_DROPPED = Counter("marketfeed_rows_dropped_total", "Rows lost because the s
                        ["table"])
 SPOOL_FULL = Gauge("marketfeed_spool_full", "1 while a table's spool is full", ["table"])
 
-ACTOR_RESTARTS = Counter("marketfeed_actor_restarts_total", "Actor restarts by a supervisor", ["actor"])
+# actor: a feed by its configured name, a buffer by its table, others by their child id (telemetry.names);
+# supervisor: the one that restarted it, so a feed and a table of one name stay two series.
+ACTOR_RESTARTS = Counter("marketfeed_actor_restarts_total", "Actor restarts by a supervisor", ["supervisor", "actor"])
 SUPERVISOR_GIVEUPS = Counter("marketfeed_supervisor_giveups_total", "Supervisors that exceeded restart intensity")
 LEAKED_THREADS = Gauge("marketfeed_leaked_threads", "Threads of abandoned (hung) actors still alive")
 

@@ -84,8 +84,8 @@ def test_sigusr1_yields_a_fresh_health_report_within_a_second(sim, service, tmp_
     assert report["generated_at"] >= sent_at
     for r in (line, report):
         assert set(r["feeds"]) == {"binance-a", "binance-b"}  # the configured names
-        assert "buffer-trades" in r["buffers"]
+        assert set(r["buffers"]) == {"trades", "candles"}  # by table, as the table metric label
         for feed in r["feeds"].values():
             assert {"state", "messages", "last_message_age_s", "reconnects"} <= set(feed)
-        assert {"buffered_rows", "rows_written", "last_flush_age_s", "failures"} <= set(r["buffers"]["buffer-trades"])
+        assert {"buffered_rows", "rows_written", "last_flush_age_s", "failures"} <= set(r["buffers"]["trades"])
     assert proc.stop() == 0

@@ -106,7 +106,7 @@ def test_a_marker_secret_appears_in_no_output_of_the_service(tmp_path):
                                              capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
                         for name in ("health", "verify")}  # verify: QuestDB unreachable, its error is shown
             # top: the feeds, buffers and alerts (with their details) of the live report, on a real terminal.
-            screen = top_screen(proc.config_path, ("marker", "buffer-trades", "ALERTS"), env)
+            screen = top_screen(proc.config_path, ("marker", "trades ", "ALERTS"), env)
             text = proc.config_path.read_text()  # a secret of the wrong type: the problem must not echo it
             proc.config_path.write_text(re.sub(r'pg_dsn = (".*")', r"pg_dsn = [\1]", text))
             proc.signal(signal.SIGHUP)
@@ -208,7 +208,7 @@ def test_every_thread_kinds_traceback_is_a_scrubbed_json_log_line(tmp_path):
     actor = next(line for line in lines if line["logger"] == "pykka" and "traceback" in line)
     assert actor["error"].startswith("Boom: actor failed on") and "apiKey=***" in actor["traceback"]
     assert by_event["unraisable_exception"]["error"].startswith("Boom: finalizer of")
-    assert next(line for line in lines if line["logger"] == "py.warnings")["event"].count("apiKey=***") == 1
+    assert next(line for line in lines if line["logger"] == "py.warnings")["message"].count("apiKey=***") == 1
     main = by_event["uncaught_exception"]
     assert main["thread"] == "MainThread" and main["error"] == (
         "Boom: main thread gave up on https://api.polygon.io/v3/trades/AAPL?timestamp.gte=1&apiKey=***")

@@ -2,6 +2,7 @@
 
 Each test runs `marketfeed run` as a child process against the simulator and the session QuestDB.
 """
+import gzip
 import math
 import re
 import shutil
@@ -18,6 +19,8 @@ from importlib import metadata
 
 import orjson
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from marketfeed.config.loader import load, to_toml
 from marketfeed.config.schema import AlertConfig
@@ -62,7 +65,7 @@ def connected(proc: ServiceProcess, n: int = 1) -> dict:
     def ready():
         report = status_file(proc)
         if report and sum(f.get("state") == "connected" for f in report["feeds"].values()) == n \
-                and report["buffers"].get("buffer-trades", {}).get("rows_written", 0) > 0:
+                and report["buffers"].get("trades", {}).get("rows_written", 0) > 0:
             return report
         return None
     try:
@@ -79,6 +82,7 @@ def test_health_is_ok_then_degraded_when_a_feed_stalls(sim, service):
     first = ok.stdout.splitlines()[0]
     assert first.startswith("MARKETFEED OK - 1/1 feeds connected") and "| feeds_connected=1;;;0;1" in first
     assert "  spot " in ok.stdout and "feed-spot" not in ok.stdout  # the feed's configured name, as logs say it
+    assert "  trades " in ok.stdout and "buffer-" not in ok.stdout  # a buffer by its table, as the table label
     assert "None" not in ok.stdout
     # A query is one log line; the full report goes to the log on an operator's SIGUSR1 (and status changes).
     query = proc.wait_event("health_query", where=lambda e: e["status"] == "ok")
@@ -163,7 +167,8 @@ def test_http_metrics_health_and_ready(sim, service):
                    'marketfeed_flush_failures_total{table="candles"} 0.0',
                    'marketfeed_gaps_closed_total{feed="spot",reason="expired"} 0.0',
                    'marketfeed_breaker_state{table="candles"} 0.0', 'marketfeed_health_alerts{cause="no_data"} 0.0',
-                   'marketfeed_actor_restarts_total{actor="feed-spot"} 0.0',
+                   'marketfeed_actor_restarts_total{actor="spot",supervisor="feeds"} 0.0',
+                   'marketfeed_actor_restarts_total{actor="trades",supervisor="sinks"} 0.0',
                    f'marketfeed_build_info{{version="{metadata.version("marketfeed")}"}} 1.0'):
         assert sample in text.splitlines(), sample
     # Every dashboard panel has a series to show on a healthy service, before any of its events happened.
@@ -174,9 +179,22 @@ def test_http_metrics_health_and_ready(sim, service):
     for expr in exprs:
         for name in re.findall(r"\b((?:marketfeed|process)_[a-z_]+)\b", expr):
             assert name in sampled, f"dashboard panel {expr!r}: no {name} series"
+    assert "feed-" not in text and "buffer-" not in text  # feeds and tables by the names people configured
     assert shutil.which("promtool"), "promtool missing: bin/test-deps installs it"
     lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    # As Prometheus scrapes: OpenMetrics, gzipped, the same series.
+    scrape = urllib.request.Request(base + "/metrics", headers={
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(scrape, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        assert r.headers["Content-Encoding"] == "gzip"
+        openmetrics = gzip.decompress(r.read()).decode()
+    families = {f.name: f for f in parse_openmetrics(openmetrics)}
+    assert {(s.labels["supervisor"], s.labels["actor"]) for s in families["marketfeed_actor_restarts"].samples
+            if s.name.endswith("_total")} >= {("feeds", "spot"), ("sinks", "trades"), ("sinks", "candles")}
+    assert {f.name.removesuffix("_total") for f in parse_text(text)} >= set(families)
 
     # Every metric the shipped rules and dashboard use is one the service exports.
     exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE marketfeed_")}
@@ -244,7 +262,8 @@ def test_notify_socket_gets_ready_then_watchdog_then_stopping(sim, service):
 def test_top_renders_the_feeds_on_screen(sim, service, tmp_path):
     proc = service([binance_feed(sim, name="spot-a"), binance_feed(sim, name="spot-b")])
     connected(proc, 2)
-    top_screen(proc.config_path, ("spot-a", "spot-b", "buffer-trades", "MSGS/S", "connected", "ALERTS"))
+    screen = top_screen(proc.config_path, ("spot-a", "spot-b", "trades ", "candles ", "MSGS/S", "connected", "ALERTS"))
+    assert "feed-" not in screen and "buffer-" not in screen  # feeds and tables by the names people configured
 
 
 def test_the_systemd_unit_verifies_cleanly(tmp_path):
@@ -314,7 +333,8 @@ def test_the_alert_rules_fire_as_the_health_rules_do_for_healthy_degraded_and_cr
                 for le in buckets]
 
     def service(*, status: int, connected: int, messages: str, buffered: int, errors_per_scrape: float,
-                rss_mb: float, gap_age_s: float, breaker: int, spool_bytes: int, spool_full: int) -> list[dict]:
+                rss_mb: float, gap_age_s: float, breaker: int, spool_bytes: int, spool_full: int,
+                restarts: str = "0x80") -> list[dict]:
         per_feed = [(feed, c) for feed, c in (("binance-sim", 1), ("kraken-sim", connected))]
         return [
             series("up", "1x80"),
@@ -326,7 +346,7 @@ def test_the_alert_rules_fire_as_the_health_rules_do_for_healthy_degraded_and_cr
             series("marketfeed_reconnects_total", f"0+{errors_per_scrape}x80", feed="kraken-sim"),
             series("marketfeed_malformed_frames_total", "0x80", feed="kraken-sim"),
             series("marketfeed_flush_failures_total", "0x80", table="trades"),
-            series("marketfeed_actor_restarts_total", "0x80", actor="feed-kraken-sim"),
+            series("marketfeed_actor_restarts_total", restarts, supervisor="feeds", actor="kraken-sim"),
             series("marketfeed_gaps_detected_total", "0x80", feed="binance-sim"),
             series("marketfeed_buffered_rows", f"{buffered}x80", table="trades"),
             series("marketfeed_buffered_rows", "0x80", table="candles"),
@@ -344,7 +364,7 @@ def test_the_alert_rules_fire_as_the_health_rules_do_for_healthy_degraded_and_cr
                       breaker=0, spool_bytes=0, spool_full=0)
     degraded = service(status=1, connected=0, messages="0+50x20 1000x60", buffered=t.buffered_rows + 1,
                        errors_per_scrape=t.errors_per_minute / 4 + 1, rss_mb=t.rss_mb + 1, gap_age_s=t.gap_age_s + 1,
-                       breaker=0, spool_bytes=0, spool_full=0)
+                       breaker=0, spool_bytes=0, spool_full=0, restarts="0+1x80")
     critical = service(status=2, connected=1, messages="0+50x80", buffered=0, errors_per_scrape=0, rss_mb=100,
                        gap_age_s=0, breaker=2, spool_bytes=4096, spool_full=1)
     names = rule_summaries()
@@ -368,6 +388,8 @@ def test_the_alert_rules_fire_as_the_health_rules_do_for_healthy_degraded_and_cr
             "MarketfeedErrorRate": [firing("MarketfeedErrorRate", "warning", instance="m:8766")],
             "MarketfeedMemoryHigh": [firing("MarketfeedMemoryHigh", "warning", **instance)],
             "MarketfeedGapOpen": [firing("MarketfeedGapOpen", "warning", **instance)],
+            "MarketfeedActorRestarts": [firing("MarketfeedActorRestarts", "warning", **instance, supervisor="feeds",
+                                               actor="kraken-sim")],
         }),
         case(critical, {
             "MarketfeedHealthCritical": [firing("MarketfeedHealthCritical", "critical", **instance)],

@@ -52,8 +52,8 @@ def buffer(**extra):
 
 
 def report(feeds=None, buffers=None, supervisors=None, rss=50 * MB, uptime=100.0):
-    return {"feeds": {"feed-a": feed()} if feeds is None else feeds,
-            "buffers": {"buffer-trades": buffer()} if buffers is None else buffers,
+    return {"feeds": {"spot-a": feed()} if feeds is None else feeds,
+            "buffers": {"trades": buffer()} if buffers is None else buffers,
             "supervisors": supervisors or {}, "uptime_s": uptime, "process": {"rss_bytes": rss}}
 
 
@@ -69,12 +69,12 @@ def test_a_healthy_report_is_ok_without_alerts():
 
 def test_a_feed_disconnected_longer_than_the_threshold_is_degraded_and_named():
     rules = AlertRules(AlertConfig(feed_disconnected_s=120))
-    down = report(feeds={"feed-a": feed("retrying", last_error="refused"), "feed-b": feed()})
+    down = report(feeds={"spot-a": feed("retrying", last_error="refused"), "spot-b": feed()})
     assert rules.evaluate(down, 1000.0) == (HealthLevel.OK, [])  # just went down: within its grace
     assert rules.evaluate(down, 1100.0)[0] == HealthLevel.OK
     status, alerts = rules.evaluate(down, 1121.0)
     assert status == HealthLevel.DEGRADED
-    assert alerts == [{"level": HealthLevel.DEGRADED, "cause": "feed_disconnected", "feed": "feed-a",
+    assert alerts == [{"level": HealthLevel.DEGRADED, "cause": "feed_disconnected", "feed": "spot-a",
                        "state": "retrying", "for_s": 121.0, "threshold_s": 120, "error": "refused"}]
     rules.evaluate(report(), 1122.0)  # reconnected: the clock starts over next time
     assert rules.evaluate(down, 1200.0) == (HealthLevel.OK, [])
@@ -82,10 +82,10 @@ def test_a_feed_disconnected_longer_than_the_threshold_is_degraded_and_named():
 
 def test_a_feed_whose_breaker_is_open_is_degraded_at_once():
     rules = AlertRules(AlertConfig(feed_disconnected_s=120))
-    failed = report(feeds={"feed-a": feed("failed", last_error="refused", breaker="open")})
+    failed = report(feeds={"spot-a": feed("failed", last_error="refused", breaker="open")})
     status, alerts = rules.evaluate(failed, 1000.0)
     assert status == HealthLevel.DEGRADED
-    assert alerts == [{"level": HealthLevel.DEGRADED, "cause": "feed_failed", "feed": "feed-a", "breaker": "open",
+    assert alerts == [{"level": HealthLevel.DEGRADED, "cause": "feed_failed", "feed": "spot-a", "breaker": "open",
                        "error": "refused"}]
     assert causes(rules.evaluate(failed, 2000.0)[1]) == ["feed_failed"]  # not reported twice
 
@@ -141,26 +141,26 @@ def test_liveness_and_readiness_read_the_latest_report():
     assert liveness(good, 11.0, 10.0)[0] is False  # the health actor stopped publishing
     assert liveness(None, 0.0, 10.0)[0] is False
     assert readiness(good) == (True, "ready")
-    bad = report(feeds={"feed-a": feed("retrying")}, buffers={"buffer-trades": buffer(breaker="open")})
+    bad = report(feeds={"spot-a": feed("retrying")}, buffers={"trades": buffer(breaker="open")})
     bad["status"], bad["alerts"] = rules.evaluate(bad, 0.0)
     ok, detail = readiness(bad)
-    assert not ok and "feed feed-a is retrying" in detail and "breaker_open" in detail
-    hung = report(feeds={"feed-a": {"state": "unresponsive"}})
+    assert not ok and "feed spot-a is retrying" in detail and "breaker_open" in detail
+    hung = report(feeds={"spot-a": {"state": "unresponsive"}})
     hung["status"], hung["alerts"] = rules.evaluate(hung, 0.0)
-    assert liveness(hung, 0.0, 10.0) == (False, "unresponsive: feed feed-a")
+    assert liveness(hung, 0.0, 10.0) == (False, "unresponsive: feed spot-a")
 
 
 # --- the health CLI's output
 
 def test_perfdata_and_render_follow_the_nagios_plugin_format():
-    data = report(feeds={"feed-a": feed(), "feed-b": feed("retrying")})
+    data = report(feeds={"spot-a": feed(), "spot-b": feed("retrying")})
     rules = AlertRules(AlertConfig(feed_disconnected_s=0))
     rules.evaluate(data, 0.0)
     data["status"], data["alerts"] = rules.evaluate(data, 1.0)
     data["summary"] = summary(data, data["alerts"])
     first, *rest = render(data).splitlines()
     text, _, perf = first.partition(" | ")
-    assert text == "MARKETFEED DEGRADED - 1/2 feeds connected, 5 rows written; feed_disconnected (feed feed-b)"
+    assert text == "MARKETFEED DEGRADED - 1/2 feeds connected, 5 rows written; feed_disconnected (feed spot-b)"
     assert "feeds_connected=1;;;0;2" in perf.split() and "rows_written=5c" in perf.split()
     assert any("DEGRADED  feed_disconnected" in line for line in rest)
     assert exit_code(data) == 1
@@ -305,20 +305,20 @@ def test_outside_systemd_notify_does_nothing():
 
 def test_the_dashboard_shows_feeds_tables_rates_and_alerts():
     board = Dashboard()
-    first = report(feeds={"feed-a": feed(messages=100)}, buffers={"buffer-trades": buffer(rows_written=50)})
+    first = report(feeds={"spot-a": feed(messages=100)}, buffers={"trades": buffer(rows_written=50)})
     first.update(gather_started_at=1.0, generated_at=10.0, status=HealthLevel.OK, alerts=[], pid=42)
-    second = report(feeds={"feed-a": feed(messages=300)}, buffers={"buffer-trades": buffer(rows_written=250)})
+    second = report(feeds={"spot-a": feed(messages=300)}, buffers={"trades": buffer(rows_written=250)})
     second.update(gather_started_at=2.0, generated_at=12.0, status=HealthLevel.DEGRADED, pid=42,
-                  alerts=[{"level": HealthLevel.DEGRADED, "cause": "no_data", "feed": "feed-a"}])
+                  alerts=[{"level": HealthLevel.DEGRADED, "cause": "no_data", "feed": "spot-a"}])
     board.update(first)
     board.update(second)
     lines = board.lines(13.0, [{"ts": "2024-01-01T00:00:00.000+00:00", "level": "error", "event": "flush_failed"}])
     text = "\n".join(t for t, _ in lines)
     assert "DEGRADED" in lines[0][0] and "report 1.0s old" in lines[0][0]
-    feed_line = next(t for t in text.splitlines() if t.startswith("feed-a"))
+    feed_line = next(t for t in text.splitlines() if t.startswith("spot-a"))
     assert "connected" in feed_line and "100.0" in feed_line  # 200 messages in 2 s
-    assert "100.0" in next(t for t in text.splitlines() if t.startswith("buffer-trades"))
-    assert ("  DEGRADED no_data  feed=feed-a", HealthLevel.DEGRADED) in lines
+    assert "100.0" in next(t for t in text.splitlines() if t.startswith("trades"))
+    assert ("  DEGRADED no_data  feed=spot-a", HealthLevel.DEGRADED) in lines
     assert any("flush_failed" in t and style == HealthLevel.CRITICAL for t, style in lines)
 
 
@@ -449,7 +449,7 @@ def test_healthcheck_exit_codes_are_dockers(tmp_path, capsys):
 
 def test_what_is_not_known_yet_reads_never_or_a_dash_not_none():
     data = report(feeds={"spot": feed(last_message_age_s=None)},
-                  buffers={"buffer-trades": buffer(last_flush_age_s=None, rows_written=0)})
+                  buffers={"trades": buffer(last_flush_age_s=None, rows_written=0)})
     data["status"], data["alerts"] = AlertRules(AlertConfig()).evaluate(data, 0.0)
     data["process"] = {"rss_bytes": MB, "cpu_seconds": None, "threads": None}
     text = render(data)

@@ -65,4 +65,4 @@ def test_sigterm_mid_stream_exits_0_with_every_received_row_in_questdb(service, 
     # The final report carries the actors as last gathered, dated, besides the process.
     final = proc.events("health_report")[-1]
     assert final["actors_as_of"] <= final["generated_at"] and final["process"]["rss_bytes"] > 0
-    assert final["feeds"]["binance-spot"]["data_messages"] >= 300 and "buffer-trades" in final["buffers"]
+    assert final["feeds"]["binance-spot"]["data_messages"] >= 300 and "trades" in final["buffers"]

@@ -420,18 +420,20 @@ def test_backoff_grows_between_restarts_and_resets_once_stable(tree, caplog):
 def test_status_and_metrics_show_restarts_and_give_ups(tree):
     journal: list = []
 
-    def restarts() -> float:
-        return REGISTRY.get_sample_value("marketfeed_actor_restarts_total", {"actor": "metered"}) or 0.0
+    def restarts() -> float:  # a feed's restarts under its configured name, not its child id feed-<name>
+        labels = {"supervisor": "sup", "actor": "metered"}
+        return REGISTRY.get_sample_value("marketfeed_actor_restarts_total", labels) or 0.0
 
     def giveups() -> float:
         return REGISTRY.get_sample_value("marketfeed_supervisor_giveups_total") or 0.0
 
     restarts_before, giveups_before = restarts(), giveups()
-    sup = tree.start([ChildSpec("metered", worker(journal))], max_restarts=1)
-    restarted(sup, "metered", terminate(sup, "metered", ABNORMAL))
-    assert child_state(sup, "metered") == {"state": "running", "restarts": 1, "last_failure": "RuntimeError: died"}
+    sup = tree.start([ChildSpec("feed-metered", worker(journal))], max_restarts=1)
+    restarted(sup, "feed-metered", terminate(sup, "feed-metered", ABNORMAL))
+    assert child_state(sup, "feed-metered") == {"state": "running", "restarts": 1,
+                                                "last_failure": "RuntimeError: died"}
     assert restarts() == restarts_before + 1
-    terminate(sup, "metered", ABNORMAL)
+    terminate(sup, "feed-metered", ABNORMAL)
     assert_gave_up(tree, sup)
     assert giveups() == giveups_before + 1
 
