@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -45,6 +46,8 @@ import orjson
 from marketfeed.config.schema import FEED_NAME_CHOICES, Config, FeedConfig, is_secret
 from marketfeed.config.secrets import SECRET_KEYS, conf_items
 from marketfeed.feeds import registry
+from marketfeed.feeds.base import FeedProtocol
+from marketfeed.feeds.universe import is_pattern
 
 ENV_PREFIX = "MARKETFEED_"
 NOT_A_SETTING = "not a setting (MARKETFEED_<SECTION>__<KEY>, or MARKETFEED_FEEDS__<FEED>__<KEY> for a [[feeds]] table)"
@@ -55,6 +58,9 @@ COMMON_FEED_KEYS = frozenset(f.name for f in dataclasses.fields(FeedConfig)) - {
 FEED_KEYS = COMMON_FEED_KEYS | {f.name for entry in registry.EXCHANGES.values()
                                 for f in dataclasses.fields(entry.options)}
 FEED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FeedConfig) if f.default is not dataclasses.MISSING}
+# The keys that narrow a universe (feeds/universe.py): set without a pattern in symbols, they would do nothing.
+UNIVERSE_KEYS = ("quote_assets", "exclude_symbols", "trading_only", "universe_refresh_s")
+MIN_UNIVERSE_REFRESH_S = 60.0  # a listing is a heavy answer (Binance's weighs 20): not read more often than this
 # Where a value came from when not from the file: table ("sink", "feeds[1]") → key → environment variable.
 Origins = Mapping[str, Mapping[str, str]]
 
@@ -280,15 +286,50 @@ def _build_feed(values: dict, i: int, source: str, problems: list[str],
     if entry is None or options is None:  # no known exchange, or its options have problems
         return None
     feed = FeedConfig(**common, options=entry.options(**options))
+    at = functools.partial(_label, source, origins, named)
     try:
-        entry.protocol(feed)  # the exchange module checks its own settings (channels, intervals)
+        protocol = entry.protocol(feed)  # the exchange module checks its own settings (channels, intervals)
     except ValueError as exc:
-        problems.append(f"{_label(source, origins, named, 'channels')}: {exc}")
+        problems.append(f"{at('channels')}: {exc}")
+    else:
+        _check_universe(feed, protocol, values, at, problems)
     for problem in entry.protocol.config_problems(feed):  # "<key>: <why>", the key named where it came from
         key, sep, why = problem.partition(": ")
         keyed = sep and (key in COMMON_FEED_KEYS or key in own)
         problems.append(f"{_label(source, origins, named, key)}: {why}" if keyed else f"{source}: {named}: {problem}")
     return feed
+
+
+def _check_universe(feed: FeedConfig, protocol: FeedProtocol, given: Container[str], at: Callable[[str], str],
+                    problems: list[str]) -> None:
+    """A pattern in symbols needs the exchange's listing (or is the exchange's own wildcard); the keys that narrow
+    a universe need a pattern (`given`: the keys the table or the environment set); max_streams_per_connection
+    may only lower the exchange's documented limit."""
+    patterns = [symbol for symbol in feed.symbols if is_pattern(symbol)]
+    narrowing = [key for key in UNIVERSE_KEYS if key in given]
+    if not patterns:
+        problems += [f"{at(key)}: narrows a universe, which only a pattern in symbols selects (e.g. symbols = "
+                     f'["*"] or ["*USDT"])' for key in narrowing]
+    elif protocol.any_symbol():
+        problems += [f"{at(key)}: {protocol.wildcard_symbol!r} is {feed.exchange}'s own wildcard (every symbol), with "
+                     "no listing to narrow" for key in narrowing]
+    elif protocol.listing_request() is None:
+        alone = f"; {protocol.wildcard_symbol!r} alone subscribes to every symbol" if protocol.wildcard_symbol else ""
+        problems.append(f"{at('symbols')}: {', '.join(map(repr, patterns))}: {feed.exchange} publishes no listing to "
+                        f"match patterns against{alone}")
+    elif not feed.rest_url:
+        problems.append(f"{at('rest_url')}: required with a pattern in symbols: {feed.exchange}'s listing is read "
+                        "from its REST API")
+    if 0 < feed.universe_refresh_s < MIN_UNIVERSE_REFRESH_S:
+        problems.append(f"{at('universe_refresh_s')}: {feed.universe_refresh_s!r} is below the minimum "
+                        f"{MIN_UNIVERSE_REFRESH_S:g} (0: never read again)")
+    limit, wanted = protocol.connection_limits.max_streams, feed.max_streams_per_connection
+    if limit and wanted > limit:
+        problems.append(f"{at('max_streams_per_connection')}: {wanted} is above {feed.exchange}'s documented limit "
+                        f"of {limit} streams per connection (0: that limit; a value may only lower it)")
+    if wanted and wanted < protocol.streams_per_symbol():
+        problems.append(f"{at('max_streams_per_connection')}: {wanted} is below the {protocol.streams_per_symbol()} "
+                        "streams one symbol takes (one per channel)")
 
 
 def _not_a_key(key: str, exchange: str, own: list[str]) -> str:

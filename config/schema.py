@@ -180,6 +180,14 @@ class FeedConfig:
     # (0: trust any jump). Busy pairs trade ~2,000/s at peaks: a million is minutes of market; a longer outage
     # costs one REST question, a fake id (10^12) moves nothing.
     max_id_jump: int = bounded(1_000_000, min=0)
+    # The whole market (feeds/universe.py): with a pattern in `symbols` ("*", "BTC*", "*USDT"), what the exchange's
+    # listing endpoint lists that matches, narrowed by these; the loader refuses them without a pattern.
+    quote_assets: tuple[str, ...] = ()  # quoted in one of these (e.g. ["USDT"]); empty: any
+    exclude_symbols: tuple[str, ...] = ()  # none of these patterns
+    trading_only: bool = True  # only what the exchange says trades now
+    universe_refresh_s: float = bounded(3600.0, min=0.0)  # the listing is read again this often (≥ 60; 0: never)
+    # Streams one connection carries at most: 0, the exchange's documented limit (Binance 1024); only lower it.
+    max_streams_per_connection: int = bounded(0, min=0)
     # The exchange's own keys, which sit beside these in the TOML table; None: that exchange's defaults.
     options: ExchangeOptions | None = None
 

@@ -17,6 +17,7 @@ import orjson
 
 from marketfeed.feeds.rest_policy import RestVerdict, http_verdict
 from marketfeed.feeds.rows import Candle, Trade
+from marketfeed.feeds.universe import Listing
 from marketfeed.storage.tables import TRADES, Table
 
 if TYPE_CHECKING:
@@ -79,6 +80,21 @@ class HttpRequest:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What the exchange documents about its WebSocket connections (0: nothing documented, or no limit).
+
+    Sharding and pacing stay below these: a connection carries at most max_streams subscriptions, sends at most
+    max_client_messages_per_s messages, and the feed opens at most max_connects connections per connect_window_s
+    (per IP) and max_connections at once."""
+
+    max_streams: int = 0  # subscriptions one connection may carry (0: unlimited)
+    max_client_messages_per_s: int = 0  # messages the client may send per connection per second (0: none documented)
+    max_connects: int = 0  # connection attempts per connect_window_s per IP (0: none documented)
+    connect_window_s: float = 0.0
+    max_connections: int = 0  # simultaneous connections allowed (0: unlimited)
+
+
+@dataclass(frozen=True)
 class Gap:
     """Trade ids missing for one symbol: first..last inclusive (last None: up to the live stream).
 
@@ -131,6 +147,10 @@ class FeedProtocol:
     rest_limited_wait_s: ClassVar[float] = 1.0  # after a rate-limit answer that names no Retry-After, wait this long
     rest_weight_limit: ClassVar[int] = 0  # request weight per clock minute the host allows (0: requests not weighed)
     rest_weight_header: ClassVar[str] = ""  # the answer header (lower case) with the weight used this minute
+    connection_limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    # The symbol that alone subscribes to every symbol through the exchange's own wildcard (Polygon "*": T.*); "":
+    # none, a pattern needs the listing.
+    wildcard_symbol: ClassVar[str] = ""
 
     def __init__(self, feed: FeedConfig):
         self.feed = feed
@@ -148,6 +168,25 @@ class FeedProtocol:
     def url(self, base: str) -> str:
         """The WebSocket URL to open, given one of the configured base URLs."""
         return base
+
+    def streams_per_symbol(self) -> int:
+        """The subscriptions one symbol costs on a connection (counted against connection_limits.max_streams)."""
+        return 1
+
+    def any_symbol(self) -> bool:
+        """The feed subscribes to every symbol through the exchange's wildcard (symbols = [wildcard_symbol]): rows
+        of any symbol are its own, and there is no list of symbols to resolve, shard or backfill by."""
+        return bool(self.wildcard_symbol) and self.feed.symbols == (self.wildcard_symbol,)
+
+    def listing_request(self) -> HttpRequest | None:
+        """The exchange's listing endpoint, from which a universe (feeds/universe.py) is selected; None: it has
+        none (a pattern in symbols is then refused, but for wildcard_symbol)."""
+        return None
+
+    def parse_listing(self, body: bytes) -> list[Listing]:
+        """The markets a listing_request answer lists. Whatever the body holds, it raises MalformedFrame, never
+        anything else."""
+        raise MalformedFrame(f"{self.exchange} has no listing endpoint", body)
 
     def open_session(self) -> FeedSession:
         """The parse state of a new connection; exchanges whose frames parse on their own need none."""

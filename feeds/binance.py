@@ -1,7 +1,9 @@
 """Binance spot market streams (combined-stream endpoint) and its REST backfill.
 
 Wire format: wss://<host>/stream?streams=btcusdt@trade/btcusdt@aggTrade/btcusdt@kline_1m, each
-frame {"stream": name, "data": event}. Events:
+frame {"stream": name, "data": event}. A connection of more streams than fit a URL opens /stream bare and
+subscribes with {"method": "SUBSCRIBE", "params": [stream, …], "id": n}, answered {"result": null, "id": n}
+or an error {"code": n, "msg": …(, "id": n)} (web-socket-streams.md, "Live Subscribing"). Events:
   trade     {"e": "trade", "E": ms, "s": "BTCUSDT", "t": id, "p": "dec", "q": "dec", "T": ms, "m": buyer_is_maker}
   aggTrade  {"e": "aggTrade", "E": ms, "s": …, "a": agg id, "p", "q", "f": first id, "l": last id, "T": ms, "m"}
   kline     {"e": "kline", "E": ms, "s": …, "k": {"t": open ms, "T": close ms, "i": "1m", "o", "h", "l",
@@ -25,6 +27,7 @@ import orjson
 
 from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import (
+    ConnectionLimits,
     Control,
     FeedProtocol,
     Gap,
@@ -37,6 +40,7 @@ from marketfeed.feeds.base import (
 )
 from marketfeed.feeds.rest_policy import RestVerdict, VerdictKind, error_text, retry_after_s
 from marketfeed.feeds.rows import Candle, Trade, new_trade
+from marketfeed.feeds.universe import Listing, listing
 from marketfeed.storage.tables import CANDLES
 
 if TYPE_CHECKING:
@@ -51,8 +55,17 @@ INTERVAL_MS = {"1s": 1000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 90
                "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000}
 _MS = 1_000_000
 # Request weights, developers.binance.com/docs/binance-spot-api-docs/rest-api/market-data-endpoints: "Old trade
-# lookup" historicalTrades 25, aggTrades 4, klines 2; an endpoint that states none weighs 1.
-REQUEST_WEIGHTS = {"historicalTrades": 25, "aggTrades": 4, "klines": 2}
+# lookup" historicalTrades 25, aggTrades 4, klines 2; general-endpoints: exchangeInfo 20; an endpoint that states
+# none weighs 1.
+REQUEST_WEIGHTS = {"historicalTrades": 25, "aggTrades": 4, "klines": 2, "exchangeInfo": 20}
+# Up to this many streams a connection names in its URL (~2.5 KB of query at the longest names, e.g.
+# "1000satsusdt@kline_1m/"); more open /stream bare and SUBSCRIBE. Binance documents no URL limit; the usual
+# request-line buffers of HTTP front ends are 8 KB, which 1024 streams (~18 KB) would overflow.
+URL_STREAMS = 100
+# Streams per SUBSCRIBE message. Binance documents no limit per message; a SUBSCRIBE of 437 streams (~8 KB) was
+# seen to fail silently where 436 worked (altangent/ccxws#161), so one message stays near 5 KB: 1024 streams are
+# 6 messages, which the reader paces below connection_limits.max_client_messages_per_s.
+SUBSCRIBE_STREAMS = 200
 # aggTrades by time: "If startTime and endTime are sent, time between startTime and endTime must be less than 1 hour."
 AGG_WINDOW_MS = 3_600_000 - 1
 SHORTEST_BAN_S = 120.0  # "IP bans … scale in duration for repeat offenders, from 2 minutes to 3 days"
@@ -64,6 +77,11 @@ class BinanceProtocol(FeedProtocol):
     max_connection_age_s = 24 * 3600 - 600  # Binance cuts at 24 h: roll over to a fresh connection 10 min before
     rest_weight_limit = 6000  # exchangeInfo rateLimits: REQUEST_WEIGHT 6000 per 1 MINUTE, per IP
     rest_weight_header = "x-mbx-used-weight-1m"
+    # web-socket-streams.md, "WebSocket Limits": "A single connection can listen to a maximum of 1024 streams";
+    # "a limit of 5 incoming messages per second" (PING, PONG and JSON control messages alike: the pong to the
+    # server's ping every 20 s counts too); "a limit of 300 connections per attempt every 5 minutes per IP".
+    connection_limits = ConnectionLimits(max_streams=1024, max_client_messages_per_s=5, max_connects=300,
+                                         connect_window_s=300.0)
 
     @classmethod
     def config_problems(cls, feed: FeedConfig) -> list[str]:
@@ -77,8 +95,37 @@ class BinanceProtocol(FeedProtocol):
         return tuple(c[len(KLINE):] for c in self.feed.channels if c.startswith(KLINE))
 
     def url(self, base: str) -> str:
-        streams = "/".join(f"{s.lower()}@{ch}" for s in self.feed.symbols for ch in self.feed.channels)
-        return f"{base.rstrip('/')}/stream?streams={streams}"
+        streams = self._streams()
+        query = f"?streams={'/'.join(streams)}" if len(streams) <= URL_STREAMS else ""
+        return f"{base.rstrip('/')}/stream{query}"
+
+    def subscribe_messages(self) -> list[str]:
+        """None when the URL names the streams; else SUBSCRIBE messages of at most SUBSCRIBE_STREAMS streams each."""
+        streams = self._streams()
+        if len(streams) <= URL_STREAMS:
+            return []
+        return [orjson.dumps({"method": "SUBSCRIBE", "params": streams[i:i + SUBSCRIBE_STREAMS], "id": n}).decode()
+                for n, i in enumerate(range(0, len(streams), SUBSCRIBE_STREAMS), 1)]
+
+    def _streams(self) -> list[str]:
+        return [f"{s.lower()}@{ch}" for s in self.feed.symbols for ch in self.feed.channels]
+
+    def streams_per_symbol(self) -> int:
+        return len(self.feed.channels)
+
+    def listing_request(self) -> HttpRequest:
+        """GET /api/v3/exchangeInfo (weight 20), without its permissionSets ("for a reduced payload size")."""
+        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/api/v3/exchangeInfo?showPermissionSets=false")
+
+    def parse_listing(self, body: bytes) -> list[Listing]:
+        """exchangeInfo's "symbols": [{"symbol", "status" (TRADING, HALT, BREAK), "baseAsset", "quoteAsset", …}]."""
+        try:
+            symbols = orjson.loads(body)["symbols"]
+            if not isinstance(symbols, list):
+                raise TypeError(f"symbols is a {type(symbols).__name__}")
+            return [listing(s["symbol"], s["baseAsset"], s["quoteAsset"], s["status"] == "TRADING") for s in symbols]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad exchangeInfo: {exc!r}", body) from None
 
     def trade_labels(self) -> tuple[str, ...]:
         return (("binance",) if "trade" in self.feed.channels else ()) + (
@@ -118,7 +165,8 @@ class BinanceProtocol(FeedProtocol):
             return Control.RECONNECT
         if "id" in msg and "result" in msg:
             return Control.SUBSCRIBED  # reply to a SUBSCRIBE request
-        if "id" in msg and ("error" in msg or "code" in msg):
+        # An error answer: {"code", "msg", "id"}, {"error": {…}, "id"}, or (a few documented ones) without an id.
+        if ("id" in msg and ("error" in msg or "code" in msg)) or ("code" in msg and "msg" in msg):
             error = msg.get("error", msg)
             raise SubscriptionRejected(f"code {error.get('code')}: {error.get('msg')}" if isinstance(error, dict)
                                        else str(error))

@@ -21,6 +21,9 @@ below the cursor, newest first (cursor pagination: `after` pages to older trades
 newer; CB-AFTER / CB-BEFORE carry the oldest / newest id of the page, which for trades is the
 trade_id, so the page body is enough to continue). Public endpoints allow 10 requests/s per IP;
 the backfiller's request spacing stays below that.
+The listing (a universe, feeds/universe.py) is GET /products ("Get all known trading pairs"): [{"id": "BTC-USD",
+"base_currency": "BTC", "quote_currency": "USD", "status": "online", "trading_disabled": false, …}]; a product
+trades when its status is "online" and trading is not disabled.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import orjson
 
 from marketfeed.config.schema import ExchangeOptions
 from marketfeed.feeds.base import (
+    ConnectionLimits,
     Control,
     FeedProtocol,
     Gap,
@@ -43,6 +47,7 @@ from marketfeed.feeds.base import (
     decimal,
 )
 from marketfeed.feeds.rows import Trade, new_trade
+from marketfeed.feeds.universe import Listing, listing
 
 BACKFILL_PAGE = 1000  # the trades endpoint's maximum limit
 CHANNELS = ("matches", "heartbeat")
@@ -73,10 +78,31 @@ class CoinbaseProtocol(FeedProtocol):
     # Requests is returned" without Retry-After (docs.cdp.coinbase.com/exchange/rest-api/rate-limits): a
     # second refills ten requests. Errors are {"message": …} with a 4xx/5xx status (the default verdict).
     rest_limited_wait_s = 1.0
+    # docs.cdp.coinbase.com/exchange/websocket-feed/rate-limits: "Requests per second per IP: 8" (connects; bursts
+    # up to 20) and "Messages sent by the client every second per IP: 100" (per IP: every connection's share of
+    # it; a feed needs one connection, one message). Its subscription limit (10 per product and channel) counts
+    # duplicates of one subscription, not the products one connection carries.
+    connection_limits = ConnectionLimits(max_client_messages_per_s=100, max_connects=8, connect_window_s=1.0)
 
     def subscribe_messages(self) -> list[str]:
         message = {"type": "subscribe", "product_ids": list(self.feed.symbols), "channels": list(CHANNELS)}
         return [orjson.dumps(message).decode()]
+
+    def streams_per_symbol(self) -> int:
+        return len(CHANNELS)  # a subscription per product and channel
+
+    def listing_request(self) -> HttpRequest:
+        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/products")
+
+    def parse_listing(self, body: bytes) -> list[Listing]:
+        try:
+            products = orjson.loads(body)
+            if not isinstance(products, list):
+                raise TypeError(f"not a list of products but a {type(products).__name__}")
+            return [listing(p["id"], p["base_currency"], p["quote_currency"],
+                            p["status"] == "online" and p["trading_disabled"] is False) for p in products]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad products list: {exc!r}", body) from None
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
         try:

@@ -44,6 +44,15 @@ except the last entry, which Kraken documents as the current, not-yet-committed 
 without trades (count 0), which the ohlc channel never sends either. No paging: Kraken answers up
 to 720 of the most recent entries whatever `since` says: an outage longer than that loses its oldest
 candles, and the gap is closed unrecoverable.
+
+The listing (a universe, feeds/universe.py) is GET /0/public/AssetPairs: {"error": [], "result": {"XXBTZUSD":
+{"altname": "XBTUSD", "wsname": "XBT/USD", "base": "XXBT", "quote": "ZUSD", "status": "online", …}, …}}. Its
+"wsname" is the WebSocket name of v1, which spells Bitcoin XBT and Dogecoin XDG; v2 subscribes and answers with
+"BTC/USD" ("Symbol format: v1 XBT/USD, v2 BTC/USD", docs.kraken.com spot-websocket, "v2 vs v1"), so the
+listed symbol is the wsname with XBT → BTC and XDG → DOGE (the inverse of rest_pair's codes), every other code
+as it is. A pair without a wsname is not on the WebSocket, nor are dark pool books (altname "….d", no public
+trades): neither is listed. Trading is status "online" (the others: cancel_only, post_only, limit_only,
+reduce_only).
 """
 from __future__ import annotations
 
@@ -59,6 +68,7 @@ import orjson
 from marketfeed.config.schema import ExchangeOptions, FeedConfig
 from marketfeed.feeds.base import (
     BeyondRetention,
+    ConnectionLimits,
     Control,
     FeedProtocol,
     Gap,
@@ -72,12 +82,15 @@ from marketfeed.feeds.base import (
 )
 from marketfeed.feeds.rest_policy import OK, RestVerdict, VerdictKind, server_delay_s
 from marketfeed.feeds.rows import Candle, Trade, new_trade
+from marketfeed.feeds.universe import Listing, listing
 from marketfeed.storage.tables import CANDLES
 
 OHLC_INTERVALS = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "1h", 240: "4h", 1440: "1d", 10080: "1w", 21600: "15d"}
 OHLC_CHANNEL = "ohlc-"  # feed channel "ohlc-5": the ohlc channel at a 5-minute interval
 OHLC_STREAM = "@" + OHLC_CHANNEL  # candle gaps' stream: "BTC/USD@ohlc-5" (trade gaps' is the symbol)
 REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}  # v2 uses ISO codes, REST pair names Kraken's own
+V2_ASSET = {code: iso for iso, code in REST_ASSET.items()}  # …and so does AssetPairs' wsname (v1 naming)
+DARK_POOL = ".d"  # AssetPairs' altname suffix of a dark pool book
 # GET /0/public/OHLC "Returns up to 720 of the most recent entries (older data cannot be retrieved,
 # regardless of the value of since)" (docs.kraken.com/api/docs/rest-api/get-ohlc-data).
 OHLC_MAX_ENTRIES = 720
@@ -97,6 +110,10 @@ class KrakenProtocol(FeedProtocol):
     # Past the limit, "additional calls will be restricted for a few seconds (or possibly longer if calls
     # continue to be made while the rate limits are active)" (docs.kraken.com/api/docs/guides/spot-rest-ratelimits).
     rest_limited_wait_s = 3.0
+    # docs.kraken.com spot-ws-intro: "Cloudflare imposes a connection/re-connection rate limit (per IP address) of
+    # approximately 150 attempts per rolling 10 minutes"; no subscriptions-per-connection limit is documented, and
+    # the message rate limit is dynamic (no number published).
+    connection_limits = ConnectionLimits(max_connects=150, connect_window_s=600.0)
 
     def __init__(self, feed: FeedConfig):
         super().__init__(feed)
@@ -110,6 +127,35 @@ class KrakenProtocol(FeedProtocol):
 
     def candle_intervals(self) -> tuple[str, ...]:
         return tuple(OHLC_INTERVALS[m] for m in self.ohlc_intervals)
+
+    def streams_per_symbol(self) -> int:
+        return int(self.trade_channel) + len(self.ohlc_intervals)
+
+    def listing_request(self) -> HttpRequest:
+        return HttpRequest(f"{self.feed.rest_url.rstrip('/')}/0/public/AssetPairs")
+
+    def parse_listing(self, body: bytes) -> list[Listing]:
+        """AssetPairs' pairs that are on the WebSocket, in v2 naming (module docstring)."""
+        try:
+            answer = orjson.loads(body)
+            if answer.get("error"):
+                raise MalformedFrame(f"Kraken error: {answer['error']}", body)
+            pairs = answer["result"]
+            if not isinstance(pairs, dict):
+                raise TypeError(f"result is a {type(pairs).__name__}")
+            listed = []
+            for pair in pairs.values():
+                wsname = pair.get("wsname")
+                if wsname is None or str(pair.get("altname")).endswith(DARK_POOL):
+                    continue
+                base, slash, quote = _text(wsname).partition("/")
+                if not slash:
+                    raise ValueError(f"wsname {wsname!r} is no BASE/QUOTE")
+                base, quote = V2_ASSET.get(base, base), V2_ASSET.get(quote, quote)
+                listed.append(listing(f"{base}/{quote}", base, quote, pair["status"] == "online"))
+            return listed
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise MalformedFrame(f"bad AssetPairs answer: {exc!r}", body) from None
 
     def open_session(self) -> KrakenSession:
         return KrakenSession(self)

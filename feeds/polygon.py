@@ -26,6 +26,9 @@ How that maps onto a Trade (choices, because Polygon's model differs from a cryp
 - side: Polygon does not say who the aggressor was: "unknown".
 - amount: the size in shares or contracts; the optional minimum trade value compares
   price × size × multiplier (100 for O: tickers unless contract_multiplier says otherwise).
+The whole market: symbols = ["*"] subscribes T.*, every trade of the cluster ("use * to subscribe to all option
+contracts", Options > Trades; likewise stocks), each row carrying its own ticker; min_trade_value keeps the
+large ones. Its outages are not backfilled (outage_gaps).
 The API key (PolygonOptions.api_key) is resolved by the config loader: the feed's api_key, else
 api_key_file, else $POLYGON_API_KEY, else the file $POLYGON_API_KEY_FILE names. It is sent in the
 auth message and the REST query only: no log line, status, metric or exception text built here
@@ -41,6 +44,7 @@ import orjson
 
 from marketfeed.config.schema import ExchangeOptions, FeedConfig, bounded, secret
 from marketfeed.feeds.base import (
+    ConnectionLimits,
     Control,
     FeedProtocol,
     Gap,
@@ -114,6 +118,11 @@ class PolygonProtocol(FeedProtocol):
     # Retry-After: wait one request's share of the minute. Errors are {"status": "ERROR", "error"|"message"}
     # with a 4xx/5xx status (the default verdict: 401/403 for a bad key or plan are not asked again).
     rest_limited_wait_s = 12.0
+    # "Each account comes with access to one simultaneous WebSocket connection per cluster" (knowledge base, "How
+    # many Polygon WebSocket connections can I use at one time?"; more are bought per connection), and "there is
+    # no limitation on our side to the number of tickers you can subscribe to" on one connection.
+    connection_limits = ConnectionLimits(max_connections=1)
+    wildcard_symbol = "*"  # T.*: every trade of the cluster
 
     def __init__(self, feed: FeedConfig):
         super().__init__(feed)
@@ -121,10 +130,17 @@ class PolygonProtocol(FeedProtocol):
         self._key, self._key_problem = self.options.api_key, "" if self.options.api_key else NO_KEY
         self.min_value = self.options.min_trade_value
         self.page_limit = BACKFILL_PAGE
-        self._multipliers: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<PolygonProtocol feed={self.feed.name!r}>"  # never the key
+
+    @classmethod
+    def config_problems(cls, feed: FeedConfig) -> list[str]:
+        """The whole market is one cluster's: "*" cannot pick /stocks or /options from its symbols."""
+        if feed.symbols == (cls.wildcard_symbol,) and not urlsplit(feed.url).path.strip("/"):
+            return [(f"url: {cls.wildcard_symbol!r} subscribes every trade of one cluster: name it in the url "
+                    f"({feed.url.rstrip('/')}/stocks or /options)")]
+        return []
 
     def url(self, base: str) -> str:
         """The configured cluster URL; a bare host gets /options when every symbol is an option, else /stocks."""
@@ -179,10 +195,9 @@ class PolygonProtocol(FeedProtocol):
     def _worth_keeping(self, trade: Trade) -> bool:
         if not self.min_value:
             return True
-        multiplier = self._multipliers.get(trade.symbol)
-        if multiplier is None:
-            multiplier = self._multipliers[trade.symbol] = self.options.contract_multiplier or (
-                OPTIONS_MULTIPLIER if trade.symbol.startswith(OPTIONS_PREFIX) else 1.0)
+        # Worked out per trade, not kept per symbol: under T.* the symbols are every contract that trades.
+        multiplier = self.options.contract_multiplier or (
+            OPTIONS_MULTIPLIER if trade.symbol.startswith(OPTIONS_PREFIX) else 1.0)
         return trade.price * trade.amount * multiplier >= self.min_value
 
     # --- outage backfill over REST
@@ -192,7 +207,13 @@ class PolygonProtocol(FeedProtocol):
 
         Both ends are inclusive and widened to whole milliseconds (the stream's precision); what
         was already received comes back as duplicates and is dropped by the dedup window and QuestDB.
+
+        Nothing under "*" (T.*, any_symbol): v3 trades are asked per ticker, and no documented REST endpoint
+        answers every trade of a cluster by time, so the trades of an outage of the whole market are lost (and
+        `history` and `marketfeed backfill` fetch nothing either: both start from these windows).
         """
+        if self.any_symbol():
+            return []
         since = since_ns // _MS * _MS
         until = until_ns // _MS * _MS + _MS - 1 if until_ns else 0
         return [Gap(symbol, since_ns=since, until_ns=until) for symbol in symbols]

@@ -40,7 +40,7 @@ PRICE_OUT_OF_RANGE = "price_out_of_range"  # finite and positive, but outside MI
 SIZE_OUT_OF_RANGE = "size_out_of_range"  # finite and positive, but outside MIN_AMOUNT..MAX_AMOUNT (or MAX_VOLUME)
 FUTURE_TS = "future_timestamp"  # later than now + max_future_skew_s
 ANCIENT_TS = "timestamp_before_2009"
-UNKNOWN_SYMBOL = "unknown_symbol"  # not one of the feed's configured symbols
+UNKNOWN_SYMBOL = "unknown_symbol"  # not one of the feed's configured symbols (unless it subscribes to any)
 OVERSIZED_STRING = "oversized_string"
 BAD_TRADE_ID = "bad_trade_id"  # negative or beyond a 64-bit integer
 BAD_SIDE = "bad_side"
@@ -56,16 +56,18 @@ class Subscribed:
 
     trade_labels: frozenset[str] | None = None  # the `exchange` values of its trade sequences
     candle_intervals: frozenset[str] | None = None
+    any_symbol: bool = False  # the exchange's wildcard (Polygon T.*): rows of every symbol are the feed's
 
     @classmethod
     def of(cls, protocol: FeedProtocol) -> Subscribed:
-        return cls(frozenset(protocol.trade_labels()), frozenset(protocol.candle_intervals()))
+        return cls(frozenset(protocol.trade_labels()), frozenset(protocol.candle_intervals()), protocol.any_symbol())
 
 
 class RowValidator:
     """Checks rows against one feed's configured symbols, clock skew and string limit.
 
-    Symbols match as configured, upper- or lower-case (exchanges echo them in their own case).
+    Symbols match as configured, upper- or lower-case (exchanges echo them in their own case); a feed subscribed to
+    any symbol (Subscribed.any_symbol) takes every string within max_string_len.
     """
 
     def __init__(self, symbols: Iterable[str], max_future_skew_s: float, max_string_len: int,
@@ -92,10 +94,12 @@ class RowValidator:
 
     def _all_good_trades(self, rows: list, latest_ns: int) -> bool:
         """The hot path: a batch of good trades in one tight loop (a row that is no trade, or fails, says False)."""
-        symbols, labels = self.symbols, self.subscribed.trade_labels
+        symbols, labels, any_symbol = self.symbols, self.subscribed.trade_labels, self.subscribed.any_symbol
+        longest = self.max_string_len
         try:
             for ts, exchange, symbol, trade_id, price, amount, side, _ in rows:
-                if not (type(ts) is int and MIN_TS_NS <= ts <= latest_ns and symbol in symbols
+                if not (type(ts) is int and MIN_TS_NS <= ts <= latest_ns
+                        and (symbol in symbols or (any_symbol and type(symbol) is str and len(symbol) <= longest))
                         and (labels is None or exchange in labels)
                         and MIN_PRICE <= price <= MAX_PRICE and MIN_AMOUNT <= amount <= MAX_AMOUNT
                         and type(trade_id) is int and 0 <= trade_id <= INT64_MAX and side in SIDES):
@@ -119,7 +123,7 @@ class RowValidator:
                 return BAD_TYPE
             if len(symbol) > self.max_string_len or len(row.exchange) > self.max_string_len:
                 return OVERSIZED_STRING
-            if symbol not in self.symbols:
+            if symbol not in self.symbols and not self.subscribed.any_symbol:
                 return UNKNOWN_SYMBOL
             if type(row) is Trade:
                 labels = self.subscribed.trade_labels
