@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from marketfeed.config.loader import ConfigError, load
-from marketfeed.config.schema import Config
+from marketfeed.config.schema import LOG_FORMATS, LOG_LEVELS, Config
 
 # The installed service's config (README, systemd); elsewhere the current directory's.
 SYSTEM_CONFIG = "/etc/marketfeed/marketfeed.toml"
@@ -38,9 +38,9 @@ def _hide_secrets(config: Config) -> None:
 
 
 def cmd_run(args) -> int:
-    from marketfeed.cli.service import run
+    from marketfeed.cli.service import LogFlags, run
 
-    return run(_config(args))
+    return run(_config(args), log_flags=LogFlags(args.log_level, args.log_format))
 
 
 def cmd_check_config(args) -> int:
@@ -115,7 +115,12 @@ def parser() -> argparse.ArgumentParser:
                         help=f"TOML config file (default: {SYSTEM_CONFIG} if it exists, else ./{LOCAL_CONFIG})")
         return sp
 
-    with_config(sub.add_parser("run", help="run the service in the foreground")).set_defaults(func=cmd_run)
+    run = with_config(sub.add_parser("run", help="run the service in the foreground"))
+    run.add_argument("--log-format", choices=[f for f in LOG_FORMATS if f != "auto"], default=None,
+                     help="log lines as JSON or as text (default: service.log_format; auto: text on a terminal "
+                          "without service.log_file, else JSON)")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="default: service.log_level")
+    run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(func=cmd_check_config)
     health = with_config(sub.add_parser("health", help="ask the running service for a fresh health report "
                                                        "(exit 0 ok, 1 degraded, 2 critical, 3 unknown)"))

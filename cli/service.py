@@ -58,7 +58,7 @@ from marketfeed.telemetry.sdnotify import Notifier
 
 log = logging.getLogger("marketfeed.service")
 
-EXIT_OK, EXIT_GAVE_UP = 0, 1
+EXIT_OK, EXIT_GAVE_UP, EXIT_CONFIG = 0, 1, 2
 
 # Every row passes through a few container objects (decoded JSON, the row tuple, batch lists), and CPython's
 # default gen-0 threshold of 700 ran a collection every few hundred rows, each one walking the batches
@@ -67,9 +67,24 @@ EXIT_OK, EXIT_GAVE_UP = 0, 1
 GC_THRESHOLDS = (70_000, 10, 10)
 
 
+@dataclasses.dataclass(frozen=True)
+class LogFlags:
+    """--log-level and --log-format: they win over service.log_level and service.log_format, after a reload too."""
+    level: str | None = None
+    format: str | None = None
+
+    def over(self, config: Config) -> Config:
+        if self.level is None and self.format is None:
+            return config
+        service = dataclasses.replace(config.service, log_level=self.level or config.service.log_level,
+                                      log_format=self.format or config.service.log_format)
+        return dataclasses.replace(config, service=service)
+
+
 class Service:
-    def __init__(self, config: Config, notifier: Notifier | None = None):
+    def __init__(self, config: Config, notifier: Notifier | None = None, log_flags: LogFlags = LogFlags()):
         self.config = config
+        self.log_flags = log_flags
         self.notifier = notifier or Notifier(None)
         self.board = HealthBoard(config)  # latest report and alert memory, across health actor restarts
         self.feeds_ref: pykka.ActorRef[Supervisor] | None = None
@@ -252,7 +267,7 @@ class Service:
         """SIGHUP: reopen the log file, then apply a valid new config feed by feed; an invalid one changes nothing."""
         logs.reopen()
         try:
-            new = load(self.config.source)
+            new = self.log_flags.over(load(self.config.source))
         except ConfigError as exc:
             event(log, "config_reload_rejected", logging.ERROR, config=self.config.source, problems=exc.problems)
             return
@@ -301,8 +316,8 @@ class Service:
         self.notifier.stopping()
         try:
             self.root.stop(block=True, timeout=self.config.service.shutdown_timeout_s * 3)
-        except Exception:  # over time: exit anyway, abandoned threads are daemons
-            log.exception("shutdown timed out")
+        except Exception:  # noqa: BLE001 - over time: exit anyway, abandoned threads are daemons
+            event(log, "shutdown_timed_out", logging.ERROR, exc_info=True)
         self.root = None
         if self.http is not None:
             self.http.stop()
@@ -325,12 +340,18 @@ def dump_thread_stacks() -> None:
                   stack="".join(traceback.format_stack(frame)))
 
 
-def run(config: Config, duration_s: float | None = None) -> int:
-    """`marketfeed run`: serve until SIGTERM/SIGINT, the root supervisor gives up, or duration_s passes."""
+def run(config: Config, duration_s: float | None = None, log_flags: LogFlags = LogFlags()) -> int:
+    """`marketfeed run`: serve until SIGTERM/SIGINT, the root supervisor gives up, or duration_s passes.
+    Exit 2 (a config error) when the log file cannot be opened."""
+    config = log_flags.over(config)
     os.umask(int(config.service.umask, 8))  # before the first file is written: the log
-    logs.setup(config.service.log_level, config.service.log_file)
+    try:
+        logs.setup(config.service.log_level, config.service.log_file, config.service.log_format)
+    except logs.LogFileError as exc:
+        print(f"config error: service.log_file: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     _stacks_to_log()
-    service = Service(config, Notifier.from_env())
+    service = Service(config, Notifier.from_env(), log_flags)
     pid_file = Path(config.service.pid_file)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")

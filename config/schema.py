@@ -59,6 +59,10 @@ TABLE_PREFIX_CHOICES = PatternChoices(r"|[A-Za-z_][A-Za-z0-9_]{0,63}",
                                       ("''", "[A-Za-z_][A-Za-z0-9_]{0,63}"))
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "text")
+
+
 def history_s(history: str) -> float:
     """feeds.history in seconds (0: none)."""
     return int(history[:-1]) * HISTORY_UNIT_S[history[-1]] if history else 0.0
@@ -68,8 +72,10 @@ def history_s(history: str) -> float:
 class ServiceConfig:
     status_file: str = "var/status.json"  # health report, written atomically
     pid_file: str = "var/marketfeed.pid"  # how `marketfeed health` finds the process
-    log_file: str = ""  # empty: stdout
-    log_level: str = bounded("info", choices=("debug", "info", "warning", "error"))
+    log_file: str = ""  # empty: stdout; its directory must exist
+    log_level: str = bounded("info", choices=LOG_LEVELS)  # --log-level overrides it
+    # "auto": text on a terminal (stdout, no log_file), else JSON lines; --log-format overrides it
+    log_format: str = bounded("auto", choices=LOG_FORMATS)
     health_interval_s: float = bounded(300.0, min=1.0)
     http_listen: str = "127.0.0.1:8766"  # empty: no HTTP endpoints
     status_interval_s: float = bounded(2.0, min=0.1)  # status file, sd_notify STATUS and watchdog refresh

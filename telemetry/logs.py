@@ -1,4 +1,8 @@
-"""One JSON object per log line: ts, level, logger, event, then the event's own fields.
+"""One log line per record: ts, level, logger, event, then the event's own fields — as a JSON object, or as text
+for a person at a terminal (time, level, feed, event, key=value).
+
+A record not logged through event() (a library's — websockets, urllib3, pykka —, the simulator's, a warning's) is
+given the same schema: event `<logger>_<level>` in snake_case (`websockets_server_error`), its text in `message`.
 
 Nothing the process prints bypasses the scrubber: setup() routes the interpreter's own printers — uncaught
 exceptions of the main thread (sys.excepthook) and of any other thread (threading.excepthook: readers, the
@@ -8,10 +12,13 @@ this logger, whose every line is scrubbed.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import textwrap
 import threading
 import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import orjson
@@ -38,21 +45,63 @@ def scrub(text: str) -> str:
     return text
 
 
+# Loggers whose INFO and DEBUG records are another program's chatter: websockets' (per connection, per frame at
+# DEBUG), the simulator's ("sim", the demo's, which hands websockets its own "sim.<exchange>" loggers: every
+# connection and REST answer), urllib3's (per HTTP connection), asyncio's (the simulator's loop). Kept out of the
+# service log; their warnings and errors stay in it, normalised.
+CHATTY_LOGGERS = ("websocket", "websockets", "urllib3", "asyncio", "sim")
+
+
+def snake_case(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def line_of(record: logging.LogRecord) -> dict:
+    """The record as one line of the schema: ts, level, logger, event, then its fields (message, error, traceback)."""
+    fields = getattr(record, "fields", None)  # None: not logged through event()
+    line = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "event": record.getMessage() if fields is not None else snake_case(f"{record.name}_{record.levelname}"),
+    }
+    if fields is None:
+        line["message"] = record.getMessage()
+    elif fields:
+        line.update(fields)
+    if record.exc_info and record.exc_info[0] is not None:
+        line["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        line["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+    return line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if fields:
-            line.update(fields)
-        if record.exc_info and record.exc_info[0] is not None:
-            line["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-            line["traceback"] = "".join(traceback.format_exception(*record.exc_info))
-        return scrub(orjson.dumps(line, default=str).decode())
+        return scrub(orjson.dumps(line_of(record), default=str).decode())
+
+
+class TextFormatter(logging.Formatter):
+    """time (UTC), level, feed, event, then key=value: one line per record, a traceback indented below it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(as_text(line_of(record)))
+
+
+def as_text(line: dict) -> str:
+    ts = line["ts"].replace("T", " ").replace("+00:00", "Z")
+    rest = " ".join(f"{key}={_text_value(value)}" for key, value in line.items()
+                    if key not in ("ts", "level", "logger", "event", "feed", "traceback"))
+    text = f"{ts} {line['level'].upper():<8} {line.get('feed', '-')!s:<14} {line['event']}{' ' + rest if rest else ''}"
+    if "traceback" in line:
+        text += "\n" + textwrap.indent(line["traceback"].rstrip("\n"), "    ")
+    return text
+
+
+def _text_value(value) -> str:
+    """A plain word as it is; anything else (spaces, quotes, =, newlines, lists, maps) as JSON, on one line."""
+    if isinstance(value, str) and value and re.fullmatch(r"[^\s\"=]+", value):
+        return value
+    return orjson.dumps(value, default=str).decode()
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, exc_info=None, **fields) -> None:
@@ -61,19 +110,45 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, exc_info
         logger.log(level, name, extra={"fields": fields}, exc_info=exc_info)
 
 
-def setup(level: str = "info", path: str = "") -> None:
-    """Route every logger (pykka's too) to one JSON handler on stdout or a file."""
+def resolved_format(log_format: str, path: str, terminal: bool) -> str:
+    """"auto": text for a person (stdout a terminal, no log file), JSON for everything else (journald, files, pipes)."""
+    if log_format != "auto":
+        return log_format
+    return "text" if terminal and not path else "json"
+
+
+class LogFileError(Exception):
+    """The log file cannot be opened: the service says so at start (naming service.log_file), before anything runs."""
+
+
+def _open_file(path: str) -> logging.FileHandler:
+    # Its directory is the operator's to make (with the owner and mode they mean): never created here.
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise LogFileError(f"cannot open {path}: its directory {parent} does not exist")
+    try:
+        return logging.FileHandler(path)
+    except OSError as exc:
+        raise LogFileError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def setup(level: str = "info", path: str = "", log_format: str = "auto") -> None:
+    """Route every logger (pykka's too) to one handler, JSON or text, on stdout or the file `path`.
+    Raises LogFileError (and changes nothing) when the file cannot be opened."""
     global _handler
+    handler = _open_file(path) if path else logging.StreamHandler(sys.stdout)
+    formatter = {"json": JsonFormatter, "text": TextFormatter}[resolved_format(log_format, path, sys.stdout.isatty())]
+    handler.setFormatter(formatter())
+    handler.handleError = _line_failed  # type: ignore[method-assign]
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
-    _handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stdout)
-    _handler.setFormatter(JsonFormatter())
-    _handler.handleError = _line_failed  # type: ignore[method-assign]
+    _handler = handler
     root.addHandler(_handler)
     root.setLevel(level.upper())
-    logging.getLogger("websocket").setLevel(logging.WARNING)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     _route_crashes()
 
 
