@@ -14,6 +14,7 @@ from pathlib import Path
 
 from marketfeed.actors.backfill import Backfiller
 from marketfeed.actors.buffer import RowBatch, SinkDirectory
+from marketfeed.actors.feed_connection import FeedConnection, HostPacer, host_pacer
 from marketfeed.actors.feed_messages import (
     BackfillDone,
     BackfillRows,
@@ -21,33 +22,44 @@ from marketfeed.actors.feed_messages import (
     Disconnected,
     FrameBatch,
     Reconnect,
+    RefreshUniverse,
     ShutdownAnnounced,
     SubscriptionRefused,
     Tick,
+    UniverseFailed,
+    UniverseListed,
 )
 from marketfeed.actors.feed_reader import FeedReader, ReaderLimits, ReaderOutlet
 from marketfeed.actors.ledger import LedgerOutlet, LedgerRecords
 from marketfeed.actors.rest_client import RestLimits
+from marketfeed.actors.universe import ListingReader
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline, Outcome
 from marketfeed.feeds.registry import exchange
+from marketfeed.feeds.shards import ShardError, ShardPlan, symbols_per_connection
+from marketfeed.feeds.universe import UniverseError, UniverseSpec, select
 from marketfeed.storage.deadletter import DeadLetters
 from marketfeed.storage.ledger import CloseReason, OpenGap, Origin, Record, RequestBox, UnreadableRequest
 from marketfeed.storage.tables import CANDLES
 from marketfeed.supervision.backoff import Backoff
-from marketfeed.supervision.breaker import CircuitBreaker
-from marketfeed.supervision.reconnect import ReconnectPolicy, Retry
+from marketfeed.supervision.pacing import message_interval_s
+from marketfeed.supervision.reconnect import Retry
 from marketfeed.supervision.scheduler import Timer, scheduler
 from marketfeed.supervision.supervisor import ABNORMAL, ChildContext, Supervised
-from marketfeed.supervision.watch import ConnectionWatch, RateChange, Verdict, WatchLimits
+from marketfeed.supervision.watch import RateChange, Verdict
 from marketfeed.telemetry import metrics
 from marketfeed.telemetry.logs import event, scrub
-from marketfeed.telemetry.report import FeedState, FeedStatus
+from marketfeed.telemetry.report import BreakerState, FeedState, FeedStatus
 
 log = logging.getLogger("marketfeed.feed")
 
 TICK_S = 1.0  # watch and keepalive resolution
+LISTING_RETRY_MIN_S, LISTING_RETRY_MAX_S = 5.0, 300.0  # a failed listing read is retried with this backoff
+LISTING_MAX_BYTES = 64 << 20  # Binance's exchangeInfo of every symbol is several MB, well above one REST page
+# How bad a connection's state is: the feed reports its worst connection.
+_STATE_RANK = {FeedState.CONNECTED: 0, FeedState.STARTING: 1, FeedState.CONNECTING: 2, FeedState.RETRYING: 3,
+               FeedState.FAILED: 4, FeedState.PAUSED: 5}
 
 
 class Outbox:
@@ -97,30 +109,27 @@ class FeedActor(Supervised):
         self.fetching: dict[Gap, str] = {}  # gaps handed to the backfill thread → their ledger key
         self.protocol = exchange(feed.exchange).protocol(feed)
         self.pipeline = FeedPipeline(feed, self.protocol, memory)
-        self.reconnect = ReconnectPolicy(
-            (feed.url, *feed.alt_urls),
-            Backoff(feed.reconnect_min_s, feed.reconnect_max_s),
-            CircuitBreaker(feed.breaker_failures, feed.breaker_reset_s),
-        )
-        protocol = self.protocol
-        self.watch = ConnectionWatch(WatchLimits(
-            stale_after_s=feed.stale_after_s,
-            ping_interval_s=(feed.ping_interval_s or protocol.ping_interval_s) if protocol.ping_message else 0.0,
-            pong_timeout_s=feed.pong_timeout_s or protocol.pong_timeout_s,
-            max_connection_age_s=feed.max_connection_age_s or protocol.max_connection_age_s,
-            max_messages_per_s=feed.max_messages_per_s,
-        ))
+        limits = self.protocol.connection_limits
+        self.plan = ShardPlan(symbols_per_connection(limits.max_streams, self.protocol.streams_per_symbol(),
+                                                     feed.max_streams_per_connection), limits.max_connections)
+        self.pacer: HostPacer = host_pacer(feed.exchange, feed.url, limits.max_connects, limits.connect_window_s)
+        self.reader_limits = ReaderLimits.of(feed, message_interval_s(limits.max_client_messages_per_s))
+        spec = UniverseSpec.of(feed)  # None: the configured symbols are the universe, as are a wildcard's (Polygon)
+        self.universe = spec if spec is not None and self.protocol.listing_request() is not None else None
+        self.listing: ListingReader | None = None
+        self.listing_backoff = Backoff(LISTING_RETRY_MIN_S, LISTING_RETRY_MAX_S)
+        self.universe_error = ""
+        self.connections: dict[int, FeedConnection] = {}
+        self.generations = 0  # every reader of the feed is numbered: news of a replaced one is ignored
         self.outbox = Outbox(sinks)
-        self.reader: FeedReader | None = None
-        self.draining: FeedReader | None = None  # the old connection while its successor opens
         self.backfiller: Backfiller | None = None
         self.may_backfill = threading.Event()  # cleared while the feed is paused: backfill waits too
         self.may_backfill.set()
-        self.generation = 0
-        self.state: FeedState = FeedState.STARTING
+        self.paused = False
         self.messages = self.data_messages = self.malformed = self.reconnects = 0
-        self.last_error = self.pause_reason = ""
+        self.pause_reason = ""
         self.tick_timer: Timer | None = None
+        self.refresh_timer: Timer | None = None
         m, name = metrics, feed.name
         self.m_messages, self.m_malformed = m.MESSAGES.labels(name), m.MALFORMED.labels(name)
         self.m_dups, self.m_gaps = m.DUPLICATES.labels(name), m.GAPS.labels(name)
@@ -142,7 +151,13 @@ class FeedActor(Supervised):
             self._take_requests()
             self._retry_due_gaps()  # those the ledger kept open across a restart
         self.tick_timer = scheduler().every(TICK_S, self.actor_ref, Tick())
-        self._connect()
+        if self.universe is None:
+            self._carry(self.feed.symbols)
+        else:
+            self._read_listing()
+            if self.feed.universe_refresh_s:
+                self.refresh_timer = scheduler().every(self.feed.universe_refresh_s, self.actor_ref,
+                                                       RefreshUniverse())
 
     def stopping(self) -> None:
         self._release()
@@ -157,14 +172,17 @@ class FeedActor(Supervised):
         self._release()
 
     def owned_threads(self) -> list:
-        return [t for t in (self.reader, self.draining, self.backfiller) if t is not None]
+        readers = [r for c in self.connections.values() for r in c.readers()]
+        return [t for t in (*readers, self.backfiller, self.listing) if t is not None]
 
     def _release(self) -> None:
-        if self.tick_timer is not None:
-            self.tick_timer.cancel()
-        for reader in (self.reader, self.draining):
-            if reader is not None:
-                reader.close()
+        for timer in (self.tick_timer, self.refresh_timer):
+            if timer is not None:
+                timer.cancel()
+        for connection in self.connections.values():
+            connection.close()
+        if self.listing is not None:
+            self.listing.stop()
         if self.backfiller is not None:
             self.may_backfill.set()
             self.backfiller.stop()
@@ -182,51 +200,69 @@ class FeedActor(Supervised):
                 self._apply(self.pipeline.backfill(table, rows, time.time_ns(), time.monotonic()))
             case BackfillDone():
                 self._on_backfill_done(message)
-            case Connected(generation, url) if generation == self.generation:
-                self._on_connected(url)
-            case Disconnected(generation, reason) if generation == self.generation:
-                self._on_disconnected(reason)
-            case SubscriptionRefused(generation, reason) if generation == self.generation:
-                self._on_refused(reason)
-            case ShutdownAnnounced(generation) if generation == self.generation:
-                event(log, "feed_shutdown_announced", feed=self.feed.name)
-                self._roll()
-            case Reconnect(generation) if generation == self.generation:
-                self._connect()
+            case Connected(generation, url) if (c := self._current(generation)) is not None:
+                self._on_connected(c, url)
+            case Disconnected(generation, reason) if (c := self._current(generation)) is not None:
+                self._on_disconnected(c, reason)
+            case SubscriptionRefused(generation, reason) if (c := self._current(generation)) is not None:
+                self._on_refused(c, reason)
+            case ShutdownAnnounced(generation) if (c := self._current(generation)) is not None:
+                event(log, "feed_shutdown_announced", feed=self.feed.name, connection=c.index)
+                self._roll(c)
+            case Reconnect(generation) if (c := self._current(generation)) is not None:
+                self._connect(c)
             case Tick():
                 self._tick()
+            case UniverseListed(listings):
+                self._on_listing(listings)
+            case UniverseFailed(reason, retry_after_s):
+                self._on_listing_failed(reason, retry_after_s)
+            case RefreshUniverse():
+                self._read_listing()
             case Connected() | Disconnected() | SubscriptionRefused() | ShutdownAnnounced() | Reconnect():
                 pass  # about a connection already replaced
             case _:
                 return super().handle(message)
         return None
 
+    def _current(self, generation: int) -> FeedConnection | None:
+        """The connection whose newest reader has this number, if it is still the newest."""
+        for connection in self.connections.values():
+            if connection.generation == generation:
+                return connection
+        return None
+
     def _credit_back(self, generation: int) -> None:
-        for reader in (self.reader, self.draining):
-            if reader is not None and reader.generation == generation:
-                reader.outlet.handled()
+        for connection in self.connections.values():
+            for reader in connection.readers():
+                if reader.generation == generation:
+                    reader.outlet.handled()
+                    return
 
     def _on_frames(self, batch: FrameBatch) -> None:
-        current = batch.generation == self.generation
+        connection = self._current(batch.generation)
+        current = connection is not None and connection.reader is not None
         self.messages += batch.frames
         self.m_messages.inc(batch.frames)
+        if connection is not None:
+            connection.messages += batch.frames
         if batch.data_frames:
             self.data_messages += batch.data_frames
-            if current:
-                self.watch.data(time.monotonic())  # a draining connection must not hide a silent successor
-        if batch.pongs and current:
-            self.watch.pong()
+            if connection is not None:
+                connection.watch.data(time.monotonic())  # a draining connection must not hide a silent successor
+        if batch.pongs and connection is not None:
+            connection.watch.pong()
         if batch.malformed:
             self.malformed += len(batch.malformed)
             self.m_malformed.inc(len(batch.malformed))
             first = batch.malformed[0]
             event(log, "malformed_frame", logging.WARNING, feed=self.feed.name, count=len(batch.malformed),
                   reason=first.reason, sample=_text(first.sample))
+        index = connection.index if connection is not None else -1
         self._apply(self.pipeline.live(batch.rows, current and bool(batch.data_frames), time.time_ns(),
-                                       time.monotonic()))
+                                       time.monotonic(), index))
         if self.pipeline.live_candles:
             self._send_live_candles()
-
     def _apply(self, outcome: Outcome) -> None:
         """The effects of one pipeline step: counts, dead letters, gaps, rows."""
         for rejected in outcome.rejected:
@@ -346,91 +382,182 @@ class FeedActor(Supervised):
             if self.outbox.held() > self.feed.max_held_rows:
                 self._pause(f"{self.outbox.held()} rows held for an unavailable buffer")
 
+    # --- the universe: which symbols, over which connections
+    def _read_listing(self) -> None:
+        if self.listing is not None and self.listing.is_alive():
+            return  # a read is under way: its answer serves this refresh too
+        limits = RestLimits.of(self.feed)
+        self.listing = ListingReader(self.feed.name, self.protocol, self.actor_ref,
+                                     RestLimits(max_bytes=max(limits.max_bytes, LISTING_MAX_BYTES),
+                                                ca_file=limits.ca_file))
+        self.listing.start()
+
+    def _on_listing(self, listings) -> None:
+        assert self.universe is not None, "only a feed with a universe reads the listing"
+        try:
+            symbols = select(self.universe, listings)
+        except UniverseError as exc:
+            self._on_listing_failed(str(exc), 0.0)
+            return
+        self.listing_backoff.reset()
+        self.universe_error = ""
+        self._carry(symbols)
+
+    def _on_listing_failed(self, reason: str, retry_after_s: float) -> None:
+        """Retried with backoff; until a listing is read, the feed carries what it carried before (at start:
+        nothing), and health names the reason."""
+        self.universe_error = reason
+        delay = max(self.listing_backoff.next_delay(), retry_after_s)
+        event(log, "universe_read_failed", logging.ERROR if not self.connections else logging.WARNING,
+              feed=self.feed.name, reason=reason, retry_in_s=round(delay, 1), carried=len(self.plan.symbols()))
+        scheduler().after(delay, self.actor_ref, RefreshUniverse())
+
+    def _carry(self, symbols: tuple[str, ...]) -> None:
+        """Make the feed's connections carry exactly `symbols`: only connections whose share changes are touched
+        (a changed one rolls over to its new share, make before break)."""
+        first = not self.connections
+        try:
+            change = self.plan.update(symbols)
+        except ShardError as exc:
+            self._on_listing_failed(str(exc), 0.0) if self.universe is not None else self.exit(ABNORMAL, str(exc))
+            return
+        if not change:
+            return
+        self.pipeline.universe(tuple(sorted(self.plan.symbols())))
+        for index in change.closed:
+            connection = self.connections.pop(index)
+            connection.close()
+            self.pipeline.connection_closed(index)
+        for index, share in change.opened.items():
+            connection = self.connections[index] = FeedConnection(index, self.feed, share)
+            self.pipeline.connection_opened(index, share)
+            if not self.paused:
+                self._connect(connection)
+        if first:
+            self.pipeline.first_plan_done()
+        for index, share in change.changed.items():
+            connection = self.connections[index]
+            connection.resubscribe(share)
+            self.pipeline.connection_opened(index, share)
+            if connection.reader is not None and not self.paused:
+                self._roll(connection)
+        metrics.FEED_SYMBOLS.labels(self.feed.name).set(len(self.plan.symbols()))
+        self._connection_states()
+        event(log, "universe_changed" if not first else "universe_resolved", feed=self.feed.name,
+              symbols=len(self.plan.symbols()), connections=len(self.connections), added=len(change.added),
+              removed=len(change.removed), added_sample=list(change.added[:10]),
+              removed_sample=list(change.removed[:10]), connections_opened=len(change.opened),
+              connections_changed=len(change.changed), connections_closed=len(change.closed))
+
     # --- connection control
-    def _connect(self) -> None:
-        self.generation += 1
-        self.state = FeedState.CONNECTING
-        url = self.protocol.url(self.reconnect.url)
-        outlet = ReaderOutlet(self.actor_ref, self.generation, self.sinks.wait_caught_up)
-        self.reader = FeedReader(f"reader-{self.feed.name}-{self.generation}", url, self.protocol.open_session(),
-                                 outlet, ReaderLimits.of(self.feed))
-        self.reader.start()
-
-    def _roll(self) -> None:
-        """Make before break: the current connection keeps streaming until its successor is up."""
-        if self.draining is not None:
-            self.draining.close()
-        self.draining, self.reader = self.reader, None
-        self.watch.ended()
-        self._connect()
-
-    def _on_connected(self, url: str) -> None:
+    def _connect(self, connection: FeedConnection) -> None:
+        self.generations += 1
+        connection.generation = self.generations
         now = time.monotonic()
-        if self.draining is not None:
-            self.draining.close()
-            self.draining = None
-        self.reconnect.connected(now)
-        self.watch.connected(now, self.messages)
-        self.m_rate_exceeded.set(0)
-        self.state = FeedState.CONNECTED
-        self.m_connected.set(1)
-        event(log, "feed_connected", feed=self.feed.name, url=url)
-        for gap in self.pipeline.reconnected():
+        wait = self.pacer.attempt(now)
+        if wait:  # the host's connection-rate window is full (a reconnect storm): wait for a free attempt
+            connection.state = FeedState.RETRYING
+            event(log, "feed_connect_paced", feed=self.feed.name, connection=connection.index,
+                  wait_s=round(wait, 2))
+            scheduler().after(wait, self.actor_ref, Reconnect(connection.generation))
+            self._connection_states()
+            return
+        connection.state = FeedState.CONNECTING
+        self._connection_states()
+        url = connection.protocol.url(connection.reconnect.url)
+        outlet = ReaderOutlet(self.actor_ref, connection.generation, self.sinks.wait_caught_up)
+        connection.reader = FeedReader(f"reader-{self.feed.name}-{connection.index}-{connection.generation}", url,
+                                       connection.protocol.open_session(), outlet, self.reader_limits)
+        connection.reader.start()
+
+    def _roll(self, connection: FeedConnection) -> None:
+        """Make before break: the current connection keeps streaming until its successor is up."""
+        if connection.draining is not None:
+            connection.draining.close()
+        connection.draining, connection.reader = connection.reader, None
+        connection.watch.ended()
+        self._connect(connection)
+
+    def _on_connected(self, connection: FeedConnection, url: str) -> None:
+        now = time.monotonic()
+        if connection.draining is not None:
+            connection.draining.close()
+            connection.draining = None
+        connection.reconnect.connected(now)
+        connection.watch.connected(now, connection.messages)
+        connection.state = FeedState.CONNECTED
+        self._connection_states()
+        self.m_rate_exceeded.set(int(any(c.watch.rate.flagged for c in self.connections.values())))
+        event(log, "feed_connected", feed=self.feed.name, url=url, connection=connection.index,
+              symbols=len(connection.symbols))
+        for gap in self.pipeline.reconnected(connection.index):
             self._backfill(gap)
 
-    def _on_disconnected(self, reason: str) -> None:
-        self.m_connected.set(0)
-        if self.state is FeedState.CONNECTED:
-            self.pipeline.outage_began(time.time_ns())
-        self.watch.ended()
-        self.reader = None
-        if self.draining is not None:  # the successor failed: the old connection ends with it
-            self.draining.close()
-            self.draining = None
+    def _on_disconnected(self, connection: FeedConnection, reason: str) -> None:
+        if connection.state is FeedState.CONNECTED:
+            self.pipeline.outage_began(time.time_ns(), connection.index)
+        connection.watch.ended()
+        connection.reader = None
+        if connection.draining is not None:  # the successor failed: the old connection ends with it
+            connection.draining.close()
+            connection.draining = None
+        connection.reconnects += 1
         self.reconnects += 1
         self.m_reconnects.inc()
-        self.last_error = reason
-        retry = self.reconnect.ended(time.monotonic())
+        connection.last_error = reason
+        retry = connection.reconnect.ended(time.monotonic())
         limit = self.feed.max_connect_failures
-        if limit and self.reconnect.failures >= limit:
-            self.exit(ABNORMAL, f"{self.reconnect.failures} connects in a row failed, the last: {reason}")
+        if limit and connection.reconnect.failures >= limit:
+            self.exit(ABNORMAL, f"{connection.reconnect.failures} connects in a row failed, the last: {reason}")
             return
-        self._retry(retry, "feed_disconnected", reason)
+        self._retry(connection, retry, "feed_disconnected", reason)
 
-    def _on_refused(self, reason: str) -> None:
-        """The exchange refused the subscription: report the feed failed, try again only after the breaker's
-        cool-down."""
-        if self.reader is not None:
-            self.reader.close()
-        self.generation += 1  # the refused connection's Disconnected is now stale
-        self.m_connected.set(0)
-        self.reader = None
-        self.watch.ended()
-        self.last_error = f"subscription refused: {reason}"
-        self._retry(self.reconnect.rejected(time.monotonic()), "feed_subscription_refused", reason)
+    def _on_refused(self, connection: FeedConnection, reason: str) -> None:
+        """The exchange refused the subscription: report the connection failed, try again only after the
+        breaker's cool-down."""
+        connection.close()
+        self.generations += 1
+        connection.generation = self.generations  # the refused connection's Disconnected is now stale
+        connection.reader = connection.draining = None
+        connection.watch.ended()
+        connection.last_error = f"subscription refused: {reason}"
+        self._retry(connection, connection.reconnect.rejected(time.monotonic()), "feed_subscription_refused", reason)
 
-    def _retry(self, retry: Retry, what: str, reason: str) -> None:
-        self.state = retry.state
+    def _retry(self, connection: FeedConnection, retry: Retry, what: str, reason: str) -> None:
+        connection.state = retry.state
+        self._connection_states()
         level = logging.ERROR if retry.state is FeedState.FAILED else logging.WARNING
-        event(log, what, level, feed=self.feed.name, reason=reason, state=retry.state,
-              failures=self.reconnect.failures, reconnect_in_s=round(retry.delay_s, 3))
-        scheduler().after(retry.delay_s, self.actor_ref, Reconnect(self.generation))
+        event(log, what, level, feed=self.feed.name, connection=connection.index, reason=reason, state=retry.state,
+              failures=connection.reconnect.failures, reconnect_in_s=round(retry.delay_s, 3))
+        scheduler().after(retry.delay_s, self.actor_ref, Reconnect(connection.generation))
+
+    def _connection_states(self) -> None:
+        counts = dict.fromkeys(metrics.CONNECTION_STATES, 0)
+        for c in self.connections.values():
+            counts[c.state] += 1
+        for state, count in counts.items():
+            metrics.FEED_CONNECTIONS.labels(self.feed.name, state).set(count)
+        self.m_connected.set(int(bool(self.connections) and not self.paused and all(
+            c.state is FeedState.CONNECTED for c in self.connections.values())))
 
     def _pause(self, reason: str) -> None:
         """Backpressure: stop reading rather than hold more; the outage is backfilled after resuming."""
-        if self.state is FeedState.PAUSED:
+        if self.paused:
             return
         event(log, "feed_paused", logging.WARNING, feed=self.feed.name, reason=reason)
-        self.state, self.pause_reason = FeedState.PAUSED, reason
+        self.paused, self.pause_reason = True, reason
         self.may_backfill.clear()
         self.m_connected.set(0)
-        self.pipeline.outage_began(time.time_ns())
-        for reader in (self.reader, self.draining):
-            if reader is not None:
-                reader.close()
-        self.generation += 1  # whatever the closed readers still say is about the past
-        self.reader = self.draining = None
-        self.watch.ended()
+        now_ns = time.time_ns()
+        for connection in self.connections.values():
+            self.pipeline.outage_began(now_ns, connection.index)
+            connection.close()
+            self.generations += 1
+            connection.generation = self.generations  # whatever the closed readers still say is about the past
+            connection.reader = connection.draining = None
+            connection.state = FeedState.PAUSED
+            connection.watch.ended()
+        self._connection_states()
 
     def _backpressure(self) -> str:
         paused = sorted(t for t in self.outbox.tables if self.sinks.paused(t))
@@ -446,72 +573,90 @@ class FeedActor(Supervised):
             self.exit(ABNORMAL, "the backfill thread died")  # restarted with a new one; its gaps stay open, due
             return
         self.outbox.deliver()
-        if self.backfiller is not None and self.state is not FeedState.PAUSED:
+        if self.backfiller is not None and not self.paused:
             self._take_requests()
             self._retry_due_gaps()
         now = time.monotonic()
-        self._check_rate(now)
         if self.pipeline.live_candles:
             self._send_live_candles()
         pressure = self._backpressure()
-        if self.state is FeedState.PAUSED:
+        if self.paused:
             if not pressure:
                 event(log, "feed_resumed", feed=self.feed.name, paused_for=self.pause_reason)
-                self.pause_reason = ""
+                self.paused, self.pause_reason = False, ""
                 self.may_backfill.set()
-                self._connect()
+                for connection in self.connections.values():
+                    self._connect(connection)
             return
         if pressure:
             self._pause(pressure)
             return
-        if self.state is not FeedState.CONNECTED or self.reader is None:
-            return
-        if self.sinks.behind():
-            self.watch.writer_behind(now)
-            return
-        verdict = self.watch.decide(now)
+        behind = self.sinks.behind()
+        for connection in list(self.connections.values()):
+            self._check_rate(connection, now)
+            if connection.state is FeedState.CONNECTED and connection.reader is not None:
+                if behind:
+                    connection.watch.writer_behind(now)
+                else:
+                    self._watch(connection, now)
+
+    def _watch(self, connection: FeedConnection, now: float) -> None:
+        assert connection.reader is not None, "only a connection with a reader is watched"
+        verdict = connection.watch.decide(now)
         if verdict is Verdict.STALE:
-            silent_s = self.watch.silent_s(now)
-            event(log, "feed_stale", logging.WARNING, feed=self.feed.name,
+            silent_s = connection.watch.silent_s(now)
+            event(log, "feed_stale", logging.WARNING, feed=self.feed.name, connection=connection.index,
                   silent_s=None if silent_s is None else round(silent_s, 1))
-            self.reader.close()
+            connection.reader.close()
         elif verdict is Verdict.PONG_TIMEOUT:
-            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name,
-                  timeout_s=self.watch.limits.pong_timeout_s)
-            self.reader.close()
+            event(log, "feed_pong_timeout", logging.WARNING, feed=self.feed.name, connection=connection.index,
+                  timeout_s=connection.watch.limits.pong_timeout_s)
+            connection.reader.close()
         elif verdict is Verdict.ROLL:
-            age_s = self.watch.age_s(now)
-            event(log, "feed_connection_rolled", feed=self.feed.name, age_s=None if age_s is None else round(age_s, 1))
-            self._roll()
-        elif verdict is Verdict.PING and self.protocol.ping_message is not None:  # without one: ping_interval_s 0
+            age_s = connection.watch.age_s(now)
+            event(log, "feed_connection_rolled", feed=self.feed.name, connection=connection.index,
+                  age_s=None if age_s is None else round(age_s, 1))
+            self._roll(connection)
+        elif verdict is Verdict.PING and connection.protocol.ping_message is not None:  # without: interval 0
             try:
-                self.reader.send(self.protocol.ping_message)
+                connection.reader.send(connection.protocol.ping_message)
             except Exception:  # noqa: BLE001 - a dead socket shows up as Disconnected from the reader
                 pass
 
-    def _check_rate(self, now: float) -> None:
-        """Flag the feed while its connection talks faster than max_messages_per_s: a runaway or hostile peer."""
-        change = self.watch.rate_change(now, self.messages)
+    def _check_rate(self, connection: FeedConnection, now: float) -> None:
+        """Flag the feed while a connection talks faster than max_messages_per_s: a runaway or hostile peer."""
+        change = connection.watch.rate_change(now, connection.messages)
         if change is None:
             return
         exceeded = change is RateChange.EXCEEDED
-        self.m_rate_exceeded.set(int(exceeded))
+        self.m_rate_exceeded.set(int(any(c.watch.rate.flagged for c in self.connections.values())))
         event(log, "feed_rate_exceeded" if exceeded else "feed_rate_normal",
-              logging.WARNING if exceeded else logging.INFO, feed=self.feed.name,
-              messages_per_s=round(self.watch.rate.rate, 1), max_messages_per_s=self.feed.max_messages_per_s)
+              logging.WARNING if exceeded else logging.INFO, feed=self.feed.name, connection=connection.index,
+              messages_per_s=round(connection.watch.rate.rate, 1), max_messages_per_s=self.feed.max_messages_per_s)
+
+    def _state(self) -> FeedState:
+        if self.paused:
+            return FeedState.PAUSED
+        if not self.connections:
+            return FeedState.FAILED if self.universe_error else FeedState.STARTING
+        return max((c.state for c in self.connections.values()), key=_STATE_RANK.__getitem__)
 
     def status(self) -> FeedStatus:
         now = time.monotonic()
-        silent_s = self.watch.silent_s(now)
+        connections = sorted(self.connections.values(), key=lambda c: c.index)
+        breakers = [c.reconnect.breaker.state(now) for c in connections]
+        statuses = [c.status(now, b) for c, b in zip(connections, breakers, strict=True)]
+        ages = [s["last_message_age_s"] for s in statuses]
+        errors = [c.last_error for c in connections if c.last_error]
         return {
             "exchange": self.feed.exchange,
-            "state": self.state,
-            "url": self.reconnect.url,
-            "breaker": self.reconnect.breaker.state(now),
-            "connect_failures": self.reconnect.failures,
+            "state": self._state(),
+            "url": connections[0].reconnect.url if connections else self.feed.url,
+            "breaker": _worst_breaker(breakers),
+            "connect_failures": max((c.reconnect.failures for c in connections), default=0),
             "messages": self.messages,
             "data_messages": self.data_messages,
-            "last_message_age_s": None if silent_s is None else round(silent_s, 3),
+            "last_message_age_s": None if not ages or None in ages else max(a for a in ages if a is not None),
             "reconnects": self.reconnects,
             "malformed": self.malformed,
             "duplicates": self.pipeline.dedup.dropped,
@@ -520,11 +665,21 @@ class FeedActor(Supervised):
             "held_rows": self.outbox.held(),
             "live_candles": len(self.pipeline.live_candles),
             "paused": self.pause_reason,
-            "last_error": scrub(self.last_error),
+            "last_error": scrub(self.universe_error or (errors[-1] if errors else "")),
             "rejected": dict(self.pipeline.rejected),
-            "rate_exceeded": self.watch.rate.flagged,
-            "messages_per_s": round(self.watch.rate.rate, 1),
+            "rate_exceeded": any(c.watch.rate.flagged for c in connections),
+            "messages_per_s": round(sum(c.watch.rate.rate for c in connections), 1),
+            "symbols": len(self.plan.symbols()),
+            "universe_error": scrub(self.universe_error),
+            "connections": statuses,
         }
+
+
+def _worst_breaker(states: list[BreakerState]) -> BreakerState:
+    for state in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+        if state in states:
+            return state
+    return BreakerState.CLOSED
 
 
 def _text(sample: bytes | str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from marketfeed.feeds.base import Gap, MalformedFrame, ParsedRows
+from marketfeed.feeds.universe import Listing
 from marketfeed.storage.tables import Table
 
 
@@ -75,3 +76,23 @@ class Reconnect:
 @dataclass(frozen=True)
 class Tick:
     pass
+
+
+@dataclass(frozen=True)
+class UniverseListed:
+    """The exchange's listing, as its listing endpoint answered (actors/universe.py)."""
+
+    listings: tuple[Listing, ...]
+
+
+@dataclass(frozen=True)
+class UniverseFailed:
+    """The listing could not be read: why, and the exchange's own delay (0: ours)."""
+
+    reason: str
+    retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RefreshUniverse:
+    """Read the listing again (the refresh timer, SIGHUP, a failed read's retry)."""

@@ -126,12 +126,14 @@ class ReaderLimits:
     handshake_s: float = HANDSHAKE_S
     follow_redirects: bool = False  # off: a redirect fails the connect
     hosts: frozenset[str] = frozenset()  # host names of the feed's url and alt_urls: the only ones redirected to
+    message_interval_s: float = 0.0  # between the subscribe messages: the exchange limits what a client sends
 
     @classmethod
-    def of(cls, feed: FeedConfig) -> ReaderLimits:
+    def of(cls, feed: FeedConfig, message_interval_s: float = 0.0) -> ReaderLimits:
         hosts = frozenset(host for url in (feed.url, *feed.alt_urls) if (host := urlsplit(url).hostname))
         return cls(feed.batch_rows, feed.batch_linger_s, feed.max_frame_bytes, feed.max_json_bytes, feed.ca_file,
-                   handshake_s=feed.handshake_timeout_s, follow_redirects=feed.follow_redirects, hosts=hosts)
+                   handshake_s=feed.handshake_timeout_s, follow_redirects=feed.follow_redirects, hosts=hosts,
+                   message_interval_s=message_interval_s)
 
 
 def redirect_target(url: str, status: int, location: str | None, limits: ReaderLimits) -> str:
@@ -210,6 +212,7 @@ class FeedReader(threading.Thread):
         self.ws: websocket.WebSocket | None = None
         self.handshake: SocketDeadline | None = None  # while the connection is being made
         self.closing = False
+        self._closed = threading.Event()  # close() was called: wakes a paced subscribe
 
     @property
     def generation(self) -> int:
@@ -218,6 +221,7 @@ class FeedReader(threading.Thread):
     def close(self) -> None:
         """Unblock the thread from outside: shutdown() wakes a blocked recv, close() alone does not."""
         self.closing = True
+        self._closed.set()
         if self.handshake is not None:
             self.handshake.expire()
         ws = self.ws
@@ -237,7 +241,9 @@ class FeedReader(threading.Thread):
         try:
             ws, url = self._open()
             ws.settimeout(None)  # block in recv; the actor's watch closes a stale socket
-            for message in self.session.subscribe_messages():
+            for i, message in enumerate(self.session.subscribe_messages()):
+                if i and self.limits.message_interval_s and self._closed.wait(self.limits.message_interval_s):
+                    raise ConnectionAbortedError("closed while subscribing")
                 ws.send(message)
             self.outlet.connected(url)
             error = self._receive(ws)

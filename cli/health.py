@@ -62,6 +62,13 @@ def shown(value: object, missing: str = "-") -> str:
     return missing if value is None else str(value)
 
 
+def connections(feed: Mapping[str, Any]) -> str:
+    """A feed's connections as "connected/all" (a whole market runs several; per-symbol detail: --json only)."""
+    conns = feed.get("connections") or []
+    up = sum(1 for c in conns if c.get("state") == FeedState.CONNECTED)
+    return f"{up}/{len(conns)}"
+
+
 def render(report: HealthReport) -> str:
     """The readable report: the plugin line, then alerts, feeds, tables and the process."""
     status = report["status"]
@@ -74,7 +81,15 @@ def render(report: HealthReport) -> str:
     for name, f in statuses(report, "feeds").items():
         lines.append(f"  {name:24} {f.get('state', '?'):12} messages={f.get('messages', 0)} "
                      f"last_message_age_s={shown(f.get('last_message_age_s'), 'never')} "
-                     f"reconnects={f.get('reconnects', 0)} gaps={f.get('gaps', 0)} duplicates={f.get('duplicates', 0)}")
+                     f"reconnects={f.get('reconnects', 0)} gaps={f.get('gaps', 0)} duplicates={f.get('duplicates', 0)} "
+                     f"symbols={f.get('symbols', 0)} connections={connections(f)}"
+                     + (f" universe_error={f['universe_error']!r}" if f.get("universe_error") else ""))
+        conns = f.get("connections") or []
+        for c in conns if len(conns) > 1 else []:
+            lines.append(f"    connection {c.get('index')}: {c.get('state', '?')} symbols={c.get('symbols', 0)} "
+                         f"reconnects={c.get('reconnects', 0)} "
+                         f"last_message_age_s={shown(c.get('last_message_age_s'), 'never')}"
+                         + (f" last_error={c['last_error']!r}" if c.get("last_error") else ""))
     lines.append("tables:")
     for name, b in statuses(report, "buffers").items():
         lines.append(f"  {name:24} buffered={b.get('buffered_rows', 0)} written={b.get('rows_written', 0)} "

@@ -22,6 +22,7 @@ import pykka
 
 from marketfeed.actors.buffer import BufferActor, SinkDirectory
 from marketfeed.actors.feed import FeedActor
+from marketfeed.actors.feed_messages import RefreshUniverse
 from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
 from marketfeed.actors.ledger import LedgerActor, LedgerOutlet
 from marketfeed.cli.reload import applied, plan
@@ -30,6 +31,7 @@ from marketfeed.config.schema import Config, FeedConfig, history_s
 from marketfeed.config.secrets import secret_values
 from marketfeed.feeds import registry
 from marketfeed.feeds.pipeline import FeedMemory
+from marketfeed.feeds.universe import Listing, UniverseSpec
 from marketfeed.storage.ledger import Journal, RequestBox
 from marketfeed.storage.recovery import (
     StoredLast,
@@ -45,6 +47,7 @@ from marketfeed.supervision.supervisor import (
     AddChild,
     ChildContext,
     ChildSpec,
+    GetChildren,
     RemoveChild,
     StartFailed,
     Supervisor,
@@ -79,6 +82,16 @@ class LogFlags:
         service = dataclasses.replace(config.service, log_level=self.level or config.service.log_level,
                                       log_format=self.format or config.service.log_format)
         return dataclasses.replace(config, service=service)
+
+
+def carries(feed: FeedConfig, symbol: str) -> bool:
+    """Whether the feed may carry `symbol`: one of its symbols, or (a whole market, whose listing is read later)
+    a name its patterns admit. Restoring a symbol's stored history that the listing then leaves out is harmless."""
+    spec = UniverseSpec.of(feed)
+    if spec is None:
+        return symbol in feed.symbols
+    by_name = dataclasses.replace(spec, quote_assets=(), trading_only=False)  # what a name alone can tell
+    return by_name.matches(Listing(symbol, "", "", True))
 
 
 class Service:
@@ -194,19 +207,19 @@ class Service:
             memory = self.memories[f.name]
             labels = {protocol.exchange, *protocol.trade_labels()}
             memory.last_event_ns = max([memory.last_event_ns, *(
-                newest[(label, symbol)] for label in labels for symbol in f.symbols if (label, symbol) in newest)])
+                newest[(label, symbol)] for (label, symbol) in newest if label in labels and carries(f, symbol))])
             if protocol.contiguous_ids:
                 known = {key: last for key, last in stored.items()
                          if (last_id := memory.last_ids.get(stream_of(protocol, *key))) is None
                          or last.trade_id > last_id}
-                restore_streams(memory, protocol, f.symbols, known)
+                restore_streams(memory, protocol, sorted({s for _, s in known if carries(f, s)}), known)
 
     def _plan_history(self, now_ns: int) -> None:
         """feeds.history: a symbol of which nothing is stored (neither the ledger nor QuestDB knows a row) starts
         with that much history, fetched like any gap. QuestDB down and the ledger new: fetched again, DEDUP absorbs."""
         for f in self.config.feeds:
-            if not (seconds := history_s(f.history)) or not f.backfill:
-                continue
+            if not (seconds := history_s(f.history)) or not f.backfill or UniverseSpec.of(f) is not None:
+                continue  # a whole market's listings start with nothing stored, no history
             protocol = registry.exchange(f.exchange).protocol(f)
             labels = {protocol.exchange, *protocol.trade_labels()}
             new = tuple(s for s in f.symbols if not any((label, s) in self.known_series for label in labels))
@@ -247,7 +260,7 @@ class Service:
         for f, protocol in protocols:
             self.memories[f.name].stored_holes = [
                 hole_gap(protocol, hole) for hole in holes
-                if hole.exchange in protocol.trade_labels() and hole.symbol in f.symbols]
+                if hole.exchange in protocol.trade_labels() and carries(f, hole.symbol)]
         if holes:
             event(log, "stored_holes_found", logging.WARNING, holes=len(holes),
                   sample=[f"{h.exchange} {h.symbol} {h.first_id}..{h.last_id}" for h in holes[:5]])
@@ -290,11 +303,25 @@ class Service:
                     failed[f.name] = error
         except Exception as exc:  # noqa: BLE001 - feed supervisor restarting: it starts from the new config
             failed["feeds"] = repr(exc)
+        self._refresh_universes({f.name for f in (*change.added, *change.changed)})
         if self.health_ref is not None:
             self.health_ref.tell(UseConfig(self.config))
         event(log, "config_reloaded", logging.WARNING if failed else logging.INFO, config=self.config.source,
               added=[f.name for f in change.added], removed=list(change.removed),
               changed=[f.name for f in change.changed], restart_needed=list(change.restart_needed), failed=failed)
+
+    def _refresh_universes(self, restarted: set[str]) -> None:
+        """SIGHUP also reads every running whole-market feed's listing again (a restarted feed reads it anyway)."""
+        assert self.feeds_ref is not None, "called while the tree runs"
+        names = {f"feed-{f.name}" for f in self.config.feeds
+                 if UniverseSpec.of(f) is not None and f.name not in restarted}
+        try:
+            children = self.feeds_ref.ask(GetChildren(), block=True, timeout=5)
+        except Exception:  # noqa: BLE001 - the feed supervisor is restarting: its feeds read their listings anyway
+            return
+        for child_id, ref, _ in children:
+            if child_id in names:
+                ref.tell(RefreshUniverse())
 
     def _give_up(self, reason: str) -> None:
         event(log, "service_give_up", logging.CRITICAL, reason=reason)

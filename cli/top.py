@@ -14,7 +14,7 @@ from typing import BinaryIO, Literal
 
 import orjson
 
-from marketfeed.cli.health import read_report, statuses
+from marketfeed.cli.health import connections, read_report, statuses
 from marketfeed.config.schema import Config
 from marketfeed.telemetry.report import BreakerState, FeedState, HealthReport
 
@@ -66,13 +66,13 @@ class Dashboard:
         out = [
             (title, status if status in STYLES else "title"),
             ("", "normal"),
-            (f"{'FEED':26}{'STATE':12}{'MSGS/S':>10}{'LAG S':>8}{'HELD':>8}{'RECONN':>8}{'GAPS':>6}{'DUPS':>7}",
-             "header"),
+            ((f"{'FEED':26}{'STATE':12}{'MSGS/S':>10}{'LAG S':>8}{'HELD':>8}{'RECONN':>8}{'GAPS':>6}{'DUPS':>7}"
+              f"{'SYMS':>7}{'CONNS':>8}"), "header"),
         ]
         for name, f in statuses(r, "feeds").items():
             text = (f"{name[:25]:26}{f.get('state', '?')[:11]:12}{_num(self._rate('feeds', name, 'messages')):>10}"
                     f"{_age(f.get('last_message_age_s')):>8}{f.get('held_rows', 0):>8}{f.get('reconnects', 0):>8}"
-                    f"{f.get('gaps', 0):>6}{f.get('duplicates', 0):>7}")
+                    f"{f.get('gaps', 0):>6}{f.get('duplicates', 0):>7}{f.get('symbols', 0):>7}{connections(f):>8}")
             out.append((text, "normal" if f.get("state") == FeedState.CONNECTED else "degraded"))
         out += [("", "normal"),
                 ((f"{'TABLE':26}{'BREAKER':12}{'ROWS/S':>10}{'BUFFERED':>10}{'LAST FLUSH':>12}"

@@ -41,6 +41,15 @@ class FeedMemory:
         self.gaps = Ledger()  # this feed's open gaps (the recovery ledger's, at start): retried until closed
 
 
+@dataclass
+class OutageWindow:
+    """One connection's symbols, and the start of its outage while one awaits backfill (0: none)."""
+
+    symbols: tuple[str, ...]
+    since_ns: int = 0
+    downtime: bool = False  # the window is the process's (or the actor's) downtime
+
+
 class LiveCandles:
     """In-progress candles, latest state wins per (exchange, symbol, interval); bounded by the
     subscriptions. A closed candle retires the in-progress state of its own and older periods."""
@@ -117,33 +126,58 @@ class FeedPipeline:
         self.sequence = SequenceTracker(memory.last_ids, protocol.stream_key, memory.stream_symbols, memory.last_ts,
                                         feed.max_id_jump)
         self.live_candles = LiveCandles()
-        # Set while an outage awaits its window backfill (protocol.outage_gaps). A new incarnation begins with
-        # one: since the last trade its predecessor (or, at process start, QuestDB) saw.
-        self.outage_since_ns = memory.last_event_ns
-        self.window_is_downtime = bool(memory.last_event_ns)
+        # Each connection's share of the symbols, and its outage window while one awaits its backfill
+        # (protocol.outage_gaps). The connections of a new incarnation begin with one: since the last trade its
+        # predecessor (or, at process start, QuestDB) saw; a connection opened later for new listings does not.
+        self.windows: dict[int, OutageWindow] = {}
+        self.downtime_since_ns = memory.last_event_ns  # handed to the connections of the first plan, then 0
+        self.connection_opened(0, feed.symbols)  # a feed has at least one connection; the actor names its share
         self.rejected: dict[str, int] = {}  # every row refused so far, by reason
         self.gaps = self.backfilled = 0
 
-    def outage_began(self, now_ns: int) -> None:
-        """The connection is gone (or paused): the window starts at the newest event seen."""
-        if not self.outage_since_ns:
-            self.outage_since_ns = self.memory.last_event_ns or now_ns
-            self.window_is_downtime = False
+    def universe(self, symbols: tuple[str, ...]) -> None:
+        """The feed now carries these symbols (a listing refresh): rows of others are refused as unknown."""
+        feed, subscribed = self.feed, Subscribed.of(self.protocol)
+        self.validator = RowValidator(symbols, feed.max_future_skew_s, feed.max_string_len, subscribed)
 
-    def live(self, rows: ParsedRows, current: bool, now_ns: int, now: float) -> Outcome:
-        """A burst of live rows; `current`: it comes from the connection in use (not one being replaced)
-        and carried data, so it may close an outage window."""
+    def connection_opened(self, index: int, symbols: tuple[str, ...]) -> None:
+        """Connection `index` carries `symbols` (again, after a change of its share: its window stays)."""
+        window = self.windows.get(index)
+        if window is not None:
+            window.symbols = symbols
+            return
+        since = self.downtime_since_ns
+        self.windows[index] = OutageWindow(symbols, since, bool(since))
+
+    def first_plan_done(self) -> None:
+        """Connections opened from now on carry new listings: nothing happened to them before."""
+        self.downtime_since_ns = 0
+
+    def connection_closed(self, index: int) -> None:
+        self.windows.pop(index, None)
+
+    def outage_began(self, now_ns: int, index: int = 0) -> None:
+        """The connection is gone (or paused): the window starts at the newest event seen."""
+        window = self.windows.get(index)
+        if window is not None and not window.since_ns:
+            window.since_ns = self.memory.last_event_ns or now_ns
+            window.downtime = False
+
+    def live(self, rows: ParsedRows, current: bool, now_ns: int, now: float, index: int = 0) -> Outcome:
+        """A burst of live rows of connection `index`; `current`: it comes from the connection in use (not one
+        being replaced) and carried data, so it may close that connection's outage window."""
         out = Outcome()
         trades = self._valid(out, TRADES, rows.trades, now_ns, now)
         closed = self._valid(out, CANDLES, rows.candles, now_ns, now)
         live_candles = self._valid(out, CANDLES, rows.live_candles, now_ns, now)
-        if self.outage_since_ns and current:
+        window = self.windows.get(index)
+        if window is not None and window.since_ns and current:
             # The first burst after an outage bounds its window: what happened before comes over REST. Its
             # newest trade, not its oldest: a resubscribe snapshot (Kraken) may reach back into the outage.
             until_ns = max((t.ts_ns for t in trades), default=now_ns)
-            out.outage_gaps = self._outage_gaps(until_ns)
-            out.after_restart = self.window_is_downtime
-            self.outage_since_ns = 0
+            out.outage_gaps = self._outage_gaps(window, until_ns)
+            out.after_restart = window.downtime
+            window.since_ns = 0
         memory = self.memory
         if trades:
             memory.last_event_ns = max(memory.last_event_ns, trades[-1].ts_ns)
@@ -166,19 +200,21 @@ class FeedPipeline:
         self.gaps += len(out.gaps) + len(out.outage_gaps)
         return out
 
-    def _outage_gaps(self, until_ns: int) -> list[Gap]:
+    def _outage_gaps(self, window: OutageWindow, until_ns: int) -> list[Gap]:
         """The outage window's gaps. After a restart, each table's from where its own stored rows end: the tables'
         buffers flush each on its own (candles maybe seldom), so a kill cuts each table at its own point, and a
         window from the newest row of any table would skip the candles the candle buffer lost."""
-        symbols, since = self.feed.symbols, self.outage_since_ns
+        symbols, since = window.symbols, window.since_ns
         gaps = self.protocol.outage_gaps(symbols, since, until_ns)
-        stored, self.memory.stored_ns = self.memory.stored_ns, {}
-        if not self.window_is_downtime:
+        if not window.downtime:
             return gaps
         labels = {self.protocol.exchange, *self.protocol.trade_labels()}
         ends: dict[str, int] = {}
-        for (table, exchange, symbol), ts_ns in stored.items():
-            if exchange in labels and symbol in symbols:
+        held = set(symbols)
+        for key in [k for k in self.memory.stored_ns if k[2] in held]:  # each connection takes its own marks
+            table, exchange, _ = key
+            ts_ns = self.memory.stored_ns.pop(key)
+            if exchange in labels:
                 ends[table] = max(ends.get(table, 0), ts_ns)
         for table, end_ns in ends.items():
             if end_ns < since:
@@ -200,10 +236,14 @@ class FeedPipeline:
         out.add(table, rows)
         return out
 
-    def reconnected(self) -> list[Gap]:
-        """A connection is up: whatever happened since each stream's last id, even if no live trade follows to
-        reveal it."""
-        return self.sequence.since_last() if self.protocol.contiguous_ids else []
+    def reconnected(self, index: int = 0) -> list[Gap]:
+        """Connection `index` is up: whatever happened since each of its streams' last id, even if no live trade
+        follows to reveal it."""
+        window = self.windows.get(index)
+        if not self.protocol.contiguous_ids or window is None:
+            return []
+        held = set(window.symbols)
+        return [gap for gap in self.sequence.since_last() if gap.symbol in held]
 
     def stored_holes(self) -> list[Gap]:
         """Holes found in QuestDB at process start; handed out once, to the first incarnation."""

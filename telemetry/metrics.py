@@ -12,7 +12,13 @@ RECONNECTS = Counter("marketfeed_reconnects_total", "WebSocket reconnects", ["fe
 DUPLICATES = Counter("marketfeed_duplicates_dropped_total", "Rows dropped as duplicates", ["feed"])
 GAPS = Counter("marketfeed_gaps_detected_total", "Trade id gaps detected", ["feed"])
 BACKFILLED = Counter("marketfeed_rows_backfilled_total", "Rows fetched over REST backfill", ["feed"])
-FEED_CONNECTED = Gauge("marketfeed_feed_connected", "1 while the feed's WebSocket is open", ["feed"])
+FEED_CONNECTED = Gauge("marketfeed_feed_connected", "1 while every WebSocket of the feed is open", ["feed"])
+# A whole-market feed runs several connections: counted by state, never labelled per connection or symbol, so the
+# series stay as many as feeds × states however large the universe grows.
+FEED_CONNECTIONS = Gauge("marketfeed_feed_connections", "The feed's WebSocket connections, by state", ["feed", "state"])
+FEED_SYMBOLS = Gauge("marketfeed_feed_symbols", "Symbols the feed carries (its resolved universe)", ["feed"])
+# telemetry.report.FeedState (metrics stays free of the report module)
+CONNECTION_STATES = ("starting", "connecting", "connected", "retrying", "failed", "paused")
 ROWS_REJECTED = Counter("marketfeed_rows_rejected_total", "Rows refused by validation before the buffer",
                         ["feed", "reason"])
 FEED_RATE_EXCEEDED = Gauge("marketfeed_feed_rate_exceeded", "1 while a feed receives more than its max_messages_per_s",
@@ -62,7 +68,8 @@ LEDGER_WRITE_FAILURES = Counter("marketfeed_ledger_write_failures_total", "Faile
 
 BUILD_INFO = Gauge("marketfeed_build_info", "Always 1; the running marketfeed's version as a label", ["version"])
 
-PER_FEED = (MESSAGES, MALFORMED, RECONNECTS, DUPLICATES, GAPS, BACKFILLED, FEED_CONNECTED, FEED_RATE_EXCEEDED)
+PER_FEED = (MESSAGES, MALFORMED, RECONNECTS, DUPLICATES, GAPS, BACKFILLED, FEED_CONNECTED, FEED_RATE_EXCEEDED,
+            FEED_SYMBOLS)
 PER_TABLE = (ROWS_WRITTEN, FLUSH_FAILURES, FLUSH_SECONDS, INGEST_LAG, BUFFERED_ROWS, ROWS_SPOOLED, ROWS_DEAD_LETTERED,
              ROWS_DROPPED, SPOOL_FULL, SPOOL_BYTES, BREAKER_STATE)
 GAP_CLOSE_REASONS = ("filled", "unrecoverable", "expired")  # storage.ledger.CloseReason
@@ -85,6 +92,8 @@ def initialise(feeds: Iterable[str], tables: Iterable[str]) -> None:
             metric.labels(feed)
         for reason in GAP_CLOSE_REASONS:
             GAPS_CLOSED.labels(feed, reason)
+        for state in CONNECTION_STATES:
+            FEED_CONNECTIONS.labels(feed, state)
     for table in tables:
         for table_metric in PER_TABLE:
             table_metric.labels(table)

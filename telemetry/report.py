@@ -79,6 +79,20 @@ class ReportReason(StrEnum):
     SHUTDOWN = "shutdown"  # the final report
 
 
+class ConnectionStatus(TypedDict):
+    """One connection of a feed (actors/feed_connection.py)."""
+
+    index: int
+    state: FeedState
+    url: str
+    breaker: BreakerState
+    symbols: int  # how many symbols it carries
+    messages: int
+    reconnects: int
+    last_message_age_s: float | None
+    last_error: str
+
+
 class FeedStatus(TypedDict):
     """A feed actor's `status()`."""
 
@@ -102,6 +116,9 @@ class FeedStatus(TypedDict):
     rejected: dict[str, int]  # rows refused by validation, by reason
     rate_exceeded: bool
     messages_per_s: float
+    symbols: int  # the universe: every symbol the feed carries
+    universe_error: str  # why the listing could not be read ("" when it was, or the symbols are a fixed list)
+    connections: list[ConnectionStatus]
 
 
 class SinkStatus(TypedDict):

@@ -70,22 +70,22 @@ def test_an_outage_window_opens_at_the_newest_event_and_closes_at_the_newest_tra
     p = FeedPipeline(config, BinanceProtocol(config), FeedMemory())
     p.live(burst([trade(1, ts_ns=NOW_NS - 5 * MINUTE_NS)]), True, NOW_NS, 0.0)
     p.outage_began(NOW_NS)
-    assert p.outage_since_ns == NOW_NS - 5 * MINUTE_NS
+    assert p.windows[0].since_ns == NOW_NS - 5 * MINUTE_NS
     p.outage_began(NOW_NS + 1)  # a second disconnect while the window is open moves nothing
-    assert p.outage_since_ns == NOW_NS - 5 * MINUTE_NS
+    assert p.windows[0].since_ns == NOW_NS - 5 * MINUTE_NS
     stale = p.live(burst([trade(2, ts_ns=NOW_NS - 4 * MINUTE_NS)]), False, NOW_NS, 1.0)
     assert stale.outage_gaps == []  # a connection being replaced closes no window
     resumed = p.live(burst([trade(3, ts_ns=NOW_NS - MINUTE_NS), trade(4, ts_ns=NOW_NS - 2)]), True, NOW_NS, 2.0)
     (window,) = resumed.outage_gaps
     assert window.table is CANDLES and window.until_ns == NOW_NS - 2 and window.since_ns < NOW_NS - 5 * MINUTE_NS
-    assert p.outage_since_ns == 0 and not resumed.after_restart  # a dropped connection, not the process's downtime
+    assert p.windows[0].since_ns == 0 and not resumed.after_restart  # a dropped connection, not the process's downtime
 
 
 def test_a_new_incarnation_starts_with_an_outage_window_from_its_memory():
     memory = FeedMemory()
     memory.last_event_ns = NOW_NS - MINUTE_NS
     p = pipeline(memory)
-    assert p.outage_since_ns == NOW_NS - MINUTE_NS
+    assert p.windows[0].since_ns == NOW_NS - MINUTE_NS
     assert p.live(burst([trade(1, ts_ns=NOW_NS - 1)]), True, NOW_NS, 0.0).after_restart
 
 

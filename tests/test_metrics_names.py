@@ -34,3 +34,10 @@ def test_the_health_gauges_label_actors_and_tables_by_the_names_people_configure
     assert value("marketfeed_actor_restarts_total", supervisor="feeds", actor="feed-names-feed") is None
     assert value("marketfeed_spool_bytes", table="names_table") == 4096.0
     assert value("marketfeed_breaker_state", table="names_table") == 2.0
+
+
+def test_connection_state_series_are_every_feed_state():
+    from marketfeed.telemetry.metrics import CONNECTION_STATES
+    from marketfeed.telemetry.report import FeedState
+
+    assert set(CONNECTION_STATES) == {s.value for s in FeedState}
