@@ -12,10 +12,13 @@ test-venv:
 demo: venv
 	bin/marketfeed demo
 
+# Test processes, each with its own QuestDB; a module's tests stay in one (module fixtures). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 3
+
 test: test-venv
 	bin/questdb fetch >/dev/null
 	bin/test-deps
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: test-venv
 	bin/test-deps

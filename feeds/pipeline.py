@@ -216,6 +216,8 @@ class FeedPipeline:
             ts_ns = self.memory.stored_ns.pop(key)
             if exchange in labels:
                 ends[table] = max(ends.get(table, 0), ts_ns)
+        if not any(w.downtime and w.since_ns for w in self.windows.values() if w is not window):
+            self.memory.stored_ns = {}  # the last downtime window is done: the start's marks serve nothing more
         for table, end_ns in ends.items():
             if end_ns < since:
                 gaps = [g for g in gaps if g.table.name != table] + [
