@@ -14,6 +14,7 @@ from enum import StrEnum
 import orjson
 
 from marketfeed.sim.server import ExchangeFaults, Simulator
+from marketfeed.sim.twin import universe
 
 TICK_S = 0.01  # how often periodic faults are checked
 
@@ -24,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--symbols", action="append", metavar="[EXCHANGE=]A,B",
                         help="comma-separated symbols for every exchange, or with EXCHANGE= for that one "
                              "(repeatable; default BTCUSDT,ETHUSDT)")
+    parser.add_argument("--universe", action="append", default=[], metavar="EXCHANGE=N",
+                        help="N generated symbols more for EXCHANGE, named as it names them (binance SYM0001USDT, "
+                             "kraken SYM0001/USD, coinbase SYM0001-USD, polygon options contracts O:SPY251219C…), "
+                             "the same in every run (repeatable)")
     parser.add_argument("--rate", type=float, default=10.0, help="trades per second per symbol")
     parser.add_argument("--count", type=int, default=None, help="trades per symbol, then quiet (default: forever)")
     parser.add_argument("--seed", type=int, default=0)
@@ -170,13 +175,27 @@ def symbols_by_exchange(specs: list[str], exchanges: list[str]) -> dict[str, lis
     return {exchange: own.get(exchange, shared) for exchange in exchanges}
 
 
+def add_universes(specs: list[str], symbols: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each exchange's symbols followed by the generated ones --universe EXCHANGE=N asks for."""
+    extra: dict[str, int] = {}
+    for spec in specs:
+        exchange, _, count = spec.partition("=")
+        if exchange not in symbols:
+            raise ValueError(f"--universe {spec!r}: {exchange!r} is not one of the --exchange twins {list(symbols)}")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--universe {spec!r}: expected EXCHANGE=N with N a positive whole number")
+        extra[exchange] = int(count)
+    return {exchange: list(dict.fromkeys(names + universe(exchange, extra.get(exchange, 0))))
+            for exchange, names in symbols.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     exchanges = args.exchange or ["binance"]
     try:
-        symbols = symbols_by_exchange(args.symbols or [], exchanges)
+        symbols = add_universes(args.universe, symbols_by_exchange(args.symbols or [], exchanges))
         rest = rest_faults(args, exchanges)
     except ValueError as exc:
         parser.error(str(exc))

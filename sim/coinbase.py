@@ -17,17 +17,34 @@ Errors are {"message": …} with a 4xx or 5xx status (docs.cdp.coinbase.com/exch
 past the public limit (10 requests/s per IP, bursts of 15) "a status of 429 Too Many Requests is
 returned" (…/exchange/rest-api/rate-limits) with {"message": "Public rate limit exceeded"}, the message
 clients report (github.com/askmike/gekko/issues/2859). Coinbase documents no Retry-After.
+GET /products and /products/{product_id}: the products listed now, {"id": "BTC-USD", "base_currency",
+"quote_currency", "status": "online", "trading_disabled": false, …} (docs.cdp.coinbase.com/exchange/reference/
+exchangerestapi_getproducts); a product delisted with still_listed=True stays with status "delisted" and
+trading_disabled true.
+Limits (docs.cdp.coinbase.com/exchange/websocket-feed/rate-limits), always enforced, numbers changeable by
+twin options for tests:
+- connection attempts: "Requests per second per IP: 8 … in bursts: Up to 20" (connection_rate, connection_burst):
+  beyond, the handshake is refused with 429 {"message": …} (the wording is ours);
+- inbound messages: "a rate limit of 10 RPS / 1000 burst RPS", "a lazy-fill token bucket", per IP here
+  (message_rate, message_burst; subscribe and unsubscribe messages, not pings): beyond, an error message and
+  a close with 1008 (the docs' best practices name disconnecting a client that sends too many messages;
+  the wording is ours);
+- "limited to 10 WebSocket subscriptions on a per product, per channel basis … the new subscription will be
+  rejected" (max_subscriptions), counted over every live connection: the subscribe is answered with an error
+  naming the product and channel, and the connection stays open.
 """
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from marketfeed.sim.limits import Bucket, Limit, MessageLimit
 from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, retry_after, server_error
+from marketfeed.sim.twin import Refused, Rejected, RestResponse, Session, Twin, retry_after, server_error
 
 STYLE = "feed"
 CHANNELS = ("matches", "heartbeat")
@@ -40,10 +57,22 @@ class CoinbaseTwin(Twin):
     exchange = "coinbase"
     heartbeat_interval = 1.0
 
-    def __init__(self, market: ExchangeMarket, string_ids: bool = False):
-        """string_ids: REST trade_id values are JSON strings instead of numbers."""
+    def __init__(self, market: ExchangeMarket, string_ids: bool = False, connection_rate: float = 8.0,
+                 connection_burst: int = 20, message_rate: float = 10.0, message_burst: int = 1000,
+                 max_subscriptions: int = 10):
+        """string_ids: REST trade_id values are JSON strings instead of numbers. The limits: see the module
+        docstring."""
         super().__init__(market)
         self.string_ids = string_ids
+        self.connection_limit = Bucket(connection_rate, connection_burst)
+        self.message_limit = MessageLimit(Bucket(message_rate, message_burst), per_ip=True, control_frames=False)
+        self.max_subscriptions = max_subscriptions
+        self._subscriptions: Counter[str] = Counter()  # "channel:product" → live connections subscribed to it
+        self._delisted_shown: dict[str, None] = {}  # delisted products /products still lists
+
+    @staticmethod
+    def generated_symbol(k: int) -> str:
+        return f"SYM{k + 1:04d}-USD"
 
     def open_session(self, path: str) -> Session:
         if path.split("?")[0] not in ("", "/"):
@@ -63,43 +92,70 @@ class CoinbaseTwin(Twin):
         except ValueError as exc:
             return [_error(f"Failed to {kind}", str(exc))]
         if kind == "subscribe":
-            session.streams += [s for s in wanted if s not in session.streams]
+            new = [s for s in wanted if s not in session.streams]
+            if full := [s for s in new if self._subscriptions[s] >= self.max_subscriptions]:
+                reason = (f"{len(full)} subscriptions beyond the limit of {self.max_subscriptions} per product and "
+                          f"channel, e.g. {full[0]}")
+                self.refuse(Refused(session, Limit.SUBSCRIPTIONS, reason, close_code=None))
+                return [_error("Failed to subscribe", reason)]
+            session.streams += new
+            self._subscriptions.update(new)
         else:
+            gone = [s for s in session.streams if s in wanted]
             session.streams = [s for s in session.streams if s not in wanted]
-        session.symbols = {product for channel, product in map(_split, session.streams) if channel == "matches"}
+            self._subscriptions.subtract(gone)
+        self.route(session)
         return [_subscriptions(session)]
+
+    def route(self, session: Session) -> None:
+        listed = self.market.listed
+        session.symbols = {product for channel, product in map(_split, session.streams)
+                           if channel == "matches" and product in listed}
+
+    def closed(self, session: Session) -> None:
+        self._subscriptions.subtract(session.streams)
+
+    def messages_exceeded(self, session: Session) -> Refused:
+        detail = f"more inbound messages than {self.message_limit.rate if self.message_limit else None}"
+        return Refused(session, Limit.MESSAGE_RATE, detail, (_error("Too many messages", detail),),
+                       close_reason="Too many messages")
+
+    def connection_refused(self) -> RestResponse:
+        return RestResponse.json({"message": "Too many connection requests"}, 429)
+
+    def delisted(self, symbol: str, still_listed: bool) -> None:
+        if still_listed:
+            self._delisted_shown[symbol] = None
 
     def subscribed(self, session: Session, symbols: set[str], emitted: int) -> list[bytes]:
         """The matches channel opens with each new product's latest trade, as a last_match."""
-        if not emitted:
-            return []
-        return [
-            _match(self.market[product].trade(emitted - 1), "last_match", self.market[product])
-            for product in self.market.symbols
-            if product in symbols
-        ]
+        markets = [self.market[product] for product in self.market.listed if product in symbols]
+        return [_match(market.trade(n - 1), "last_match", market) for market in markets
+                if (n := market.happened(emitted))]
 
     def trade_frame(self, trade: Trade, style: str) -> bytes:
         return _match(trade, "match", self.market[trade.symbol])
 
     def heartbeat(self, session: Session, emitted: int) -> list[bytes]:
-        now = _rfc3339(datetime.now(UTC))
+        now, listed = _rfc3339(datetime.now(UTC)), self.market.listed
         return [
             orjson.dumps(
                 {
                     "type": "heartbeat",
-                    "sequence": _sequence(self.market[product], emitted - 1),
-                    "last_trade_id": self.market[product].first_id + emitted - 1,
+                    "sequence": _sequence(market, market.happened(emitted) - 1),
+                    "last_trade_id": market.first_id + market.happened(emitted) - 1,
                     "product_id": product,
                     "time": now,
                 }
             )
             for channel, product in map(_split, session.streams)
-            if channel == "heartbeat"
+            if channel == "heartbeat" and (market := listed.get(product)) is not None
         ]
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
         parts = path.strip("/").split("/")
+        if parts[0] == "products" and len(parts) <= 2:
+            return self._products(parts[1] if len(parts) == 2 else None)
         if len(parts) != 3 or parts[0] != "products" or parts[2] != "trades":
             return RestResponse.json({"message": "NotFound"}, 404)
         if parts[1] not in self.market:
@@ -111,7 +167,7 @@ class CoinbaseTwin(Twin):
             before = int(query["before"]) if "before" in query else None
         except ValueError:
             return RestResponse.json({"message": "invalid pagination cursor or limit"}, 400)
-        newest = emitted - 1  # index of the latest trade
+        newest = market.happened(emitted) - 1  # index of the latest trade
         if after is not None:  # older than the cursor
             stop = min(market.index_of(after) - 1, newest)
             start = stop - limit + 1
@@ -134,6 +190,16 @@ class CoinbaseTwin(Twin):
         phrase = server_error(status).phrase
         return RestResponse.json({"message": phrase}, status, retry_after(retry_after_s))
 
+    def _products(self, product: str | None) -> RestResponse:
+        """GET /products (every product listed, and delisted ones kept as such) or /products/{id}."""
+        listed = self.market.listed
+        shown = [name for name in self.market.symbols if name in listed or name in self._delisted_shown]
+        if product is None:
+            return RestResponse.json([_product(name, name in listed) for name in shown])
+        if product not in shown:
+            return RestResponse.json({"message": "NotFound"}, 404)
+        return RestResponse.json(_product(product, product in listed))
+
     def _streams(self, request: dict) -> list[str]:
         """'channel:product' names of a (un)subscribe request; ValueError names what is invalid."""
         products = request.get("product_ids", [])
@@ -149,10 +215,21 @@ class CoinbaseTwin(Twin):
             if name not in CHANNELS:
                 raise ValueError(f"{name} is not a valid channel")
             for product in ids:
-                if product not in self.market:
+                if product not in self.market.listed:
                     raise ValueError(f"{product} is not a valid product")
                 streams.append(f"{name}:{product}")
         return list(dict.fromkeys(streams))
+
+
+def _product(product: str, trading: bool) -> dict:
+    """One product of GET /products, in the documented shape."""
+    base, _, quote = product.partition("-")
+    return {"id": product, "base_currency": base, "quote_currency": quote, "quote_increment": "0.01",
+            "base_increment": "0.00000001", "display_name": f"{base}/{quote}", "min_market_funds": "1",
+            "margin_enabled": False, "post_only": False, "limit_only": False, "cancel_only": False,
+            "status": "online" if trading else "delisted", "status_message": "", "trading_disabled": not trading,
+            "fx_stablecoin": False, "max_slippage_percentage": "0.03000000", "auction_mode": False,
+            "high_bid_limit_percentage": ""}
 
 
 def _split(stream: str) -> tuple[str, str]:

@@ -31,6 +31,15 @@ status errors); a 5xx comes from the network edge, not as JSON.
 REST names pairs with Kraken's own asset codes (BTC → XBT, DOGE → XDG; slash dropped), and keys
 the answer by the internal pair name (X-prefixed crypto, Z-prefixed fiat for the legacy assets);
 an unknown pair → {"error": ["EQuery:Unknown asset pair"]}.
+GET /0/public/AssetPairs[?pair=A,B] → {"error": [], "result": {<internal name>: {"altname", "wsname", "base",
+"quote", "status": "online", …}}} for the pairs listed now (docs.kraken.com/api-reference/market-data/
+get-tradable-asset-pairs). wsname is the v1 WebSocket name (XBT/USD, XDG/USD); WebSocket v2 names pairs
+BTC/USD and DOGE/USD and answers a v1 name with "Currency pair not supported XBT/USD" (as clients found:
+github.com/nautechsystems/nautilus_trader/issues/3509 and /3960), and so does this twin: its v2 channel
+takes the market's own symbols (BTC/USD), which a client derives from wsname by undoing XBT and XDG.
+Limits: Kraken documents no fixed number of subscriptions or connections for public v2 data, and its
+message rate limit is dynamic ("Exceeded msg rate"; docs.kraken.com/api/docs/guides/spot-ratelimits), so
+none is enforced here.
 """
 from __future__ import annotations
 
@@ -55,7 +64,9 @@ HEARTBEAT = b'{"channel":"heartbeat"}'
 
 _REST_ASSET = {"BTC": "XBT", "DOGE": "XDG"}
 _LEGACY_CRYPTO = {"XBT", "ETH", "LTC", "XRP"}  # internal names like XXBTZUSD, XETHZEUR
+_X_ASSETS = _LEGACY_CRYPTO | {"XDG", "XLM", "XMR", "ZEC", "ETC", "REP", "MLN"}  # asset codes X-prefixed (XXDG)
 _FIAT = {"USD", "EUR", "GBP", "JPY", "CAD", "CHF", "AUD"}
+_Z_ASSETS = {"USD", "EUR", "GBP", "JPY", "CAD", "AUD"}  # asset codes Z-prefixed (ZUSD); CHF is plain
 
 
 @dataclass
@@ -122,12 +133,14 @@ class KrakenTwin(Twin):
     def __init__(self, market: ExchangeMarket):
         super().__init__(market)
         self._pairs: dict[str, tuple[str, str]] = {}  # REST pair name (any accepted form) → (v2 symbol, result key)
-        for symbol in market.symbols:
-            altname, internal = rest_names(symbol)
-            self._pairs[altname] = self._pairs[internal] = (symbol, internal)
+        self._pairs_of = 0  # how many of market.symbols _pairs knows
         self._live: dict[tuple[str, int], _Candle] = {}  # (symbol, interval) → candle through the newest trade
         self._ohlc_frames: dict[tuple[str, int], tuple[int, bytes]] = {}  # … → (trade index, its update frame)
         self._connection_ids = itertools.count(13834774380200032777)
+
+    @staticmethod
+    def generated_symbol(k: int) -> str:
+        return f"SYM{k + 1:04d}/USD"
 
     # ---- WebSocket ----
 
@@ -163,7 +176,7 @@ class KrakenTwin(Twin):
         channel, interval = asked.channel, asked.interval
         replies = []
         for symbol in asked.symbols:
-            if symbol not in self.market:
+            if symbol not in self.market.listed:
                 replies.append(_reply({"error": f"Currency pair not supported {symbol}", "method": method,
                                        "success": False, "symbol": symbol}, req_id, time_in))
                 continue
@@ -183,7 +196,8 @@ class KrakenTwin(Twin):
     def snapshots(self, session: Session, emitted: int) -> list[bytes]:
         assert isinstance(session, KrakenSession)
         owed, session.owed = session.owed, []
-        return [self._snapshot(channel, symbol, interval, emitted) for channel, symbol, interval in owed]
+        return [self._snapshot(channel, symbol, interval, self.market[symbol].happened(emitted))
+                for channel, symbol, interval in owed]
 
     def trade_frame(self, trade: Trade, style: str) -> bytes:
         return orjson.dumps({"channel": "trade", "type": "update", "data": [_trade_event(trade)]})
@@ -216,14 +230,17 @@ class KrakenTwin(Twin):
         return super().rest_server_error(status, retry_after_s)
 
     def rest(self, path: str, query: dict[str, str], emitted: int) -> RestResponse:
+        if path == "/0/public/AssetPairs":
+            return self._asset_pairs(query)
         if path not in ("/0/public/Trades", "/0/public/OHLC"):
             return RestResponse(404, b"", "text/html")
-        names = self._pairs.get(query.get("pair", "").upper())
+        names = self._pair(query.get("pair", ""))
         if names is None:
             return RestResponse.json({"error": ["EQuery:Unknown asset pair"]})
         symbol, key = names
+        happened = self.market[symbol].happened(emitted)
         if path == "/0/public/OHLC":
-            return _ohlc(self.market[symbol], key, query, emitted)
+            return _ohlc(self.market[symbol], key, query, happened)
         try:
             count = int(query.get("count", REST_MAX_COUNT))
             since = int(query["since"]) if "since" in query else None
@@ -232,12 +249,33 @@ class KrakenTwin(Twin):
         count = max(1, min(count, REST_MAX_COUNT))
         market = self.market[symbol]
         if since is None:
-            start = max(0, emitted - count)
+            start = max(0, happened - count)
         else:  # the first trade strictly after `since`
-            start = bisect.bisect_right(range(emitted), since, key=lambda i: market.trade(i).time_ms * 1_000_000)
-        trades = market.trades(start, min(start + count, emitted))
+            start = bisect.bisect_right(range(happened), since, key=lambda i: market.trade(i).time_ms * 1_000_000)
+        trades = market.trades(start, min(start + count, happened))
         last = trades[-1].time_ms * 1_000_000 if trades else since or 0
         return RestResponse.json({"error": [], "result": {key: [_rest_trade(t) for t in trades], "last": str(last)}})
+
+    def _pair(self, name: str) -> tuple[str, str] | None:
+        """(v2 symbol, result key) of a REST pair name in any form Kraken accepts; delisted pairs keep their history."""
+        if self._pairs_of != len(self.market.symbols):  # symbols were listed since: learn their names
+            for symbol in itertools.islice(self.market.symbols, self._pairs_of, None):
+                altname, internal = rest_names(symbol)
+                self._pairs[altname] = self._pairs[internal] = (symbol, internal)
+            self._pairs_of = len(self.market.symbols)
+        return self._pairs.get(name.upper())
+
+    def _asset_pairs(self, query: dict[str, str]) -> RestResponse:
+        """GET /0/public/AssetPairs: the pairs listed now, or those named by pair= (any REST form)."""
+        listed = self.market.listed
+        if "pair" in query:
+            named = [self._pair(name) for name in query["pair"].split(",")]
+            if any(names is None or names[0] not in listed for names in named):
+                return RestResponse.json({"error": ["EQuery:Unknown asset pair"]})
+            symbols = [names[0] for names in named if names is not None]
+        else:
+            symbols = list(listed)
+        return RestResponse.json({"error": [], "result": dict(map(asset_pair, symbols))})
 
     # ---- candles ----
 
@@ -273,7 +311,7 @@ class KrakenTwin(Twin):
             session.trade.add(symbol)
         else:
             session.ohlc.setdefault(symbol, set()).add(interval)
-        self._route(session)
+        self.route(session)
 
     def _unsubscribe(self, session: KrakenSession, channel: str, symbol: str, interval: int) -> None:
         if channel == "trade":
@@ -282,14 +320,15 @@ class KrakenTwin(Twin):
             session.ohlc[symbol].discard(interval)
             if not session.ohlc[symbol]:
                 del session.ohlc[symbol]
-        self._route(session)
+        self.route(session)
 
-    @staticmethod
-    def _route(session: KrakenSession) -> None:
+    def route(self, session: Session) -> None:
+        """Subscriptions of a delisted pair stay on the books and carry nothing from then on."""
+        assert isinstance(session, KrakenSession)
         session.streams = [f"trade:{s}" for s in sorted(session.trade)] + [
             f"ohlc-{i}:{s}" for s in sorted(session.ohlc) for i in sorted(session.ohlc[s])
         ]
-        session.symbols = session.trade | set(session.ohlc)
+        session.symbols = {s for s in session.trade | set(session.ohlc) if s in self.market.listed}
 
 
 def rest_names(symbol: str) -> tuple[str, str]:
@@ -299,6 +338,21 @@ def rest_names(symbol: str) -> tuple[str, str]:
     if base in _LEGACY_CRYPTO and quote in _FIAT:
         return base + quote, f"X{base}Z{quote}"
     return base + quote, base + quote
+
+
+def asset_pair(symbol: str) -> tuple[str, dict]:
+    """(result key, entry) of a v2 pair in /0/public/AssetPairs: the names, then what a trading client reads."""
+    altname, internal = rest_names(symbol)
+    base, quote = (_REST_ASSET.get(asset, asset) for asset in symbol.split("/"))
+    quote_code = "Z" + quote if quote in _Z_ASSETS else quote
+    return internal, {
+        "altname": altname, "wsname": f"{base}/{quote}", "aclass_base": "currency",
+        "base": "X" + base if base in _X_ASSETS else base, "aclass_quote": "currency", "quote": quote_code,
+        "lot": "unit", "cost_decimals": 5, "pair_decimals": 2, "lot_decimals": 8, "lot_multiplier": 1,
+        "leverage_buy": [], "leverage_sell": [], "fees": [[0, 0.26], [50000, 0.24]],
+        "fees_maker": [[0, 0.16], [50000, 0.14]], "fee_volume_currency": "ZUSD", "margin_call": 80,
+        "margin_stop": 40, "ordermin": "0.0001", "costmin": "0.5", "tick_size": "0.01", "status": "online",
+    }
 
 
 @dataclass(frozen=True)
@@ -361,9 +415,7 @@ def _candle_through(market: SymbolMarket, index: int, interval: int) -> _Candle:
     """The candle holding trade `index`, from its interval's first trade through `index`."""
     trade = market.trade(index)
     begin = _interval_begin(trade.time_ms, interval)
-    first = index
-    while first > 0 and market.trade(first - 1).time_ms >= begin:
-        first -= 1
+    first = market.first_since(begin, index)
     candle = _Candle.of(begin, market.trade(first))
     for i in range(first + 1, index + 1):
         candle = candle.add(market.trade(i))

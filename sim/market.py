@@ -2,7 +2,9 @@
 
 Trade i of a symbol is a pure function of (seed, exchange, symbol, i) plus the market's rate and
 start time: prices walk from a seeded PRNG, so the same seed gives the same trades in every run
-and in every call. Pure: no clock, no I/O. The simulator decides how many trades have happened.
+and in every call. Pure: no clock, no I/O. The simulator decides how many trades have happened:
+its clock counts ticks for the whole exchange, and a symbol listed at tick L (0 for those listed
+from the start) has its trade i at tick L + i, until it is delisted.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ _SCALE = 10**DECIMALS
 TICK = 1_000_000  # price tick in 1e-8 units: 0.01
 ID_BLOCK = 1_000_000  # symbol k's first trade id is (k + 1) * ID_BLOCK
 DEFAULT_START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-GENERATE_AHEAD = 255  # generate in blocks: one lock and loop setup per block, not per trade
+GENERATE_AHEAD = 255  # generate in blocks: one lock and loop setup per block, not per trade…
+MIN_GENERATE_AHEAD = 15  # …but a slow symbol's block is about a second of its trades: 3,000 symbols at 0.5/s
+# generating 255 each on their first trade held the clock's first tick for seconds
 MAX_MS_RATE = 1000.0  # above this many trades/s, event times stay 1 ms apart (market time runs ahead)
 
 # Plausible opening prices so demo dashboards look like a market; other bases get a seeded price.
@@ -43,14 +47,18 @@ def fixed(units: int) -> str:
 class SymbolMarket:
     """The trade history of one symbol. Generated lazily in index order, kept as compact arrays."""
 
-    def __init__(self, exchange: str, symbol: str, *, seed: int, rate: float, start_ms: int, first_id: int):
+    def __init__(self, exchange: str, symbol: str, *, seed: int, rate: float, start_ms: int, first_id: int,
+                 listed_at: int = 0):
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.exchange = exchange
         self.symbol = symbol
         self.first_id = first_id
         self.start_ms = start_ms
+        self.listed_at = listed_at  # the exchange clock's tick of trade 0
+        self.delisted_at: int | None = None  # from this tick on, no trade of this symbol happens
         self._ms_per_trade = 1000.0 / min(rate, MAX_MS_RATE)  # ≥ 1 ms: times strictly increase
+        self._ahead = max(MIN_GENERATE_AHEAD, min(GENERATE_AHEAD, int(rate)))
         self._rng = random.Random(f"{seed}:{exchange}:{symbol}")
         opening = _OPENING_PRICE.get(_base_asset(symbol)) or self._rng.uniform(5, 500)
         self._price = max(TICK, round(opening * _SCALE / TICK) * TICK)
@@ -65,7 +73,7 @@ class SymbolMarket:
         if i < 0:
             raise IndexError(i)
         if i >= len(self._maker):
-            self._generate_through(i + GENERATE_AHEAD)
+            self._generate_through(i + self._ahead)
         return Trade(
             self.symbol,
             i,
@@ -76,8 +84,25 @@ class SymbolMarket:
             bool(self._maker[i]),
         )
 
+    @property
+    def listed(self) -> bool:
+        return self.delisted_at is None
+
+    def happened(self, emitted: int) -> int:
+        """How many trades of this symbol have happened once the exchange clock has emitted `emitted` ticks."""
+        end = emitted if self.delisted_at is None else min(emitted, self.delisted_at)
+        return max(0, end - self.listed_at)
+
     def trades(self, start: int, stop: int) -> list[Trade]:
         return [self.trade(i) for i in range(max(start, 0), stop)]
+
+    def first_since(self, time_ms: int, index: int) -> int:
+        """The first trade at or after `time_ms`, scanning back from trade `index` (not before it): where a
+        candle holding trade `index` begins."""
+        first = index
+        while first > 0 and self.trade(first - 1).time_ms >= time_ms:
+            first -= 1
+        return first
 
     def index_of(self, trade_id: int) -> int:
         return trade_id - self.first_id
@@ -94,7 +119,11 @@ class SymbolMarket:
 
 
 class ExchangeMarket:
-    """All symbols of one exchange, sharing seed, rate and start time."""
+    """All symbols of one exchange, sharing seed, rate and start time; symbols may be listed and delisted.
+
+    `symbols` holds every symbol ever listed (a delisted one keeps its history, for REST and the ground
+    truth); `listed` the ones trading now. Symbol k (in listing order) has trade ids from (k + 1) * id_block.
+    """
 
     def __init__(
         self,
@@ -108,12 +137,28 @@ class ExchangeMarket:
     ):
         self.exchange = exchange
         self.rate = rate
-        self.symbols: dict[str, SymbolMarket] = {
-            symbol: SymbolMarket(
-                exchange, symbol, seed=seed, rate=rate, start_ms=start_ms, first_id=(k + 1) * id_block
-            )
-            for k, symbol in enumerate(symbols)
-        }
+        self._seed, self._start_ms, self._id_block = seed, start_ms, id_block
+        self.symbols: dict[str, SymbolMarket] = {}
+        self.listed: dict[str, SymbolMarket] = {}
+        for symbol in symbols:
+            self.list_symbol(symbol, 0)
+
+    def list_symbol(self, symbol: str, at: int) -> SymbolMarket:
+        """List `symbol` at clock tick `at`: its trade 0 happens then, with ids of a block of its own."""
+        if symbol in self.symbols:
+            raise ValueError(f"{self.exchange} {symbol!r} is listed already, or was (relisting is not simulated)")
+        ms_per_tick = 1000.0 / min(self.rate, MAX_MS_RATE)
+        market = SymbolMarket(self.exchange, symbol, seed=self._seed, rate=self.rate,
+                              start_ms=self._start_ms + int(at * ms_per_tick),
+                              first_id=(len(self.symbols) + 1) * self._id_block, listed_at=at)
+        self.symbols[symbol] = self.listed[symbol] = market
+        return market
+
+    def delist_symbol(self, symbol: str, at: int) -> None:
+        """Delist `symbol` at clock tick `at`: its last trade is the one of tick at - 1."""
+        if symbol not in self.listed:
+            raise ValueError(f"{self.exchange} {symbol!r} is not listed")
+        self.listed.pop(symbol).delisted_at = at
 
     def __getitem__(self, symbol: str) -> SymbolMarket:
         return self.symbols[symbol]

@@ -19,6 +19,14 @@ trade; the stock trade id "i" counts per venue slot, so different venues (and tw
 repeat the same ids, as Polygon's ids are unique only per (ticker, exchange, TRF); "q" increases
 with holes; REST's sip_timestamp adds a sub-millisecond part the stream's millisecond "t" lacks.
 Options trades carry no trade id and no tape, as on Polygon.
+T.* follows the listing: a contract listed during a run trades on it from then on, a delisted one stops.
+Connection limit: "Each account comes with access to one simultaneous WebSocket connection per cluster"
+(polygon.io/knowledge-base/article/how-many-polygon-websocket-connections-can-i-use-at-one-time), counted
+here per cluster and API key; twin option max_connections changes it. A connection that
+authenticates beyond it makes the oldest one of that cluster and key get [{"ev":"status","status":
+"max_connections","message":"Maximum number of websocket connections exceeded. …"}] and a close with 1008,
+as clients capture it; the newest connection stays (clients report the oldest evicted:
+github.com/massive-com/client-python/issues/860).
 """
 from __future__ import annotations
 
@@ -33,8 +41,9 @@ from urllib.parse import unquote
 
 import orjson
 
+from marketfeed.sim.limits import Limit
 from marketfeed.sim.market import ExchangeMarket, SymbolMarket, Trade
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, retry_after, server_error
+from marketfeed.sim.twin import Refused, Rejected, RestResponse, Session, Twin, retry_after, server_error
 
 OPTIONS_PREFIX = "O:"
 CLUSTERS = ("stocks", "options")
@@ -43,6 +52,9 @@ OPTION_VENUES = (302, 303, 308, 312, 313, 316)
 ODD_LOT = 37  # trade condition of stock prints under 100 shares
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 50_000
 PUBLIC_REST = "https://api.polygon.io"  # where next_url points, as on the real service
+MAX_CONNECTIONS = ("Maximum number of websocket connections exceeded. You have reached the connection limit for your "
+                   "account. Please contact support at https://polygon.io/contact to increase your limit.")
+_OPTION_ROOTS = ("SPY", "QQQ", "AAPL", "TSLA", "NVDA")  # generated contracts' underlyings
 RATE_LIMITED = ("You've exceeded the maximum requests per minute, please wait or upgrade your subscription to "
                 "continue. https://polygon.io/pricing")
 _MS = 1_000_000
@@ -51,6 +63,7 @@ _MS = 1_000_000
 @dataclass
 class PolygonSession(Session):
     authenticated: bool = False
+    key: str = ""  # the API key it authenticated with
 
 
 def is_option(symbol: str) -> bool:
@@ -115,11 +128,20 @@ class PolygonTwin(Twin):
     exchange = "polygon"
     batches_trades = True
 
-    def __init__(self, market: ExchangeMarket, api_key: str | None = None):
-        """api_key: the key auth and REST accept; None accepts any non-empty key."""
+    def __init__(self, market: ExchangeMarket, api_key: str | None = None, max_connections: int = 1):
+        """api_key: the key auth and REST accept; None accepts any non-empty key. max_connections: simultaneous
+        authenticated connections per cluster and key."""
         super().__init__(market)
         self.api_key = api_key
+        self.max_connections = max_connections
+        self._authenticated: dict[tuple[str, str], list[PolygonSession]] = {}  # (cluster, key) → oldest first
         self._error_numbers = itertools.count()
+
+    @staticmethod
+    def generated_symbol(k: int) -> str:
+        """Options contracts, O:<underlying><expiry YYMMDD><C|P><strike × 1000, 8 digits>, distinct for every k."""
+        root, call, strike = _OPTION_ROOTS[k % 5], (k // 5) % 2 == 0, 50 + k // 10
+        return f"{OPTIONS_PREFIX}{root}251219{'C' if call else 'P'}{strike * 1000:08d}"
 
     def accepts(self, key: object) -> bool:
         return isinstance(key, str) and bool(key) and (self.api_key is None or key == self.api_key)
@@ -145,10 +167,13 @@ class PolygonTwin(Twin):
             return [orjson.dumps([_status("error", "invalid message")])]
         action, params = request.get("action"), request.get("params", "")
         if action == "auth":
-            session.authenticated = self.accepts(params)
-            reply = _status("auth_success", "authenticated") if session.authenticated else \
-                _status("auth_failed", "authentication failed")
-            return [orjson.dumps([reply])]
+            if session.authenticated:
+                self._forget(session)
+            session.authenticated, session.key = self.accepts(params), params
+            if not session.authenticated:
+                return [orjson.dumps([_status("auth_failed", "authentication failed")])]
+            self._admit(session)
+            return [orjson.dumps([_status("auth_success", "authenticated")])]
         if action not in ("subscribe", "unsubscribe"):
             return [orjson.dumps([_status("error", f"unknown action: {action}")])]
         if not session.authenticated:
@@ -158,15 +183,36 @@ class PolygonTwin(Twin):
             session.streams += [c for c in dict.fromkeys(channels) if c not in session.streams]
         else:
             session.streams = [c for c in session.streams if c not in channels]
-        self._route(session)
+        self.route(session)
         verb = "subscribed to" if action == "subscribe" else "unsubscribed to"
         return [orjson.dumps([_status("success", f"{verb}: {c}") for c in channels])]
 
-    def _route(self, session: Session) -> None:
-        """T.<ticker> channels of this cluster's tickers carry trades; T.* carries all of them."""
-        cluster_symbols = {s for s in self.market.symbols if is_option(s) == (session.style == "options")}
+    def route(self, session: Session) -> None:
+        """T.<ticker> channels of this cluster's tickers listed now carry trades; T.* carries all of them."""
         wanted = {c[2:] for c in session.streams if c.startswith("T.")}
-        session.symbols = cluster_symbols if "*" in wanted else cluster_symbols & wanted
+        options, listed = session.style == "options", self.market.listed
+        tickers = listed if "*" in wanted else (t for t in wanted if t in listed)
+        session.symbols = {t for t in tickers if is_option(t) == options}
+
+    def closed(self, session: Session) -> None:
+        assert isinstance(session, PolygonSession)
+        if session.authenticated:
+            self._forget(session)
+
+    def _admit(self, session: PolygonSession) -> None:
+        """An authenticated connection counts against its cluster and key; beyond the limit the oldest goes."""
+        sessions = self._authenticated.setdefault((session.style, session.key), [])
+        sessions.append(session)
+        while len(sessions) > self.max_connections:
+            oldest = sessions.pop(0)
+            oldest.authenticated = False  # no longer counted; the server closes it
+            frame = orjson.dumps([_status("max_connections", MAX_CONNECTIONS)])
+            self.refuse(Refused(oldest, Limit.CONNECTIONS, f"more than {self.max_connections} connection(s) to "
+                                f"{session.style} with one key", (frame,), close_reason="max_connections"))
+
+    def _forget(self, session: PolygonSession) -> None:
+        key = (session.style, session.key)
+        self._authenticated[key] = [s for s in self._authenticated[key] if s is not session]  # equal is not same
 
     def trade_frame(self, trade: Trade, style: str) -> bytes:
         return orjson.dumps(trade_event(trade))
@@ -194,7 +240,7 @@ class PolygonTwin(Twin):
         if ticker not in self.market:
             return RestResponse.json({"status": "OK", "request_id": request_id, "results": []})
         market = self.market[ticker]
-        times = _SipTimes(market, emitted)
+        times = _SipTimes(market, market.happened(emitted))
         lo, hi = bisect.bisect_left(times, window.gte), bisect.bisect_right(times, window.lte)
         if window.ascending:
             first = max(lo, window.offset_from)

@@ -3,6 +3,10 @@
 Everything on the loop is owned by the loop thread. Test-facing methods either read plain values
 (atomic under the GIL) or hop onto the loop with `_call` and wait for the result, so a fault has
 taken effect by the time the call returns.
+
+The clock's hot path routes a tick's trades by symbol: `_Exchange.subscribers` maps each listed symbol to
+the connections subscribed to it, kept in step with every session, so a tick costs its trades and their
+subscribers, never a scan of every connection or every stream.
 """
 from __future__ import annotations
 
@@ -23,12 +27,14 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Event, State
 
 from marketfeed.sim.faults import FaultPlan, RestFaultPlan, RestVerdict, garbage_frames
+from marketfeed.sim.limits import Gate, Limit, MessageLimit, Refusal
 from marketfeed.sim.market import ExchangeMarket, Trade
-from marketfeed.sim.twin import Rejected, RestResponse, Session, Twin, twin_class
+from marketfeed.sim.twin import Refused, Rejected, RestResponse, Session, Twin, twin_class
 
 log = logging.getLogger("sim")
 T = TypeVar("T")
@@ -40,6 +46,9 @@ MAX_RATE_CHUNK = 1000  # max_rate: trades per symbol per transport write
 MAX_RATE_LOW_WATER = 1 << 20  # max_rate: the next chunk goes out once a send buffer is below this
 PACED_CHUNK_S = 0.002  # max_rate with paced: trades due within this long go out in one write
 REST_LOG_LIMIT = 100_000  # requests kept per exchange: bounded for runs of days, ample for a test's assertions
+REFUSALS_LIMIT = 100_000  # refusals kept per exchange, likewise
+_COUNTED_DATA = (Opcode.TEXT, Opcode.BINARY)  # a message's first frame (continuations are the same message)
+_CONTROL = (Opcode.PING, Opcode.PONG)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class Connection:
         self._resume_timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
         self.replies_muted = False  # the twin's answers to client messages (pongs, acks) are not sent
+        self.refused = False  # a limit closed it: its later messages are not handled
 
     def __repr__(self) -> str:
         return f"<Connection {self.exchange}#{self.id} {self.path} {'closed' if self.closed else 'open'}>"
@@ -216,6 +226,19 @@ class Connection:
         if self._closing is None:  # keep a reference: the loop holds tasks only weakly
             self._closing = asyncio.get_running_loop().create_task(self._ws.close(1008, "slow consumer"))
 
+    def refuse(self, refused: Refused) -> None:
+        """Enforce a limit: record it, send the twin's frames, close as the exchange does (or stay open)."""
+        if self.refused:
+            return
+        self._ex.record(refused.limit, refused.detail, self.id)
+        if refused.frames:
+            self.send(list(refused.frames))
+        if refused.close_code is not None:
+            self.refused = True
+            if self._closing is None:
+                close = self._ws.close(refused.close_code, refused.close_reason)
+                self._closing = asyncio.get_running_loop().create_task(close)
+
 
 class ExchangeFaults:
     """Faults applied to every live connection of one exchange; each returns how many it hit."""
@@ -255,6 +278,20 @@ class ExchangeFaults:
         return len(connections)
 
 
+class _LimitedConnection(ServerConnection):
+    """A server connection that shows every frame the client sends to `on_frame` (message limits count them,
+    pings and pongs included, which websockets answers by itself)."""
+
+    on_frame: Callable[[Frame], None] | None = None
+    handle: Connection | None = None  # the simulator's Connection, once the handshake is done
+    over_limit = False  # a message limit was hit before `handle` existed
+
+    def process_event(self, event: Event) -> None:
+        if self.on_frame is not None and isinstance(event, Frame):
+            self.on_frame(event)
+        super().process_event(event)
+
+
 class _Exchange:
     """Loop-side state of one exchange: its twin, market, server and connections."""
 
@@ -272,6 +309,9 @@ class _Exchange:
         self.heartbeats: asyncio.Task[None] | None = None  # the twin's application-level heartbeats, if any
         self.rest_plan = RestFaultPlan(twin.weights, time.monotonic())  # minutes count from here
         self.rest_log: deque[RestLogEntry] = deque(maxlen=REST_LOG_LIMIT)
+        self.refusals: deque[Refusal] = deque(maxlen=REFUSALS_LIMIT)
+        self.connection_gates: dict[str, Gate] = {}  # client IP → its connection attempts
+        self.message_gates: dict[str, Gate] = {}  # client IP → its messages (twins that limit them per IP)
 
     @property
     def port(self) -> int:
@@ -320,9 +360,55 @@ class _Exchange:
         """Keep the symbol → subscribers index in step with the connection's session."""
         after = connection.session.symbols
         for symbol in before - after:
-            self.subscribers[symbol].discard(connection)
+            if (subscribers := self.subscribers.get(symbol)) is not None:  # None: delisted meanwhile
+                subscribers.discard(connection)
         for symbol in after - before:
             self.subscribers[symbol].add(connection)
+
+    def record(self, limit: Limit, detail: str, connection_id: int | None) -> None:
+        self.refusals.append(Refusal(limit, detail, connection_id, time.monotonic()))
+        log.info("%s refused (%s) on connection %s: %s", self.name, limit, connection_id, detail)
+
+    def apply_refusals(self) -> None:
+        """Enforce what the twin refused while handling a message (on that connection or another one)."""
+        for refused in self.twin.take_refused():
+            target = next((c for c in self.connections.values() if c.session is refused.session), None)
+            if target is not None:
+                target.refuse(refused)
+            else:  # already gone: nothing left to close, the refusal still happened
+                self.record(refused.limit, refused.detail, None)
+
+    def reroute(self) -> None:
+        """After a listing change: every session's symbols anew, and the index with them."""
+        for connection in tuple(self.connections.values()):
+            before = set(connection.session.symbols)
+            self.twin.route(connection.session)
+            self.route(connection, before)
+
+    def list_symbol(self, symbol: str) -> None:
+        self.market.list_symbol(symbol, self.emitted)
+        self.subscribers[symbol] = set()
+        self.reroute()
+
+    def delist_symbol(self, symbol: str, still_listed: bool) -> None:
+        self.market.delist_symbol(symbol, self.emitted)
+        self.twin.delisted(symbol, still_listed)
+        self.reroute()
+        del self.subscribers[symbol]
+
+    def watch_messages(self, ws: _LimitedConnection, limit: MessageLimit, ip: str) -> None:
+        """Count the client's messages against the twin's limit; the first beyond it gets the twin's answer."""
+        gate = self.message_gates.setdefault(ip, limit.rate.gate()) if limit.per_ip else limit.rate.gate()
+        counted = _COUNTED_DATA + _CONTROL if limit.control_frames else _COUNTED_DATA
+
+        def on_frame(frame: Frame) -> None:
+            if frame.opcode in counted and not gate.admit(time.monotonic()):
+                if ws.handle is not None:
+                    ws.handle.refuse(self.twin.messages_exceeded(ws.handle.session))
+                else:
+                    ws.over_limit = True
+
+        ws.on_frame = on_frame
 
 
 class Simulator:
@@ -481,15 +567,44 @@ class Simulator:
         return self._exchange(exchange).emitted
 
     def trades(self, exchange: str, symbol: str) -> list[Trade]:
-        """Every trade of `symbol` that has happened, in order."""
+        """Every trade of `symbol` that has happened, in order (a delisted symbol's end at its delisting)."""
         ex = self._exchange(exchange)
-        return ex.market[symbol].trades(0, ex.emitted)
+        market = ex.market[symbol]
+        return market.trades(0, market.happened(ex.emitted))
 
     def truth(self, exchange: str, symbol: str) -> list[int]:
-        """Ids of every trade of `symbol` that has happened, in order."""
+        """Ids of every trade of `symbol` that has happened, in order (a delisted symbol's end at its last trade)."""
         ex = self._exchange(exchange)
-        first = ex.market[symbol].first_id
-        return list(range(first, first + ex.emitted))
+        market = ex.market[symbol]
+        return list(range(market.first_id, market.first_id + market.happened(ex.emitted)))
+
+    # ---- listing changes (any thread; in effect when they return) ----
+
+    def list_symbol(self, exchange: str, symbol: str) -> None:
+        """List `symbol` now: the listing endpoint shows it, its trade 0 is the clock's next tick (ids of a block
+        of its own), and subscriptions to it work (also those made before, where the exchange accepts them).
+        ValueError for a symbol listed already, or listed before (relisting is not simulated)."""
+        if self.max_rate:
+            raise ValueError("listing changes are not simulated in max_rate mode")
+        self._call(self._exchange(exchange).list_symbol, symbol)
+
+    def delist_symbol(self, exchange: str, symbol: str, still_listed: bool = False) -> None:
+        """Delist `symbol` now: no more trades (its truth ends at its last trade; REST still serves its history),
+        live subscriptions to it get nothing more, new ones are refused as for an unknown symbol, and it is gone
+        from the listing endpoint (still_listed: shown as no longer trading where the exchange does that:
+        Binance status BREAK, Coinbase status delisted). ValueError for a symbol not listed."""
+        self._call(self._exchange(exchange).delist_symbol, symbol, still_listed)
+
+    def listed(self, exchange: str) -> list[str]:
+        """The symbols of an exchange listed now, in listing order."""
+        return self._call(lambda: list(self._exchange(exchange).market.listed))
+
+    # ---- limits ----
+
+    def refusals(self, exchange: str) -> list[Refusal]:
+        """Every limit the exchange's twin enforced so far (the last REFUSALS_LIMIT), oldest first: a connection
+        attempt, message, subscription or connection the real exchange would have refused."""
+        return self._call(list, self._exchange(exchange).refusals)
 
     def wait_emitted(self, count: int, timeout: float = 10.0) -> None:
         """Block until every exchange has emitted at least `count` trades per symbol."""
@@ -571,6 +686,7 @@ class Simulator:
                 process_request=functools.partial(self._process_request, ex),
                 ping_interval=ex.ping_interval,
                 ping_timeout=ex.pong_timeout,
+                create_connection=_LimitedConnection,
                 compression=None,  # frames are encoded once and broadcast as is
                 close_timeout=1.0,
                 logger=log.getChild(ex.name),
@@ -690,11 +806,14 @@ class Simulator:
 
     @staticmethod
     def _emit(ex: _Exchange, i: int) -> None:
-        """Trade i of every symbol happens: queue it to the subscribers, encoded once per frame style."""
+        """Clock tick i: each listed symbol's trade of that tick happens; queue it to the subscribers, encoded once
+        per frame style."""
         ex.emitted = i + 1  # first: whatever a client has seen is already in the truth and on REST
+        markets = ex.market.symbols
         for symbol, subscribers in ex.subscribers.items():
             if subscribers:
-                trade = ex.market[symbol].trade(i)
+                market = markets[symbol]
+                trade = market.trade(i - market.listed_at)
                 frames: dict[str, bytes] = {}
                 for connection in tuple(subscribers):
                     style = connection.session.style
@@ -709,10 +828,21 @@ class Simulator:
             url = urlsplit(request.path)
             query = {key: values[-1] for key, values in parse_qs(url.query).items()}
             return _http_response(ex.answer_rest(url.path, query))
+        twin, ip = ex.twin, str(connection.remote_address[0])
+        if twin.connection_limit is not None:
+            gate = ex.connection_gates.setdefault(ip, twin.connection_limit.gate())
+            if not gate.admit(time.monotonic()):
+                ex.record(Limit.CONNECTION_RATE, f"{ip}: more connection attempts than {twin.connection_limit}", None)
+                return _http_response(twin.connection_refused())
         try:
-            ex.sessions[connection] = ex.twin.open_session(request.path)
+            ex.sessions[connection] = twin.open_session(request.path)
         except Rejected as rejected:
+            if rejected.limit is not None:
+                ex.record(rejected.limit, rejected.detail, None)
             return _http_response(RestResponse(rejected.status, rejected.body))
+        if twin.message_limit is not None:
+            assert isinstance(connection, _LimitedConnection)  # serve(create_connection=…)
+            ex.watch_messages(connection, twin.message_limit, ip)
         return None
 
     async def _serve_connection(self, ex: _Exchange, ws: ServerConnection) -> None:
@@ -724,13 +854,22 @@ class Simulator:
         if self.max_connection_age is not None:
             asyncio.get_running_loop().call_later(self.max_connection_age, connection._close_normally)
         connection.send(ex.twin.greeting(session))
+        assert isinstance(ws, _LimitedConnection)  # serve(create_connection=…)
+        ws.handle = connection
+        if ws.over_limit:
+            connection.refuse(ex.twin.messages_exceeded(session))
         try:
             async for message in ws:
+                if connection.refused:
+                    continue  # past a limit: what follows is not handled, the close is on its way
                 before = set(session.symbols)
                 replies = ex.twin.on_message(session, message)
                 if not connection.replies_muted:
                     connection.send(replies)
                 ex.route(connection, before)
+                ex.apply_refusals()
+                if connection.refused:
+                    continue
                 if added := session.symbols - before:
                     connection.send(ex.twin.subscribed(session, added, ex.emitted))
                 connection.send(ex.twin.snapshots(session, ex.emitted))
@@ -739,8 +878,10 @@ class Simulator:
         finally:
             connection.closed = True
             connection.close_code = ws.close_code
-            for subscribers in ex.subscribers.values():
-                subscribers.discard(connection)
+            for symbol in session.symbols:
+                if (subscribers := ex.subscribers.get(symbol)) is not None:
+                    subscribers.discard(connection)
+            ex.twin.closed(session)
             del ex.connections[connection.id]
             log.info("%s connection %d closed: code %s", ex.name, connection.id, ws.close_code)
 
