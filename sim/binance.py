@@ -202,8 +202,8 @@ class BinanceTwin(Twin):
         return frames
 
     def messages_exceeded(self, session: Session) -> Refused:
-        window = self.message_limit.rate if self.message_limit else None
-        return Refused(session, Limit.MESSAGE_RATE, f"more than {window} incoming messages",
+        assert self.message_limit is not None  # set in __init__
+        return Refused(session, Limit.MESSAGE_RATE, f"more incoming messages than {self.message_limit.rate}",
                        close_reason="Too many requests")
 
     def connection_refused(self) -> RestResponse:

@@ -116,7 +116,8 @@ class CoinbaseTwin(Twin):
         self._subscriptions.subtract(session.streams)
 
     def messages_exceeded(self, session: Session) -> Refused:
-        detail = f"more inbound messages than {self.message_limit.rate if self.message_limit else None}"
+        assert self.message_limit is not None  # set in __init__
+        detail = f"more inbound messages than {self.message_limit.rate}"
         return Refused(session, Limit.MESSAGE_RATE, detail, (_error("Too many messages", detail),),
                        close_reason="Too many messages")
 

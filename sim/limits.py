@@ -43,6 +43,9 @@ class Window:
     limit: int
     seconds: float
 
+    def __str__(self) -> str:
+        return f"{self.limit} per {self.seconds:g} s"
+
     def gate(self) -> WindowGate:
         return WindowGate(self)
 
@@ -68,6 +71,9 @@ class Bucket:
 
     rate: float
     burst: int
+
+    def __str__(self) -> str:
+        return f"{self.rate:g}/s in bursts of {self.burst}"
 
     def gate(self) -> BucketGate:
         return BucketGate(self)

@@ -430,7 +430,12 @@ class Simulator:
     clock_started_ns tells when that start was. Event times stay the market's (1 ms apart above
     1000 trades/s), so a trade's send time is derived from its index, not read from the frame.
     twin_options: exchange → keyword arguments of its twin (e.g. {"polygon": {"api_key": "k"}},
-    {"binance": {"weight_limit": 100, "weight_minute_s": 2}}, {"coinbase": {"string_ids": True}}).
+    {"binance": {"weight_limit": 100, "weight_minute_s": 2}}, {"coinbase": {"string_ids": True}}), the connection
+    limits' numbers among them: binance max_streams, max_messages, message_window_s, max_connection_attempts,
+    connection_window_s; coinbase connection_rate, connection_burst, message_rate, message_burst,
+    max_subscriptions; polygon max_connections (defaults: the documented ones). refusals() lists what they refused.
+    Listing changes: list_symbol, delist_symbol (not in max_rate mode); a symbol listed later has fewer than
+    `count` trades (the clock stops at `count` ticks).
     REST faults: rest_throttle, rest_ban, rest_errors; rest_log lists every REST request with its status.
     ssl_context: serve wss:// and https:// with this server context (tests of certificate verification).
     time_scale: market time runs this many times as fast as the clock (event times 1000 * time_scale / rate
