@@ -424,7 +424,7 @@ class Supervisor(Supervised):
             return  # an exit we caused, or of an incarnation already replaced
         restart = child.spec.restart == PERMANENT or (child.spec.restart == TRANSIENT and msg.reason == ABNORMAL)
         event(log, "child_exited", logging.WARNING if msg.reason == ABNORMAL else logging.INFO,
-              supervisor=self.name, child=msg.child_id, reason=msg.reason, error=msg.error, restart=restart)
+              supervisor=self.name, child=known_name(msg.child_id), reason=msg.reason, error=msg.error, restart=restart)
         if msg.reason == ABNORMAL:
             child.last_failure = msg.error
         self._down(child)
@@ -460,7 +460,7 @@ class Supervisor(Supervised):
         for c in group:
             self._cancel_restart(c)  # a pending restart of a smaller group is folded into this one
             c.state, c.restart_round, c.restart_timer = ChildState.RESTARTING, self._restart_rounds, timer
-        event(log, "child_restart_scheduled", supervisor=self.name, child=child.spec.id,
+        event(log, "child_restart_scheduled", supervisor=self.name, child=known_name(child.spec.id),
               children=[c.spec.id for c in group], delay_s=round(delay, 3))
 
     def _group(self, child: _Child) -> list[_Child]:
@@ -484,13 +484,13 @@ class Supervisor(Supervised):
                 # OTP's try_again_restart: counts as a restart and the strategy applies again from this
                 # child (one_for_all stops the siblings just restarted), later, from a timer.
                 child.state, child.last_failure = ChildState.STOPPED, str(exc)
-                event(log, "child_restart_failed", logging.WARNING, supervisor=self.name, child=child_id,
+                event(log, "child_restart_failed", logging.WARNING, supervisor=self.name, child=known_name(child_id),
                       error=str(exc))
                 self._failed(child)
                 return
             child.restarts += 1
             metrics.ACTOR_RESTARTS.labels(self.name, known_name(child_id)).inc()
-            event(log, "child_restarted", supervisor=self.name, child=child_id, restarts=child.restarts)
+            event(log, "child_restarted", supervisor=self.name, child=known_name(child_id), restarts=child.restarts)
 
     def _start(self, child: _Child) -> None:
         child.ref, child.ctx = start_child(child.spec, self.actor_ref)
@@ -505,7 +505,7 @@ class Supervisor(Supervised):
         """OTP: over the intensity a supervisor terminates all its children, then itself."""
         self.gave_up = True
         metrics.SUPERVISOR_GIVEUPS.inc()
-        event(log, "supervisor_give_up", logging.ERROR, supervisor=self.name, child=child_id, reason=reason)
+        event(log, "supervisor_give_up", logging.ERROR, supervisor=self.name, child=known_name(child_id), reason=reason)
         self._stop_all()
         for child in self._children.values():
             child.state = ChildState.STOPPED
@@ -527,7 +527,7 @@ class Supervisor(Supervised):
             try:
                 ref.stop(block=True, timeout=child.spec.shutdown_timeout_s)
             except pykka.Timeout:
-                event(log, "child_abandoned", logging.ERROR, supervisor=self.name, child=child.spec.id,
+                event(log, "child_abandoned", logging.ERROR, supervisor=self.name, child=known_name(child.spec.id),
                       shutdown_timeout_s=child.spec.shutdown_timeout_s)
                 abandon(ref, ctx)
 
@@ -552,7 +552,7 @@ class Supervisor(Supervised):
                 child.ping = None
 
     def _hung(self, child: _Child, ref: pykka.ActorRef) -> None:
-        event(log, "child_unresponsive", logging.ERROR, supervisor=self.name, child=child.spec.id,
+        event(log, "child_unresponsive", logging.ERROR, supervisor=self.name, child=known_name(child.spec.id),
               timeout_s=self.liveness_timeout_s)
         ctx = child.ctx
         child.last_failure = f"unresponsive for {self.liveness_timeout_s}s"

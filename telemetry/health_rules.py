@@ -9,6 +9,7 @@ from collections import deque
 from typing import Unpack
 
 from marketfeed.config.schema import AlertConfig
+from marketfeed.telemetry.names import known_name
 from marketfeed.telemetry.report import (
     Alert,
     AlertDetail,
@@ -120,7 +121,7 @@ class AlertRules:
                 continue
             for child, info in sup.get("children", {}).items():
                 if info.get("state") == ChildState.RESTARTING:
-                    alert(HealthLevel.DEGRADED, "child_restarting", supervisor=name, child=child,
+                    alert(HealthLevel.DEGRADED, "child_restarting", supervisor=name, child=known_name(child),
                           error=info.get("last_failure", ""))
 
         ledger = report.get("ledger")

@@ -95,7 +95,7 @@ def test_a_dead_backfill_thread_restarts_the_feed_and_health_reports_it(tree):
         report = {"supervisors": {"feeds": status(supervisor)}}
         _, alerts = AlertRules(AlertConfig()).evaluate(report, 0.0)  # type: ignore[arg-type]
         assert {(a["cause"], a.get("child"), a.get("error")) for a in alerts} >= {
-            ("child_restarting", "feed-liveness", restarting["last_failure"])}
+            ("child_restarting", "liveness", restarting["last_failure"])}  # the feed by its configured name
 
         poll(lambda: len(contexts) == 2 and isinstance(contexts[1].actor, FeedActor)
              and feed_child()["state"] == ChildState.RUNNING, what="the feed restarted")

@@ -17,11 +17,11 @@ def test_feed_failing_every_connect_makes_the_root_give_up_and_the_process_exit_
     # Intensity 2: the feed supervisor restarts its feed twice and gives up at the third failure; the root
     # restarts the feed supervisor twice and gives up at its third give-up.
     give_ups = [(e["supervisor"], e["child"]) for e in proc.events("supervisor_give_up")]
-    assert give_ups == [("feeds", "feed-dead")] * 3 + [("root", "feeds")]
+    assert give_ups == [("feeds", "dead")] * 3 + [("root", "feeds")]  # a feed by its configured name
     restarts = [(e["supervisor"], e["child"]) for e in proc.events("child_restarted")]
-    assert restarts.count(("feeds", "feed-dead")) == 6 and restarts.count(("root", "feeds")) == 2
+    assert restarts.count(("feeds", "dead")) == 6 and restarts.count(("root", "feeds")) == 2
     assert all("connects in a row failed" in e["error"] for e in proc.events("child_exited")
-               if e["child"] == "feed-dead")
+               if e["child"] == "dead")
     assert len(proc.events("service_give_up")) == 1
     assert proc.events("service_stopped")[-1]["exit_code"] == 1
 
