@@ -37,7 +37,7 @@ from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Gap
 from marketfeed.feeds.pipeline import FeedMemory, FeedPipeline, Outcome
 from marketfeed.feeds.registry import exchange
-from marketfeed.feeds.shards import ShardError, ShardPlan, symbols_per_connection
+from marketfeed.feeds.shards import InstanceShard, ShardError, ShardPlan, symbols_per_connection
 from marketfeed.feeds.universe import UniverseError, UniverseSpec, select
 from marketfeed.storage.deadletter import DeadLetters
 from marketfeed.storage.ledger import CloseReason, OpenGap, Origin, Record, RequestBox, UnreadableRequest
@@ -98,13 +98,14 @@ class FeedActor(Supervised):
 
     def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory,
                  dead_letter_dir: str = "var/deadletter", ledger: LedgerOutlet | None = None,
-                 gap_max_age_s: float = 0.0, requests: RequestBox | None = None):
+                 gap_max_age_s: float = 0.0, requests: RequestBox | None = None, shard: InstanceShard | None = None):
         super().__init__(ctx)
         self.feed, self.sinks, self.dead_letter_dir = feed, sinks, dead_letter_dir
         self.ledger, self.gap_max_age_s = ledger or LedgerOutlet(), gap_max_age_s
         self.memory = memory
         self.gaps = memory.gaps  # this feed's open gaps: they outlive the actor (and, journaled, the process)
         self.requests = requests  # gaps handed over from outside (verify --repair)
+        self.shard = shard  # this instance's share of a whole market's listing (a plain list comes cut already)
         self.requests_taken: set[Path] = set()  # opened, their file not yet removed by the ledger writer
         self.fetching: dict[Gap, str] = {}  # gaps handed to the backfill thread → their ledger key
         self.protocol = exchange(feed.exchange).protocol(feed)
@@ -399,6 +400,11 @@ class FeedActor(Supervised):
         except UniverseError as exc:
             self._on_listing_failed(str(exc), 0.0)
             return
+        if self.shard is not None:
+            listed, symbols = len(symbols), self.shard.share(symbols)
+            if not symbols:
+                self._on_listing_failed(f"service.shard {self.shard} takes none of the {listed} symbols selected", 0.0)
+                return
         self.listing_backoff.reset()
         self.universe_error = ""
         self._carry(symbols)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import orjson
 import psutil
 import pykka
 
+from marketfeed.actors.peers import PeersSeen, PeerWatch
+from marketfeed.config.instance import Peer, peer_problems
 from marketfeed.config.schema import Config
 from marketfeed.storage.tables import TABLES
 from marketfeed.supervision.scheduler import Timer, scheduler
@@ -71,8 +75,12 @@ class UseConfig:
 class HealthBoard:
     """What outlives one health actor: the alert rules' memory and the latest report (read by HTTP)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, instance: Mapping[str, str] | None = None):
         self.rules = AlertRules(config.alerts)
+        self.instance = dict(instance or {})  # which instance this is (config/instance.py), in every report
+        self.partners: list[str] = []  # from the instances' heartbeats (actors/peers.py)
+        self.problems: list[str] = []
+        self.peers_error = ""
         self._latest: tuple[HealthReport, float] | None = None
 
     def publish(self, report: HealthReport) -> None:
@@ -96,14 +104,42 @@ class HealthActor(Supervised):
         self.reports = 0
         self.last_status: HealthLevel | None = None
         self.timers: list[Timer] = []
+        self.peer_watch: PeerWatch | None = None
 
     def started(self) -> None:
         self.board.rules.thresholds = self.config.alerts
-        metrics.initialise((f.name for f in self.config.feeds), TABLES)
+        metrics.initialise((f.name for f in self.config.feeds), TABLES, self.board.instance)
         self._start_timers()
+        me = self.board.instance
+        if me:
+            peer = Peer(me["id"], me["group"], me["shard"], socket.gethostname(), os.getpid(),
+                        self.process.create_time())
+            self.peer_watch = PeerWatch(peer, self.config.questdb.pg_dsn, self.config.questdb.table_prefix,
+                                        self.actor_ref)
+            self.peer_watch.start()
+
+    def owned_threads(self) -> list:
+        return [self.peer_watch] if self.peer_watch is not None else []
+
+    def _on_peers(self, seen: PeersSeen) -> None:
+        board = self.board
+        board.peers_error = seen.error
+        if seen.error:
+            return
+        me = board.instance
+        mine = next((p for p in seen.peers if p.id == me["id"] and p.pid == os.getpid()), None)
+        if mine is None:
+            return  # my own heartbeat is not applied yet: judge at the next beat
+        problems, board.partners = peer_problems(mine, list(seen.peers))
+        if problems != board.problems:
+            event(log, "instance_conflict" if problems else "instance_conflict_resolved",
+                  logging.ERROR if problems else logging.INFO, instance=me["id"], problems=problems)
+        board.problems = problems
 
     def stopping(self) -> None:
         self._cancel_timers()
+        if self.peer_watch is not None:
+            self.peer_watch.stop()
         # The final report. Health stops last (reverse start order): feeds and buffers are gone, no tree to
         # walk, so their part is the last one gathered (at most a status interval old), dated as such.
         report = self.build_report(None, ReportReason.SHUTDOWN)
@@ -116,6 +152,8 @@ class HealthActor(Supervised):
 
     def stopping_after_crash(self) -> None:
         self._cancel_timers()
+        if self.peer_watch is not None:
+            self.peer_watch.stop()
 
     def _start_timers(self) -> None:
         every = scheduler().every
@@ -149,9 +187,11 @@ class HealthActor(Supervised):
                 if self.pending_reason is not None:
                     reason, self.pending_reason = self.pending_reason, None
                     self._gather(reason)
+            case PeersSeen():
+                self._on_peers(message)
             case UseConfig(config):
                 self.config = config
-                metrics.initialise((f.name for f in config.feeds), TABLES)
+                metrics.initialise((f.name for f in config.feeds), TABLES, self.board.instance)
                 self.board.rules.thresholds = config.alerts
                 self._cancel_timers()
                 self._start_timers()
@@ -191,6 +231,9 @@ class HealthActor(Supervised):
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "config": self.config.source,
+            "instance": {"id": self.board.instance.get("id", ""), "group": self.board.instance.get("group", ""),
+                         "shard": self.board.instance.get("shard", ""), "partners": self.board.partners,
+                         "problems": self.board.problems, "peers_error": self.board.peers_error},
             "feeds": feeds,
             "buffers": buffers,
             "supervisors": supervisors,

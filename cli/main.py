@@ -38,9 +38,9 @@ def _hide_secrets(config: Config) -> None:
 
 
 def cmd_run(args) -> int:
-    from marketfeed.cli.service import LogFlags, run
+    from marketfeed.cli.service import RunFlags, run
 
-    return run(_config(args), log_flags=LogFlags(args.log_level, args.log_format))
+    return run(_config(args), run_flags=RunFlags(args.log_level, args.log_format, args.shard, args.instance_id))
 
 
 def cmd_check_config(args) -> int:
@@ -120,6 +120,11 @@ def parser() -> argparse.ArgumentParser:
                      help="log lines as JSON or as text (default: service.log_format; auto: text on a terminal "
                           "without service.log_file, else JSON)")
     run.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="default: service.log_level")
+    run.add_argument("--shard", default=None, metavar="K/N",
+                     help="this instance's share of every feed's symbols: 0 <= K < N, K auto = the ordinal ending "
+                          "the host name (default: service.shard; none: all of them)")
+    run.add_argument("--instance-id", default=None, metavar="ID",
+                     help="default: service.instance_id, else the host name")
     run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(func=cmd_check_config)
     health = with_config(sub.add_parser("health", help="ask the running service for a fresh health report "

@@ -10,12 +10,14 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pykka
@@ -26,6 +28,7 @@ from marketfeed.actors.feed_messages import RefreshUniverse
 from marketfeed.actors.health import HealthActor, HealthBoard, HealthRequest, UseConfig
 from marketfeed.actors.ledger import LedgerActor, LedgerOutlet
 from marketfeed.cli.reload import applied, plan
+from marketfeed.config.instance import Instance, InstanceError, instance_of, sharded
 from marketfeed.config.loader import ConfigError, load
 from marketfeed.config.schema import Config, FeedConfig, history_s
 from marketfeed.config.secrets import secret_values
@@ -71,17 +74,19 @@ GC_THRESHOLDS = (70_000, 10, 10)
 
 
 @dataclasses.dataclass(frozen=True)
-class LogFlags:
-    """--log-level and --log-format: they win over service.log_level and service.log_format, after a reload too."""
+class RunFlags:
+    """`run`'s --log-level, --log-format, --shard and --instance-id: each wins over its [service] key, after a
+    reload too."""
     level: str | None = None
     format: str | None = None
+    shard: str | None = None
+    instance_id: str | None = None
 
     def over(self, config: Config) -> Config:
-        if self.level is None and self.format is None:
-            return config
-        service = dataclasses.replace(config.service, log_level=self.level or config.service.log_level,
-                                      log_format=self.format or config.service.log_format)
-        return dataclasses.replace(config, service=service)
+        keys: dict[str, Any] = {key: value for key, value in (("log_level", self.level), ("log_format", self.format),
+                                              ("shard", self.shard), ("instance_id", self.instance_id))
+                if value is not None}
+        return dataclasses.replace(config, service=dataclasses.replace(config.service, **keys)) if keys else config
 
 
 def carries(feed: FeedConfig, symbol: str) -> bool:
@@ -95,11 +100,14 @@ def carries(feed: FeedConfig, symbol: str) -> bool:
 
 
 class Service:
-    def __init__(self, config: Config, notifier: Notifier | None = None, log_flags: LogFlags = LogFlags()):
-        self.config = config
-        self.log_flags = log_flags
+    def __init__(self, config: Config, notifier: Notifier | None = None, run_flags: RunFlags = RunFlags(),
+                 instance: Instance | None = None):
+        self.instance = instance or instance_of(config, socket.gethostname())
+        self.config = sharded(config, self.instance.shard)  # its feeds' symbols: this instance's share
+        self.run_flags = run_flags
         self.notifier = notifier or Notifier(None)
-        self.board = HealthBoard(config)  # latest report and alert memory, across health actor restarts
+        # latest report and alert memory, across health actor restarts
+        self.board = HealthBoard(config, self.instance.describe())
         self.feeds_ref: pykka.ActorRef[Supervisor] | None = None
         self.http: OpsServer | None = None
         self.reload_requested = threading.Event()
@@ -141,7 +149,8 @@ class Service:
     def _feed_child(self, f: FeedConfig) -> ChildSpec:
         return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(
             ctx, f, self.sinks, self.memories[f.name], self.config.sink.dead_letter_dir, self.ledger,
-            self.config.ledger.gap_max_age_h * 3600, RequestBox(self.config.ledger.dir)), shutdown_timeout_s=5.0)
+            self.config.ledger.gap_max_age_h * 3600, RequestBox(self.config.ledger.dir), self.instance.shard),
+            shutdown_timeout_s=5.0)
 
     def _ledger_spec(self) -> ChildSpec:
         def start(ctx: ChildContext):
@@ -172,6 +181,7 @@ class Service:
             self._give_up(str(exc))
             return
         event(log, "service_started", pid=os.getpid(), feeds=[f.name for f in self.config.feeds],
+              instance=self.instance.describe(),
               config=self.config.source)
         self.notifier.ready(f"started: {len(self.config.feeds)} feeds")
 
@@ -280,9 +290,12 @@ class Service:
         """SIGHUP: reopen the log file, then apply a valid new config feed by feed; an invalid one changes nothing."""
         logs.reopen()
         try:
-            new = self.log_flags.over(load(self.config.source))
+            new = sharded(self.run_flags.over(load(self.config.source)), self.instance.shard)
         except ConfigError as exc:
             event(log, "config_reload_rejected", logging.ERROR, config=self.config.source, problems=exc.problems)
+            return
+        except InstanceError as exc:  # the shard stays the one the process started with
+            event(log, "config_reload_rejected", logging.ERROR, config=self.config.source, problems=[str(exc)])
             return
         logs.hide(secret_values(self.config) | secret_values(new))  # old ones too: running actors may still show them
         change = plan(self.config, new)
@@ -367,10 +380,16 @@ def dump_thread_stacks() -> None:
                   stack="".join(traceback.format_stack(frame)))
 
 
-def run(config: Config, duration_s: float | None = None, log_flags: LogFlags = LogFlags()) -> int:
+def run(config: Config, duration_s: float | None = None, run_flags: RunFlags = RunFlags()) -> int:
     """`marketfeed run`: serve until SIGTERM/SIGINT, the root supervisor gives up, or duration_s passes.
     Exit 2 (a config error) when the log file cannot be opened."""
-    config = log_flags.over(config)
+    config = run_flags.over(config)
+    try:
+        instance = instance_of(config, socket.gethostname())
+        sharded(config, instance.shard)
+    except InstanceError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     os.umask(int(config.service.umask, 8))  # before the first file is written: the log
     try:
         logs.setup(config.service.log_level, config.service.log_file, config.service.log_format)
@@ -378,7 +397,7 @@ def run(config: Config, duration_s: float | None = None, log_flags: LogFlags = L
         print(f"config error: service.log_file: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     _stacks_to_log()
-    service = Service(config, Notifier.from_env(), log_flags)
+    service = Service(config, Notifier.from_env(), run_flags, instance)
     pid_file = Path(config.service.pid_file)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")

@@ -50,6 +50,7 @@ REFRESH_CHOICES = PatternChoices(r"immediate|[1-9][0-9]{0,3}[mhd]", ("immediate"
 # How much history a stream with nothing stored starts with (feeds.history): empty (none) or <n>m, <n>h, <n>d.
 # A feed's name: metric label, log field, directory of its gap requests.
 FEED_NAME_CHOICES = PatternChoices(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", ("[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",))
+INSTANCE_CHOICES = PatternChoices(r"|[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", ("''", "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"))
 HISTORY_CHOICES = PatternChoices(r"|[1-9][0-9]{0,4}[mhd]", ("''", "<n>m", "<n>h", "<n>d"))
 HISTORY_UNIT_S = {"m": 60, "h": 3600, "d": 86400}
 # questdb.table_prefix goes into DDL, queries and spool/dead-letter paths unquoted: only what an unquoted QuestDB
@@ -84,6 +85,13 @@ class ServiceConfig:
     # The process's umask: what it writes (status, pid, log, spool, dead letters, ledger) is its owner's alone by
     # default (files 0600, directories 0700); "027" lets a group read them.
     umask: str = bounded("077", choices=PatternChoices(r"0?[0-7]{3}", ("077", "027", "<octal>")))
+    # Several instances (README, high availability and scale-out): this one's share of every feed's symbols, "K/N"
+    # (0 <= K < N; K "auto": the ordinal ending the host name, as a StatefulSet's pods have); "": all of them.
+    shard: str = bounded("", choices=PatternChoices(r"|(auto|[0-9]{1,4})/[1-9][0-9]{0,3}", ("''", "K/N", "auto/N")))
+    instance_id: str = bounded("", choices=INSTANCE_CHOICES)  # "": the host name; in the report and metrics
+    # Instances of one group split the market by shard (their shards must not overlap); instances of different
+    # groups with the same shards are an HA pair. "": a group of its own.
+    instance_group: str = bounded("", choices=INSTANCE_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,9 @@ class QuestDBConfig:
     ohlcv_refresh: str = bounded("1m", choices=REFRESH_CHOICES)
     # At start, ids missing among the trades stored in this many hours before the newest are backfilled (0: off).
     hole_scan_h: float = bounded(6.0, min=0.0, max=24.0 * 366)
+    # Trades' price and amount as DECIMAL, kept as the exchange sent them (QuestDB ≥ 9.2, ILP protocol v3); false:
+    # DOUBLE. A table created in the other mode is refused at its first write (README, Exact decimals).
+    decimals: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,8 @@ class FeedConfig:
     max_streams_per_connection: int = bounded(0, min=0)
     # The exchange's own keys, which sit beside these in the TOML table; None: that exchange's defaults.
     options: ExchangeOptions | None = None
+    # Not a [[feeds]] key: the loader sets it from questdb.decimals (parse prices and amounts as Decimal, exactly).
+    decimals: bool = False
 
     def options_of(self, kind: type[_Options]) -> _Options:
         """`options` as the exchange's own type, which its protocol names; its defaults when none were given

@@ -7,6 +7,7 @@ joins the connection with the most room, or a new connection when none has any.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -96,3 +97,38 @@ class ShardPlan:
         shards.update(opened)
         self.shards = shards
         return ShardChange(opened, changed, closed, tuple(added), tuple(removed))
+
+
+@dataclass(frozen=True)
+class InstanceShard:
+    """This instance's share of every feed's symbols (service.shard "K/N"): those whose stable hash mod N is K, so
+    N instances with shards 0/N … N-1/N carry each symbol exactly once, whatever their hosts or start order."""
+
+    k: int
+    n: int
+
+    @classmethod
+    def parse(cls, spec: str, hostname: str) -> InstanceShard | None:
+        """"K/N", or "auto/N" (K: the ordinal a StatefulSet puts at the end of the host name, marketfeed-2 → 2); ""
+        is the whole market (None). ValueError names what is wrong."""
+        if not spec:
+            return None
+        k_text, _, n_text = spec.partition("/")
+        if k_text == "auto":
+            ordinal = hostname.rsplit("-", 1)[-1]
+            if not ordinal.isdigit():
+                raise ValueError(f"auto takes the ordinal at the end of the host name, and {hostname!r} has none")
+            k_text = ordinal
+        if not (k_text.isdigit() and n_text.isdigit()) or not 0 <= int(k_text) < int(n_text):
+            raise ValueError(f"{spec!r} is not K/N with 0 <= K < N (K may be auto)")
+        return cls(int(k_text), int(n_text))
+
+    def takes(self, symbol: str) -> bool:
+        digest = hashlib.blake2b(symbol.upper().encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.n == self.k
+
+    def share(self, symbols: Iterable[str]) -> tuple[str, ...]:
+        return tuple(s for s in symbols if self.takes(s))
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"

@@ -27,7 +27,8 @@ ERROR_WINDOW_S = 60.0
 MB = 1024 * 1024
 # Every cause an alert can name: the marketfeed_health_alerts gauge has a series (0 while quiet) for each.
 ALERT_CAUSES = ("actor_unresponsive", "breaker_open", "child_restarting", "error_rate", "feed_disconnected",
-                "feed_failed", "gap_open", "ledger_write_failed", "memory_high", "message_rate", "no_data",
+                "feed_failed", "gap_open", "instance_conflict", "ledger_write_failed", "memory_high", "message_rate",
+                "no_data",
                 "rows_waiting", "sink_stalled", "spool_full", "spool_in_use")
 
 
@@ -134,6 +135,9 @@ class AlertRules:
                       threshold_s=t.gap_age_s)
             if ledger.get("write_failures"):
                 alert(HealthLevel.DEGRADED, "ledger_write_failed", error=ledger.get("last_error", ""))
+
+        for problem in report.get("instance", {}).get("problems", []):  # config/instance.py peer_problems
+            alert(HealthLevel.DEGRADED, "instance_conflict", problem=problem)
 
         errors = self._errors_last_minute(error_counts(report), now)
         if errors > t.errors_per_minute:

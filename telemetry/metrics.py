@@ -1,7 +1,7 @@
 """Every Prometheus metric of the service, in one place (names per DESIGN.md §7)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -66,7 +66,8 @@ GAPS_CLOSED = Counter("marketfeed_gaps_closed_total", "Gaps closed, by reason (f
 LEDGER_RECORDS = Counter("marketfeed_ledger_records_total", "Records appended to the recovery ledger's journal")
 LEDGER_WRITE_FAILURES = Counter("marketfeed_ledger_write_failures_total", "Failed appends to the ledger's journal")
 
-BUILD_INFO = Gauge("marketfeed_build_info", "Always 1; the running marketfeed's version as a label", ["version"])
+BUILD_INFO = Gauge("marketfeed_build_info", "Always 1; the running marketfeed's version, and which instance it is "
+                   "(service.instance_id, instance_group, shard), as labels", ["version", "instance", "group", "shard"])
 
 PER_FEED = (MESSAGES, MALFORMED, RECONNECTS, DUPLICATES, GAPS, BACKFILLED, FEED_CONNECTED, FEED_RATE_EXCEEDED,
             FEED_SYMBOLS)
@@ -82,11 +83,12 @@ def package_version() -> str:
         return "unknown"
 
 
-def initialise(feeds: Iterable[str], tables: Iterable[str]) -> None:
+def initialise(feeds: Iterable[str], tables: Iterable[str], instance: Mapping[str, str] | None = None) -> None:
     """Every labelled series the config implies, at zero: panels and increase() see a series before its first
     event (a counter born at its first increment loses that increment to increase()). Idempotent; a reload calls
     it again for the feeds it adds."""
-    BUILD_INFO.labels(package_version()).set(1)
+    who = instance or {}
+    BUILD_INFO.labels(package_version(), who.get("id", ""), who.get("group", ""), who.get("shard", "")).set(1)
     for feed in feeds:
         for metric in PER_FEED:
             metric.labels(feed)

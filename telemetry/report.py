@@ -208,6 +208,7 @@ class AlertDetail(TypedDict, total=False):
     errors_last_minute: int
     rss_mb: float
     threshold_mb: float
+    problem: str  # instance_conflict: what two instances share that they must not
 
 
 class Alert(AlertDetail):
@@ -225,6 +226,17 @@ class LedgerStatus(TypedDict):
     last_error: str
 
 
+class InstanceStatus(TypedDict):
+    """Which instance this is (config/instance.py), and the others heartbeating into the same QuestDB."""
+
+    id: str
+    group: str
+    shard: str  # "K/N", "" for every symbol
+    partners: list[str]  # instances of other groups with this shard: an HA pair (or more)
+    problems: list[str]  # my instance id used twice, shards of my group overlapping mine
+    peers_error: str  # why the instances table could not be read ("" when it was)
+
+
 class GatheredReport(TypedDict):
     """What the health actor gathers from the tree, before the rules judge it."""
 
@@ -234,6 +246,7 @@ class GatheredReport(TypedDict):
     pid: int
     uptime_s: float
     config: str  # the config file
+    instance: InstanceStatus
     feeds: dict[str, FeedStatus | SilentStatus]
     buffers: dict[str, SinkStatus | SilentStatus]
     supervisors: dict[str, SupervisorStatus | SilentStatus]

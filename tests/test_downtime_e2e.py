@@ -83,11 +83,12 @@ def stored_everywhere(questdb: QuestDB, prefix: str) -> bool:
             and len(questdb.query(f"SELECT DISTINCT exchange FROM {candles}")) == 2)
 
 
-def expected_candles(sim: Simulator, exchange: str, intervals: dict[str, int]) -> list[tuple]:
+def expected_candles(sim: Simulator, exchange: str, intervals: dict[str, int],
+                     symbols: list[str] | None = None) -> list[tuple]:
     """(symbol, interval, begin s, open, high, low, close, volume, closed) of every period that had trades, from
     the ground truth: all closed but the newest of each interval, which no later trade closed."""
     rows = []
-    for symbol in SYMBOLS[exchange]:
+    for symbol in symbols or SYMBOLS[exchange]:
         trades = sim.trades(exchange, symbol)
         for step_ms in intervals.values():
             periods: dict[int, list] = {}

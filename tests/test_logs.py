@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from marketfeed.cli.main import parser
-from marketfeed.cli.service import LogFlags
+from marketfeed.cli.service import RunFlags
 from marketfeed.config.loader import from_dict, to_toml
 from marketfeed.config.shipped import shipped_file
 from marketfeed.telemetry import logs
@@ -141,10 +141,10 @@ def test_auto_is_text_only_on_a_terminal_without_a_log_file(log_format, path, te
 def test_the_command_line_log_flags_win_over_the_config_and_only_those_given():
     args = parser().parse_args(["run", "-c", "x.toml", "--log-format", "text", "--log-level", "debug"])
     config = from_dict({"service": {"log_level": "error", "log_format": "json"}}, source="test")
-    flagged = LogFlags(args.log_level, args.log_format).over(config)
+    flagged = RunFlags(args.log_level, args.log_format).over(config)
     assert (flagged.service.log_level, flagged.service.log_format) == ("debug", "text")
-    assert LogFlags(level="warning").over(config).service.log_format == "json"
-    assert LogFlags().over(config) is config
+    assert RunFlags(level="warning").over(config).service.log_format == "json"
+    assert RunFlags().over(config) is config
     with pytest.raises(SystemExit):
         parser().parse_args(["run", "--log-format", "yaml"])
 

@@ -162,14 +162,16 @@ def test_http_metrics_health_and_ready(sim, service):
                  "marketfeed_buffered_rows", "marketfeed_health_status"):
         assert name in text
     # Series exist before their first event (the config names the feed, every table has a buffer), so panels and
-    # increase() have them from the start; the build's version is a label.
+    # increase() have them from the start; the build's version and the instance are labels.
+    host = socket.gethostname()
     for sample in ('marketfeed_reconnects_total{feed="spot"} 0.0', 'marketfeed_malformed_frames_total{feed="spot"} 0.0',
                    'marketfeed_flush_failures_total{table="candles"} 0.0',
                    'marketfeed_gaps_closed_total{feed="spot",reason="expired"} 0.0',
                    'marketfeed_breaker_state{table="candles"} 0.0', 'marketfeed_health_alerts{cause="no_data"} 0.0',
                    'marketfeed_actor_restarts_total{actor="spot",supervisor="feeds"} 0.0',
                    'marketfeed_actor_restarts_total{actor="trades",supervisor="sinks"} 0.0',
-                   f'marketfeed_build_info{{version="{metadata.version("marketfeed")}"}} 1.0'):
+                   f'marketfeed_build_info{{group="{host}",instance="{host}",shard="",'  # the host: no instance_id
+                   f'version="{metadata.version("marketfeed")}"}} 1.0'):
         assert sample in text.splitlines(), sample
     # Every dashboard panel has a series to show on a healthy service, before any of its events happened.
     dashboard = orjson.loads((REPO / "config/grafana/marketfeed-dashboard.json").read_bytes())

@@ -147,6 +147,17 @@ class Services:
         self.processes.append(ServiceProcess.start(self.tmp_path, config, env))
         return self.processes[-1]
 
+    def instance(self, name: str, feeds: list[dict], env: dict | None = None, **sections) -> ServiceProcess:
+        """One of several instances on the same QuestDB and table prefix: its files (config, status, pid, spool,
+        ledger, dead letters) under tmp_path/name, its service.instance_id `name`; started again with the same name,
+        it finds its own ledger and spool."""
+        home = self.tmp_path / name
+        home.mkdir(exist_ok=True)
+        config = overlay(service_config(home, self.questdb, self.table_prefix, feeds, **self.sections), sections)
+        config["service"].setdefault("instance_id", name)
+        self.processes.append(ServiceProcess.start(home, config, env))
+        return self.processes[-1]
+
     def close(self) -> None:
         for process in self.processes:
             process.kill()
