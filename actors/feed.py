@@ -98,7 +98,8 @@ class FeedActor(Supervised):
 
     def __init__(self, ctx: ChildContext | None, feed: FeedConfig, sinks: SinkDirectory, memory: FeedMemory,
                  dead_letter_dir: str = "var/deadletter", ledger: LedgerOutlet | None = None,
-                 gap_max_age_s: float = 0.0, requests: RequestBox | None = None, shard: InstanceShard | None = None):
+                 gap_max_age_s: float = 0.0, requests: RequestBox | None = None, shard: InstanceShard | None = None,
+                 writes_live_candles: threading.Event | None = None):
         super().__init__(ctx)
         self.feed, self.sinks, self.dead_letter_dir = feed, sinks, dead_letter_dir
         self.ledger, self.gap_max_age_s = ledger or LedgerOutlet(), gap_max_age_s
@@ -106,6 +107,7 @@ class FeedActor(Supervised):
         self.gaps = memory.gaps  # this feed's open gaps: they outlive the actor (and, journaled, the process)
         self.requests = requests  # gaps handed over from outside (verify --repair)
         self.shard = shard  # this instance's share of a whole market's listing (a plain list comes cut already)
+        self.writes_live_candles = writes_live_candles  # None: always; clear: an HA partner writes them
         self.requests_taken: set[Path] = set()  # opened, their file not yet removed by the ledger writer
         self.fetching: dict[Gap, str] = {}  # gaps handed to the backfill thread → their ledger key
         self.protocol = exchange(feed.exchange).protocol(feed)
@@ -289,8 +291,11 @@ class FeedActor(Supervised):
             self._send(table, rows)
 
     def _send_live_candles(self) -> None:
-        """Only while the candles buffer takes them: until then the latest state waits, one per key."""
-        if self.sinks.get(CANDLES.name) is not None and not self.outbox.holds(CANDLES.name):
+        """Only while the candles buffer takes them: until then the latest state waits, one per key. An instance
+        whose HA partner writes the candles in progress drops them (it still stores every closed one)."""
+        if self.writes_live_candles is not None and not self.writes_live_candles.is_set():
+            self.pipeline.live_candles.take()
+        elif self.sinks.get(CANDLES.name) is not None and not self.outbox.holds(CANDLES.name):
             self._send(CANDLES.name, self.pipeline.live_candles.take())
 
     def _gap(self, gap: Gap, origin: Origin) -> None:

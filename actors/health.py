@@ -22,7 +22,7 @@ import psutil
 import pykka
 
 from marketfeed.actors.peers import PeersSeen, PeerWatch
-from marketfeed.config.instance import Peer, peer_problems
+from marketfeed.config.instance import Peer, leads, peer_problems
 from marketfeed.config.schema import Config
 from marketfeed.storage.tables import TABLES
 from marketfeed.supervision.scheduler import Timer, scheduler
@@ -81,6 +81,10 @@ class HealthBoard:
         self.partners: list[str] = []  # from the instances' heartbeats (actors/peers.py)
         self.problems: list[str] = []
         self.peers_error = ""
+        # Set while this instance writes candles in progress (config/instance.py leads); the feeds read it. Until the
+        # others are known it does: a single instance, the usual case, needs no QuestDB to write them.
+        self.writes_live_candles = threading.Event()
+        self.writes_live_candles.set()
         self._latest: tuple[HealthReport, float] | None = None
 
     def publish(self, report: HealthReport) -> None:
@@ -131,6 +135,10 @@ class HealthActor(Supervised):
         if mine is None:
             return  # my own heartbeat is not applied yet: judge at the next beat
         problems, board.partners = peer_problems(mine, list(seen.peers))
+        leading = leads(mine, list(seen.peers), time.time())
+        if leading != board.writes_live_candles.is_set():
+            event(log, "live_candles_writer", instance=me["id"], writes=leading, partners=board.partners)
+            board.writes_live_candles.set() if leading else board.writes_live_candles.clear()
         if problems != board.problems:
             event(log, "instance_conflict" if problems else "instance_conflict_resolved",
                   logging.ERROR if problems else logging.INFO, instance=me["id"], problems=problems)
@@ -233,7 +241,8 @@ class HealthActor(Supervised):
             "config": self.config.source,
             "instance": {"id": self.board.instance.get("id", ""), "group": self.board.instance.get("group", ""),
                          "shard": self.board.instance.get("shard", ""), "partners": self.board.partners,
-                         "problems": self.board.problems, "peers_error": self.board.peers_error},
+                         "problems": self.board.problems, "peers_error": self.board.peers_error,
+                         "writes_live_candles": self.board.writes_live_candles.is_set()},
             "feeds": feeds,
             "buffers": buffers,
             "supervisors": supervisors,

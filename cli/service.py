@@ -149,8 +149,8 @@ class Service:
     def _feed_child(self, f: FeedConfig) -> ChildSpec:
         return ChildSpec(f"feed-{f.name}", lambda ctx: FeedActor.start(
             ctx, f, self.sinks, self.memories[f.name], self.config.sink.dead_letter_dir, self.ledger,
-            self.config.ledger.gap_max_age_h * 3600, RequestBox(self.config.ledger.dir), self.instance.shard),
-            shutdown_timeout_s=5.0)
+            self.config.ledger.gap_max_age_h * 3600, RequestBox(self.config.ledger.dir), self.instance.shard,
+            self.board.writes_live_candles), shutdown_timeout_s=5.0)
 
     def _ledger_spec(self) -> ChildSpec:
         def start(ctx: ChildContext):

@@ -108,3 +108,16 @@ def peer_problems(me: Peer, peers: list[Peer]) -> tuple[list[str], list[str]]:
         elif peer.group != me.group and peer.shard == me.shard:
             partners.append(peer.id)
     return sorted(set(problems)), sorted(set(partners))
+
+
+LEAD_WINDOW_S = 15.0  # three missed heartbeats: the instance is gone, its partner takes over
+
+
+def leads(me: Peer, peers: list[Peer], now_s: float) -> bool:
+    """Whether this instance writes the candles in progress of its shard: the smallest id among the live instances
+    carrying that shard. DEDUP keeps the last row written: two writers of in-progress states could each land an
+    older state after the other's newer one, so only one writes them (every instance writes closed candles, the
+    exchange's final state, after its own in-progress ones)."""
+    alive = {p.id for p in peers if p.shard == me.shard and (p.same_process(me) or
+                                                              (p.id != me.id and now_s - p.seen_s < LEAD_WINDOW_S))}
+    return min(alive | {me.id}) == me.id

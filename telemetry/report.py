@@ -235,6 +235,7 @@ class InstanceStatus(TypedDict):
     partners: list[str]  # instances of other groups with this shard: an HA pair (or more)
     problems: list[str]  # my instance id used twice, shards of my group overlapping mine
     peers_error: str  # why the instances table could not be read ("" when it was)
+    writes_live_candles: bool  # this instance writes its shard's candles in progress (one of an HA pair does)
 
 
 class GatheredReport(TypedDict):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketfeed.config.instance import InstanceError, Peer, instance_of, peer_problems, sharded
+from marketfeed.config.instance import LEAD_WINDOW_S, InstanceError, Peer, instance_of, leads, peer_problems, sharded
 from marketfeed.config.loader import from_dict
 from marketfeed.feeds.shards import InstanceShard
 
@@ -86,3 +86,12 @@ def test_peers_an_ha_partner_a_doubled_id_and_overlapping_shards():
     for shard, overlaps in (("1/3", True), ("2/3", False), ("0/2", True), ("", True)):
         problems, _ = peer_problems(split, [split, peer("t", "split", shard, pid=5)])
         assert bool(problems) == overlaps, shard
+
+
+def test_one_instance_of_a_shard_writes_the_candles_in_progress_and_its_partner_takes_over():
+    a, b = peer("a", "a", pid=1, seen=200.0), peer("b", "b", pid=2, seen=200.0)
+    assert leads(a, [a, b], 201.0) and not leads(b, [a, b], 201.0)
+    assert leads(b, [a, b], 200.0 + LEAD_WINDOW_S + 1)  # a's heartbeats stopped: b writes them now
+    assert leads(b, [b], 201.0)  # alone (or before the others are known)
+    other_shard = peer("0", "x", "1/2", pid=3)
+    assert leads(a, [a, other_shard], 201.0)

