@@ -83,3 +83,22 @@ def test_three_shards_of_a_3000_symbol_universe_carry_every_symbol_exactly_once(
     wait_all_ids(questdb, f"{table_prefix}trades", "binance", {s: sim.truth("binance", s) for s in symbols})
     assert sim.refusals("binance") == []
     assert all(proc.stop() == 0 for proc in shards)
+
+
+def test_an_ha_pair_both_down_then_both_up_fill_the_downtime_once(service, questdb, table_prefix):
+    sim = service.simulator(["binance"], {"binance": PAIR_SYMBOLS}, rate=50, count=1200, seed=23, clock_paused=True)
+    feed = sim_feed("binance", sim, PAIR_SYMBOLS, reconnect_min_s=0.1)
+    pair = [service.instance(name, [feed], service={"instance_group": name}) for name in ("a", "b")]
+    sim.wait_until(lambda: len([c for c in sim.connections("binance") if c.symbols]) == 2, 30, "both subscribed")
+    sim.start_clock()
+    sim.wait_emitted(300)
+    for proc in pair:
+        proc.proc.kill()  # both SIGKILLed: the market goes on with nobody listening
+        proc.proc.wait(10)
+    sim.wait_emitted(700)
+    pair = [service.instance(name, [feed], service={"instance_group": name}) for name in ("a", "b")]
+    for proc in pair:  # each one's own ledger knows its last ids: both fetch the downtime, DEDUP keeps it once
+        proc.wait_event("gap_detected", timeout=30)
+    sim.wait_emitted(1200, timeout=60)
+    wait_all_ids(questdb, f"{table_prefix}trades", "binance", {s: sim.truth("binance", s) for s in PAIR_SYMBOLS})
+    assert all(proc.stop() == 0 for proc in pair)
