@@ -16,6 +16,7 @@ SHIPPED: dict[str, Shipped] = {
     "example-config": Shipped("marketfeed.example.toml", "a config with every key, commented"),
     "config-schema": Shipped("marketfeed.schema.json", "the config's JSON Schema, for editors"),
     "systemd-unit": Shipped("marketfeed.service", "the hardened Type=notify unit"),
+    "systemd-template": Shipped("marketfeed@.service", "the same unit for one shard: marketfeed@K-N.service"),
     "prometheus-rules": Shipped("prometheus/marketfeed.rules.yml", "alerting rules"),
     "grafana-dashboard": Shipped("grafana/marketfeed-dashboard.json", "a dashboard of the metrics"),
     "lnav-format": Shipped("lnav/marketfeed_log.json", "an lnav log format for the JSON log"),
