@@ -1,14 +1,18 @@
-"""`python -m bench`: ceilings and marketfeed end to end in one run, against a QuestDB of its own.
+"""`python -m bench`: the physical ceilings and marketfeed end to end in one run, over TLS, into a QuestDB of its own.
 
-Phases: ceilings (raw receive, orjson, parser, row building, QuestDB ingest) → marketfeed at the
-simulator's max rate with 1 and 4 feeds → latency at fixed rates → a QuestDB outage. Results go to
---out as results.json, results.md and results.png (bench/report.py).
+Phases: ceilings over one recorded TLS stream (raw TLS read, frame decoder, parser, row building, QuestDB ingest;
+the last three in both number modes, DOUBLE and DECIMAL) → marketfeed at the simulator's max rate (DOUBLE and
+DECIMAL, 1 feed; DOUBLE with 4 feeds), py-spy profiles of the 1-feed runs → latency at fixed rates → a QuestDB
+outage. The simulator serves wss:// and https:// with a self-signed certificate made for the run, as the real
+exchanges serve TLS; marketfeed trusts it through feeds.ca_file. Results go to --out as results.json, results.md,
+results.png (bench/report.py) and profile-<mode>.svg.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,6 +27,7 @@ import orjson
 import psutil
 
 from bench import ceilings, report
+from bench.ceilings import RawRead
 from marketfeed.config.loader import to_toml
 from marketfeed.config.schema import FeedConfig, SinkConfig
 from marketfeed.feeds.binance import BinanceProtocol
@@ -34,26 +39,52 @@ from tests.support.questdb import REPO, QuestDB
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "AVAXUSDT"]
 SYMBOLS_PER_FEED = 2
 SAMPLE_S = 0.25  # RSS, CPU and row-count polling period
+MODES = {"double": False, "decimal": True}  # questdb.decimals of each number mode
 
 
 @dataclass(frozen=True)
 class Plan:
-    receive_frames: int  # frames for the receive ceiling
-    keep_frames: int  # of those, kept for the parse and row-building ceilings
+    receive_frames: int  # frames of the recorded TLS stream every ceiling is measured on
+    keep_frames: int  # of those, parsed, built into rows and ingested
+    stock_client_frames: int  # frames of the websocket-client reference loop (0: not measured)
     ingest_repeats: int
-    max_rate_s: float  # target length of a max-rate run (sized from the receive ceiling)
+    max_rate_frames: int  # frames of one max-rate run, over all its symbols
+    max_rate_cases: tuple[tuple[str, int], ...]  # (mode, feeds) of the max-rate runs
     latency_rates: tuple[int, ...]
     latency_s: float
     outage_rate: int
     outage_warmup_s: float
     outage_s: float
-    repeats: int = 1  # runs of the receive ceiling and of each max-rate case; the median is reported
+    repeats: int = 1  # runs of the raw read and of each max-rate case; the median is reported
     outage_sink: tuple[tuple[str, float], ...] = ()  # [sink] keys of the outage run (FULL: the defaults)
+    # py-spy on a 1-feed run of its own per mode, never a measured one (False: on the measured run: the quick plan
+    # measures nothing)
+    profile_apart: bool = True
 
 
-FULL = Plan(1_000_000, 200_000, 5, 15.0, (1_000, 10_000, 50_000), 20.0, 10_000, 10.0, 60.0, repeats=3)
-# The quick run's breaker tries QuestDB again after 2 s, not the default 30 s: the same path, 25 s less test.
-QUICK = Plan(30_000, 10_000, 1, 1.0, (1_000,), 1.0, 1_000, 1.0, 1.0, outage_sink=(("breaker_reset_s", 2.0),))
+FULL = Plan(1_000_000, 200_000, 200_000, 5, 600_000, (("double", 1), ("decimal", 1), ("double", 4)),
+            (1_000, 10_000, 50_000), 20.0, 10_000, 10.0, 60.0, repeats=3)
+# The quick run's breaker tries QuestDB again after 2 s, not the default 30 s: the same path, 25 s less test. No
+# latency run: the outage run is a paced run too.
+QUICK = Plan(30_000, 10_000, 0, 1, 30_000, (("double", 1), ("decimal", 1)), (), 1.0, 1_000, 1.0, 1.0,
+             outage_sink=(("breaker_reset_s", 2.0),), profile_apart=False)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A self-signed certificate for 127.0.0.1: the simulator's, and the CA file marketfeed trusts."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> Certificate:
+        # The openssl CLI, as tests/test_hostile_feed.py: no Python package needed. P-256: a quick handshake.
+        cert, key = directory / "sim-cert.pem", directory / "sim-key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        return cls(cert, key)
 
 
 class SimProcess:
@@ -100,15 +131,46 @@ class Samples:
         return [rss for t, rss in zip(self.at, self.rss_mb, strict=True) if start <= t <= end]
 
 
+class Profiler:
+    """py-spy recording one process until it exits (an SVG flame graph, a lane per thread)."""
+
+    def __init__(self, pid: int, path: Path):
+        self.path = path
+        exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+        self.proc = None if exe is None else subprocess.Popen(
+            # --nonblocking: samples without stopping the process. Stopped by ptrace, the questdb client's HTTP
+            # request fails with EINTR ("Interrupted system call (os error 4)") and every flush with it.
+            [exe, "record", "--pid", str(pid), "--output", str(path), "--format", "flamegraph", "--rate", "100",
+             "--threads", "--nonblocking"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self) -> dict:
+        """Once the process has exited: {"file": name} or {"error": why} (not installed, cannot attach)."""
+        if self.proc is None:
+            return {"error": "py-spy is not installed (pip install py-spy: the bench extra)"}
+        try:
+            output, _ = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            output, _ = self.proc.communicate()
+        if self.proc.returncode != 0 or not self.path.exists():
+            return {"error": f"py-spy exited {self.proc.returncode}: {output.strip()[-500:]}"}
+        return {"file": self.path.name}
+
+
 class Bench:
-    def __init__(self, plan: Plan, workdir: Path, questdb: QuestDB):
-        self.plan, self.workdir, self.questdb = plan, workdir, questdb
+    def __init__(self, plan: Plan, workdir: Path, questdb: QuestDB, certificate: Certificate, out: Path):
+        self.plan, self.workdir, self.questdb, self.certificate, self.out = plan, workdir, questdb, certificate, out
         self.runs = 0
+        self.profiles: dict[str, dict] = {}
 
     # --- helpers
     def table_prefix(self) -> str:
         self.runs += 1
         return f"bench{os.getpid()}_{self.runs}_"
+
+    def simulator(self, symbols: list[str], per_symbol: int, **paced) -> SimProcess:
+        return SimProcess(symbols=symbols, count=per_symbol, tls=[str(self.certificate.cert),
+                                                                  str(self.certificate.key)], **paced)
 
     def count_rows(self, table: str) -> int:
         try:
@@ -122,22 +184,25 @@ class Bench:
             f"SELECT symbol, count(), count_distinct(trade_id), min(trade_id), max(trade_id) FROM {table}")}
         return all(got.get(s) == (count, count, first[s], first[s] + count - 1) for s in symbols)
 
-    def start_service(self, prefix: str, sim: SimProcess, feeds: int, sink: dict | None = None):
+    def start_service(self, prefix: str, sim: SimProcess, feeds: int, decimals: bool = False,
+                      sink: dict | None = None):
         feed_list = [{"name": f"bench-{k}", "exchange": "binance", "url": sim.urls["url"], "rest_url": sim.urls["rest"],
+                      "ca_file": str(self.certificate.cert),
                       "symbols": SYMBOLS[k * SYMBOLS_PER_FEED:(k + 1) * SYMBOLS_PER_FEED]} for k in range(feeds)]
         run_dir = self.workdir / prefix
         run_dir.mkdir()
         config = {
             "service": {"status_file": str(run_dir / "status.json"), "pid_file": str(run_dir / "pid"),
                         "log_file": str(run_dir / "marketfeed.log"), "log_level": "warning", "http_listen": ""},
-            "questdb": {"conf": self.questdb.conf, "pg_dsn": self.questdb.pg_dsn, "table_prefix": prefix},
+            "questdb": {"conf": self.questdb.conf, "pg_dsn": self.questdb.pg_dsn, "table_prefix": prefix,
+                        "decimals": decimals},
             "spool": {"dir": str(run_dir / "spool")},
             "ledger": {"dir": str(run_dir / "ledger")},
             "sink": {"dead_letter_dir": str(run_dir / "deadletter"), **(sink or {})},
             "feeds": feed_list,
         }
         (run_dir / "marketfeed.toml").write_text(to_toml(config))
-        create_tables(self.questdb.pg_dsn, prefix, (TRADES,))  # not part of the measured window
+        create_tables(self.questdb.pg_dsn, prefix, (TRADES,), decimals=decimals)  # not part of the measured window
         proc = subprocess.Popen([sys.executable, "-m", "bench.probe", str(run_dir / "marketfeed.toml"),
                                  str(run_dir / "acks.bin")], cwd=REPO)
         return proc, run_dir
@@ -164,74 +229,126 @@ class Bench:
             time.sleep(SAMPLE_S)
         return samples, None
 
-    # --- phases
-    def ceilings(self, protocol: BinanceProtocol) -> dict:
+    # --- ceilings
+    def ceilings(self) -> dict:
         plan = self.plan
-        runs = [self.raw_receive(protocol) for _ in range(plan.repeats)]  # a noisy machine: the median of a few
-        frames = runs[0]["frames"]
-        rates = [run["rate"] for run in runs]
-        parser_rate, rows = ceilings.protocol_parse(protocol, frames)
-        prefix = self.table_prefix()
-        table = TRADES.name_in_db(prefix)
-        create_tables(self.questdb.pg_dsn, prefix, (TRADES,))
-        return {
-            "raw_receive_msgs_s": statistics.median(rates),
-            "raw_receive_runs_msgs_s": rates,
-            "orjson_parse_msgs_s": ceilings.orjson_parse(frames),
-            "binance_parser_msgs_s": parser_rate,
-            "row_building_rows_s": ceilings.row_building(self.questdb.conf, table, rows),
-            "questdb_ingest_rows_s": ceilings.ingest(self.questdb.conf, table, rows, plan.ingest_repeats),
+        reads = [self.raw_read() for _ in range(plan.repeats)]  # a noisy machine: the median of a few
+        frames = plan.receive_frames // SYMBOLS_PER_FEED * SYMBOLS_PER_FEED
+        rates = [read.frames_s(frames) for read in reads]
+        decoder_rate, messages, payloads = ceilings.decode(reads[0].chunks, plan.keep_frames)
+        if messages < frames:
+            raise RuntimeError(f"the raw TLS read ended early: {messages} of {frames} frames")
+        result: dict = {
+            "tls": reads[0].tls,
+            "frames": frames,
+            "raw_tls_read_msgs_s": statistics.median(rates),
+            "raw_tls_read_runs_msgs_s": rates,
+            "raw_tls_read_mb_s": statistics.median(read.bytes_s for read in reads) / 2**20,
+            "frame_decoder_msgs_s": decoder_rate,
+            "websocket_client_recv_msgs_s": self.stock_client() if plan.stock_client_frames else None,
+            "modes": {},
         }
+        del reads
+        tables = {}
+        for mode, decimals in MODES.items():
+            tables[mode] = TRADES.name_in_db(prefix := self.table_prefix())
+            create_tables(self.questdb.pg_dsn, prefix, (TRADES,), decimals=decimals)
+        # A round to warm up first (allocator, QuestDB's JIT and partitions), so neither mode pays for going first.
+        for warm_up in (True, False):
+            for mode, decimals in MODES.items():
+                protocol = BinanceProtocol(FeedConfig("bench", "binance", "wss://unused",
+                                                      tuple(SYMBOLS[:SYMBOLS_PER_FEED]), decimals=decimals))
+                parse_rate, rows = ceilings.parse(protocol, payloads)
+                conf, table = self.questdb.conf, tables[mode]
+                result["modes"][mode] = {
+                    "parse_msgs_s": parse_rate,
+                    "row_building_rows_s": ceilings.row_building(conf, decimals, table, rows),
+                    "questdb_ingest_rows_s": ceilings.ingest(conf, decimals, table, rows,
+                                                             *((1, plan.ingest_repeats) if warm_up else
+                                                               (plan.ingest_repeats, 0))),
+                }
+        return result
 
-    def raw_receive(self, protocol: BinanceProtocol) -> dict:
-        """One run of the receive ceiling: {"rate": frames/s, "frames": the first keep_frames frames}."""
-        plan = self.plan
-        per_symbol = plan.receive_frames // SYMBOLS_PER_FEED
-        sim = SimProcess(symbols=SYMBOLS[:SYMBOLS_PER_FEED], count=per_symbol)
+    def raw_read(self) -> RawRead:
+        """One recorded TLS stream of receive_frames frames, read to its end by one thread."""
+        per_symbol = self.plan.receive_frames // SYMBOLS_PER_FEED
+        sim = self.simulator(SYMBOLS[:SYMBOLS_PER_FEED], per_symbol)
+        done, result = threading.Event(), []
         try:
-            url = protocol.url(sim.urls["url"])
-            result: dict = {}
-            client = threading.Thread(target=lambda: result.update(zip(
-                ("rate", "frames"), ceilings.receive(url, per_symbol * SYMBOLS_PER_FEED, plan.keep_frames),
-                strict=True)))
+            url = BinanceProtocol(FeedConfig("bench", "binance", "wss://unused", tuple(SYMBOLS[:SYMBOLS_PER_FEED]))
+                                  ).url(sim.urls["url"])
+            reader = threading.Thread(target=lambda: result.append(
+                ceilings.tls_read(url, str(self.certificate.cert), done)))
+            reader.start()
+            sim.ask(wait=1)
+            sim.ask(start=True)
+            while sim.ask(emitted=True)["emitted"] < per_symbol and reader.is_alive():
+                time.sleep(0.05)
+            done.set()
+            reader.join()
+        finally:
+            sim.stop()
+        if not result:
+            raise RuntimeError("the raw TLS read failed (see the traceback above)")
+        return result[0]
+
+    def stock_client(self) -> float:
+        per_symbol = self.plan.stock_client_frames // SYMBOLS_PER_FEED
+        sim = self.simulator(SYMBOLS[:SYMBOLS_PER_FEED], per_symbol)
+        result: list[float] = []
+        try:
+            url = BinanceProtocol(FeedConfig("bench", "binance", "wss://unused", tuple(SYMBOLS[:SYMBOLS_PER_FEED]))
+                                  ).url(sim.urls["url"])
+            client = threading.Thread(target=lambda: result.append(ceilings.websocket_client_recv(
+                url, str(self.certificate.cert), per_symbol * SYMBOLS_PER_FEED)))
             client.start()
             sim.ask(wait=1)
             sim.ask(start=True)
             client.join()
         finally:
             sim.stop()
-        return result
+        return result[0]
 
-    def median_max_rate(self, feeds: int, expected_rate: float) -> dict:
-        """The median of `repeats` max-rate runs (its RSS and CPU with it); every run's rate is kept."""
-        runs = sorted((self.max_rate(feeds, expected_rate) for _ in range(self.plan.repeats)),
-                      key=lambda r: r["rows_s"])
+    # --- end to end
+    def median_max_rate(self, mode: str, feeds: int) -> dict:
+        """The median of `repeats` max-rate runs (its RSS and CPU with it); every run's rate is kept. The quick plan
+        profiles its one 1-feed run; the full plan profiles a run of its own (the measured ones are left alone)."""
+        profile = feeds == 1 and mode not in self.profiles
+        runs = sorted((self.max_rate(mode, feeds, profile and not self.plan.profile_apart)
+                       for _ in range(self.plan.repeats)), key=lambda r: r["rows_s"])
+        if profile and self.plan.profile_apart:
+            self.max_rate(mode, feeds, profile=True)
         return {**runs[len(runs) // 2], "rows_s_runs": [r["rows_s"] for r in runs]}
 
-    def max_rate(self, feeds: int, expected_rate: float) -> dict:
+    def max_rate(self, mode: str, feeds: int, profile: bool = False) -> dict:
         symbols = SYMBOLS[:feeds * SYMBOLS_PER_FEED]
-        per_symbol = max(1000, int(expected_rate * self.plan.max_rate_s / len(symbols)))
+        per_symbol = self.plan.max_rate_frames // len(symbols)
         total = per_symbol * len(symbols)
         prefix = self.table_prefix()
         table = TRADES.name_in_db(prefix)
-        sim = SimProcess(symbols=symbols, count=per_symbol)
-        proc, run_dir = self.start_service(prefix, sim, feeds)
+        sim = self.simulator(symbols, per_symbol)
+        proc, run_dir = self.start_service(prefix, sim, feeds, MODES[mode])
+        profiler = None
         try:
             sim.ask(wait=feeds)
+            if profile:
+                profiler = Profiler(proc.pid, self.out / f"profile-{mode}.svg")
             time.sleep(1.0)  # the service settles (imports done, buffers connected) before the clock starts
             cpu_before = psutil.Process(proc.pid).cpu_times()
             began = time.monotonic()
             sim.ask(start=True)
-            samples, visible_at = self.watch(proc, table, total, max(60.0, 10 * self.plan.max_rate_s))
+            samples, visible_at = self.watch(proc, table, total, max(60.0, 20 * total / 50_000))
         finally:
             sim.stop()
         complete = visible_at is not None and self.ids_complete(table, symbols, per_symbol)
         self.stop_service(proc, run_dir)
+        if profiler is not None:
+            self.profiles[mode] = profiler.result()
         cpu = samples.cpu_s[-1] - (cpu_before.user + cpu_before.system)
         elapsed = (visible_at or samples.at[-1]) - began
         steady = samples.between(began + elapsed / 2, began + elapsed)
-        return {"feeds": feeds, "rows": total, "ids_complete": complete, "wall_s": elapsed,
-                "rows_s": total / elapsed if complete else 0.0, "cpu_s_per_1000": 1000 * cpu / total,
+        return {"mode": mode, "feeds": feeds, "rows": total, "ids_complete": complete, "wall_s": elapsed,
+                "rows_s": total / elapsed if complete else 0.0, "cpu_us_per_msg": 1e6 * cpu / total,
                 "rss_peak_mb": max(samples.rss_mb), "rss_steady_mb": statistics.median(steady or samples.rss_mb)}
 
     def latency(self, rate: int) -> dict:
@@ -240,7 +357,7 @@ class Bench:
         prefix = self.table_prefix()
         table = TRADES.name_in_db(prefix)
         per_symbol_rate = rate / len(symbols)
-        sim = SimProcess(symbols=symbols, count=per_symbol, rate=per_symbol_rate)  # paced, pre-rendered
+        sim = self.simulator(symbols, per_symbol, rate=per_symbol_rate)  # paced, pre-rendered
         proc, run_dir = self.start_service(prefix, sim, 1)
         try:
             sim.ask(wait=1)
@@ -267,8 +384,8 @@ class Bench:
         per_symbol = int(rate / len(symbols) * run_s)
         prefix = self.table_prefix()
         table = TRADES.name_in_db(prefix)
-        sim = SimProcess(symbols=symbols, count=per_symbol, rate=rate / len(symbols))
-        proc, run_dir = self.start_service(prefix, sim, 1, dict(plan.outage_sink))
+        sim = self.simulator(symbols, per_symbol, rate=rate / len(symbols))
+        proc, run_dir = self.start_service(prefix, sim, 1, sink=dict(plan.outage_sink))
         marks: dict[str, float] = {}
 
         def outage_control(samples: Samples) -> None:
@@ -306,12 +423,31 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p / 100))]
 
 
-def machine() -> dict:
+def ratios(run: dict, c: dict) -> dict[str, float]:
+    """An end-to-end rate as a share of each ceiling measured in the same run (those of its number mode)."""
+    own = c["modes"][run["mode"]]
+    return {"raw_tls_read": run["rows_s"] / c["raw_tls_read_msgs_s"],
+            "frame_decoder": run["rows_s"] / c["frame_decoder_msgs_s"],
+            "parse": run["rows_s"] / own["parse_msgs_s"],
+            "row_building": run["rows_s"] / own["row_building_rows_s"],
+            "questdb_ingest": run["rows_s"] / own["questdb_ingest_rows_s"]}
+
+
+def decimal_cost(c: dict, runs: list[dict]) -> dict[str, float | None]:
+    """DECIMAL's rate as a share of DOUBLE's, stage by stage and end to end (1 feed)."""
+    double, decimal = c["modes"]["double"], c["modes"]["decimal"]
+    one = {r["mode"]: r["rows_s"] for r in runs if r["feeds"] == 1}
+    return {**{key: decimal[key] / double[key] for key in double},
+            "end_to_end": one["decimal"] / one["double"] if one.get("double") else None}
+
+
+def machine(questdb: QuestDB) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "os": platform.platform(), "python": platform.python_version(),
-            "questdb": os.environ.get("QDB_VERSION", "bin/questdb default"), "load_average": os.getloadavg()}
+            "questdb": questdb.query("SELECT build()")[0][0].removeprefix("Build Information: ").split(", Commit")[0],
+            "load_average": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,25 +459,25 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    protocol = BinanceProtocol(FeedConfig("bench", "binance", "ws://unused", tuple(SYMBOLS[:SYMBOLS_PER_FEED])))
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="marketfeed-bench-") as tmp:
         questdb = QuestDB(Path(tmp) / "questdb")
         questdb.start()
         try:
-            bench = Bench(plan, Path(tmp), questdb)
-            results: dict = {"machine": machine(), "plan": plan.__dict__, "started_at": started}
+            bench = Bench(plan, Path(tmp), questdb, Certificate.make(Path(tmp)), out)
+            results: dict = {"machine": machine(questdb), "plan": plan.__dict__, "started_at": started}
             print("ceilings…", flush=True)
-            results["ceilings"] = c = bench.ceilings(protocol)
+            results["ceilings"] = c = bench.ceilings()
             print(orjson.dumps(c).decode(), flush=True)
-            raw = c["raw_receive_msgs_s"]
             results["max_rate"] = []
-            for feeds in (1, 4):
-                print(f"max rate, {feeds} feed(s)…", flush=True)
-                r = bench.median_max_rate(feeds, raw)
-                r["ratio_to_raw_receive"] = r["rows_s"] / raw
-                results["max_rate"].append(r)
-                print(orjson.dumps(r).decode(), flush=True)
+            for mode, feeds in plan.max_rate_cases:
+                print(f"max rate, {mode}, {feeds} feed(s)…", flush=True)
+                run = bench.median_max_rate(mode, feeds)
+                run["ratios"] = ratios(run, c)
+                results["max_rate"].append(run)
+                print(orjson.dumps(run).decode(), flush=True)
+            results["decimal_cost"] = decimal_cost(c, results["max_rate"])
+            results["profiles"] = bench.profiles
             best_one_feed = results["max_rate"][0]["rows_s"]
             results["latency"] = []
             for rate in plan.latency_rates:
@@ -351,12 +487,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"latency at {rate} msgs/s…", flush=True)
                 results["latency"].append(bench.latency(rate))
                 print(orjson.dumps(results["latency"][-1]).decode(), flush=True)
-            sink, feed = SinkConfig(), protocol.feed
+            sink, feed = SinkConfig(), FeedConfig("bench", "binance", "wss://unused", ("BTCUSDT",))
             results["flush_settings"] = {"sink.max_rows": sink.max_rows, "sink.flush_interval_s": sink.flush_interval_s,
                                          "feed.batch_rows": feed.batch_rows, "feed.batch_linger_s": feed.batch_linger_s}
             print("QuestDB outage…", flush=True)
             results["outage"] = bench.outage()
             print(orjson.dumps(results["outage"]).decode(), flush=True)
+            results["machine"]["load_average_end"] = os.getloadavg()
         finally:
             questdb.stop()
     results["duration_s"] = time.time() - started

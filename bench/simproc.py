@@ -1,12 +1,13 @@
 """The simulator in a process of its own, so its CPU never shares a GIL with the process measured.
 
-`python -m bench.simproc '<json>'` ({"symbols", "count"[, "rate": trades/s per symbol, paced]}) prints
-{"url", "rest"} and then answers one JSON line per command read from stdin: {"wait": n} (n connections
-subscribed), {"start": true} (→ started_ns: trade i of every symbol goes out at started_ns + i / rate),
-{"emitted": true}.
+`python -m bench.simproc '<json>'` ({"symbols", "count"[, "rate": trades/s per symbol, paced][, "tls": [cert
+file, key file]: wss:// and https:// like the real exchanges]}) prints {"url", "rest"} and then answers one JSON
+line per command read from stdin: {"wait": n} (n connections subscribed), {"start": true} (→ started_ns: trade i
+of every symbol goes out at started_ns + i / rate), {"emitted": true}.
 """
 from __future__ import annotations
 
+import ssl
 import sys
 import time
 
@@ -23,8 +24,12 @@ def main(spec: dict) -> None:
     paced = "rate" in spec
     start_ms = time.time_ns() // 1_000_000 - spec["count"] - 1000
     rate = spec["rate"] if paced else MAX_MS_RATE  # max rate: `rate` only spaces event times
+    tls = None
+    if "tls" in spec:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*spec["tls"])
     with Simulator(["binance"], spec["symbols"], rate=rate, count=spec["count"], clock_paused=True,
-                   start_ms=start_ms, max_rate=True, paced=paced) as sim:
+                   start_ms=start_ms, max_rate=True, paced=paced, ssl_context=tls) as sim:
         sim.prepare_max_rate("combined")  # before any client connects: no feed waits on it
         reply({"url": sim.url("binance"), "rest": sim.rest_url("binance")})
         for line in sys.stdin:

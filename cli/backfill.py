@@ -73,10 +73,10 @@ class Store:
     def write(self, table: Table, rows: list) -> None:
         """Raises QuestDBError (or psycopg2.Error/OSError creating the table) when QuestDB cannot take them."""
         if table.name not in self.created:
-            create_tables(self.q.pg_dsn, self.q.table_prefix, (table,), self.q.ohlcv_refresh)
+            create_tables(self.q.pg_dsn, self.q.table_prefix, (table,), self.q.ohlcv_refresh, self.q.decimals)
             self.created.add(table.name)
         if self.sender is None:
-            sender = Sender.from_conf(sender_conf(self.q.conf))
+            sender = Sender.from_conf(sender_conf(self.q.conf, self.q.decimals))
             sender.establish()
             self.sender = sender
         buffer = self.sender.new_buffer()

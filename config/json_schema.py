@@ -51,7 +51,7 @@ def _properties(cls: type, skip: tuple[str, ...] = ()) -> dict[str, dict]:
 
 def _feed() -> dict:
     """A [[feeds]] table: the common keys and every exchange's options side by side, each exchange taking its own."""
-    common = _properties(FeedConfig, skip=("options",))
+    common = _properties(FeedConfig, skip=("options", "decimals"))  # decimals: set by the loader, not a key
     common["name"]["pattern"] = _anchored(FEED_NAME_CHOICES)
     common["exchange"]["enum"] = list(registry.EXCHANGES)
     common["symbols"]["minItems"] = 1

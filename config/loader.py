@@ -53,7 +53,8 @@ ENV_PREFIX = "MARKETFEED_"
 NOT_A_SETTING = "not a setting (MARKETFEED_<SECTION>__<KEY>, or MARKETFEED_FEEDS__<FEED>__<KEY> for a [[feeds]] table)"
 SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name not in ("feeds", "source")}
 # The keys every [[feeds]] table may hold; the others belong to its exchange's options.
-COMMON_FEED_KEYS = frozenset(f.name for f in dataclasses.fields(FeedConfig)) - {"options"}
+# (decimals: the loader's own copy of questdb.decimals, not a key.)
+COMMON_FEED_KEYS = frozenset(f.name for f in dataclasses.fields(FeedConfig)) - {"options", "decimals"}
 # Every key a [[feeds]] table of some exchange may hold.
 FEED_KEYS = COMMON_FEED_KEYS | {f.name for entry in registry.EXCHANGES.values()
                                 for f in dataclasses.fields(entry.options)}
@@ -190,11 +191,13 @@ def from_dict(raw: dict, source: str = "<dict>", origins: Origins | None = None)
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{source}: feeds: name {dup!r} is used twice")
     _check_tls(built, built_feeds, source, origins, problems)
+    _check_decimals(built, source, origins, problems)
     if problems:
         raise ConfigError(problems)
     default_ca = built["service"].ca_file if "service" in built else ""
-    return Config(feeds=tuple(dataclasses.replace(f, ca_file=f.ca_file or default_ca) for f in built_feeds.values()),
-                  **built)
+    decimals = built["questdb"].decimals if "questdb" in built else False  # the feeds parse what the tables store
+    return Config(feeds=tuple(dataclasses.replace(f, ca_file=f.ca_file or default_ca, decimals=decimals)
+                              for f in built_feeds.values()), **built)
 
 
 def _check_tls(built: dict, feeds: Mapping[int, FeedConfig], source: str, origins: Origins,
@@ -217,6 +220,17 @@ def _check_tls(built: dict, feeds: Mapping[int, FeedConfig], source: str, origin
                             "are always verified (a private CA goes in tls_roots=/path/ca.pem)")
         if (path := settings.get("tls_roots")) and not os.path.isfile(path):
             problems.append(f"{at}: tls_roots file {path!r} not found")
+
+
+def _check_decimals(built: dict, source: str, origins: Origins, problems: list[str]) -> None:
+    """questdb.decimals sends ILP v3 decimals: a client config pinned to an older protocol cannot."""
+    questdb = built.get("questdb")
+    if questdb is None or not questdb.decimals:
+        return
+    version = dict(conf_items(questdb.conf)).get("protocol_version", "").strip()
+    if version in ("1", "2"):
+        problems.append(f"{_label(source, origins.get('questdb', {}), 'questdb', 'conf')}: protocol_version={version} "
+                        "cannot carry DECIMAL values (questdb.decimals = true needs 3, the default then)")
 
 
 def _label(source: str, origins: Mapping[str, str], where: str, key: str) -> str:

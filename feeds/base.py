@@ -9,8 +9,10 @@ backfill thread hands REST bodies to the protocol.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import orjson
@@ -154,6 +156,10 @@ class FeedProtocol:
 
     def __init__(self, feed: FeedConfig):
         self.feed = feed
+        # A trade's price and amount: floats, or with questdb.decimals Decimals exactly as the exchange sent them.
+        # trade_decimal reads a decimal string, trade_number a JSON number.
+        self.trade_decimal: Callable[[object], float | Decimal] = exact_decimal if feed.decimals else decimal
+        self.trade_number: Callable[[object], float | Decimal] = exact_number if feed.decimals else json_number
 
     @classmethod
     def config_problems(cls, feed: FeedConfig) -> list[str]:
@@ -273,6 +279,33 @@ def json_number(value: object) -> float:
     if type(value) is float or type(value) is int:
         return float(value)
     raise TypeError(f"not a number: {value!r}")
+
+
+def exact_decimal(value: object) -> Decimal:
+    """decimal() without a float in between (questdb.decimals): "70329669.63383683" stays those digits. The same
+    strings are malformed, and so are "nan" and "inf": a Decimal NaN cannot even be compared, so validation could
+    not judge it."""
+    if type(value) is not str or "_" in value:
+        raise ValueError(f"not a decimal string: {value!r}")
+    try:
+        exact = Decimal(value)
+    except InvalidOperation:  # an ArithmeticError: the parsers catch ValueError
+        raise ValueError(f"not a decimal string: {value!r}") from None
+    if not exact.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return exact
+
+
+def exact_number(value: object) -> Decimal:
+    """json_number() as a Decimal (questdb.decimals). The exchange documents a double (Kraken's v2 price and qty,
+    Polygon's p and s), and the JSON parser read one: the shortest text that reads back as that double (repr) is
+    the number as sent whenever it had at most 15 significant digits, which a double always keeps. Polygon's
+    prices have at most 4 decimals (sub-penny ticks, SEC Rule 612) and its sizes are whole shares."""
+    if type(value) is int:
+        return Decimal(value)
+    if type(value) is float and math.isfinite(value):
+        return Decimal(repr(value))
+    raise TypeError(f"not a finite number: {value!r}")
 
 
 def ms_to_ns(ms: int) -> int:

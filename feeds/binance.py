@@ -145,13 +145,13 @@ class BinanceProtocol(FeedProtocol):
         try:
             if event == "trade":
                 out.trades.append(new_trade((int(data["T"]) * 1_000_000, "binance", data["s"], data["t"],
-                                             decimal(data["p"]), decimal(data["q"]), "sell" if data["m"] else "buy",
-                                             received_ns)))
+                                             self.trade_decimal(data["p"]), self.trade_decimal(data["q"]),
+                                             "sell" if data["m"] else "buy", received_ns)))
                 return None
             if event == "aggTrade":
                 out.trades.append(new_trade((int(data["T"]) * 1_000_000, AGG_EXCHANGE, data["s"], data["a"],
-                                             decimal(data["p"]), decimal(data["q"]), "sell" if data["m"] else "buy",
-                                             received_ns)))
+                                             self.trade_decimal(data["p"]), self.trade_decimal(data["q"]),
+                                             "sell" if data["m"] else "buy", received_ns)))
                 return None
             if event == "kline":
                 k = data["k"]
@@ -219,11 +219,13 @@ class BinanceProtocol(FeedProtocol):
         try:
             page = orjson.loads(body)
             if agg:
-                rows = [Trade(int(t["T"]) * _MS, AGG_EXCHANGE, gap.symbol, _rest_id(t["a"]), decimal(t["p"]),
-                              decimal(t["q"]), "sell" if t["m"] else "buy", received_ns) for t in page]
+                rows = [Trade(int(t["T"]) * _MS, AGG_EXCHANGE, gap.symbol, _rest_id(t["a"]),
+                              self.trade_decimal(t["p"]), self.trade_decimal(t["q"]), "sell" if t["m"] else "buy",
+                              received_ns) for t in page]
             else:
-                rows = [Trade(int(t["time"]) * _MS, "binance", gap.symbol, _rest_id(t["id"]), decimal(t["price"]),
-                              decimal(t["qty"]), "sell" if t["isBuyerMaker"] else "buy", received_ns) for t in page]
+                rows = [Trade(int(t["time"]) * _MS, "binance", gap.symbol, _rest_id(t["id"]),
+                              self.trade_decimal(t["price"]), self.trade_decimal(t["qty"]),
+                              "sell" if t["isBuyerMaker"] else "buy", received_ns) for t in page]
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise MalformedFrame(f"bad {'aggTrades' if agg else 'historicalTrades'} page: {exc!r}", body) from None
         full = len(rows) >= BACKFILL_PAGE

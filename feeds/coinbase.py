@@ -44,7 +44,6 @@ from marketfeed.feeds.base import (
     MalformedFrame,
     ParsedRows,
     SubscriptionRejected,
-    decimal,
 )
 from marketfeed.feeds.rows import Trade, new_trade
 from marketfeed.feeds.universe import Listing, listing
@@ -117,8 +116,8 @@ class CoinbaseProtocol(FeedProtocol):
                     "coinbase",
                     msg["product_id"],
                     msg["trade_id"],
-                    decimal(msg["price"]),
-                    decimal(msg["size"]),
+                    self.trade_decimal(msg["price"]),
+                    self.trade_decimal(msg["size"]),
                     TAKER_SIDE[msg["side"]],
                     received_ns,
                 )))
@@ -154,8 +153,8 @@ class CoinbaseProtocol(FeedProtocol):
                     "coinbase",
                     gap.symbol,
                     trade_id,
-                    decimal(t["price"]),
-                    decimal(t["size"]),
+                    self.trade_decimal(t["price"]),
+                    self.trade_decimal(t["size"]),
                     TAKER_SIDE[t["side"]],
                     received_ns,
                 )

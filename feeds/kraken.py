@@ -60,7 +60,8 @@ import calendar
 import dataclasses
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from decimal import Decimal
 from urllib.parse import urlencode
 
 import orjson
@@ -203,7 +204,8 @@ class KrakenProtocol(FeedProtocol):
             page, cursor = _rest_result(body)
             # [price, volume, time (Unix s, a JSON number), buy/sell, market/limit, miscellaneous, trade_id]
             trades = [Trade(round(json_number(t[2]) * 1_000_000) * 1000, "kraken", gap.symbol, _integer(t[6]),
-                            decimal(t[0]), decimal(t[1]), _REST_SIDES[t[3]], received_ns) for t in page]
+                            self.trade_decimal(t[0]), self.trade_decimal(t[1]), _REST_SIDES[t[3]], received_ns)
+                      for t in page]
         except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError,
                 OverflowError) as exc:  # OverflowError: a time so large that its µs are infinite
             raise MalformedFrame(f"bad Trades page: {exc!r}", body) from None
@@ -273,7 +275,7 @@ class KrakenSession:
         if msg.get("channel") == "ohlc":
             self._ohlc(msg, frame, received_ns, out)
             return None
-        return _parse_message(msg, frame, received_ns, out)
+        return _parse_message(msg, frame, received_ns, out, self.protocol.trade_number)
 
     def _ohlc(self, msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> None:
         """As trades: a bad entry drops only itself, and the message is reported malformed once the good ones are in."""
@@ -313,11 +315,12 @@ class KrakenSession:
         out.live_candles += live.values()
 
 
-def _parse_message(msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
-    """Every channel but ohlc: frames that parse on their own."""
+def _parse_message(msg: dict, frame: bytes | str, received_ns: int, out: ParsedRows,
+                   number: Callable[[object], float | Decimal]) -> Control | None:
+    """Every channel but ohlc: frames that parse on their own. `number`: the protocol's trade_number."""
     channel = msg.get("channel")
     if channel == "trade":
-        _trades(msg, frame, received_ns, out.trades)
+        _trades(msg, frame, received_ns, out.trades, number)
         return None
     if channel == "heartbeat":
         return Control.HEARTBEAT
@@ -335,7 +338,8 @@ def _parse_message(msg: dict, frame: bytes | str, received_ns: int, out: ParsedR
     raise MalformedFrame(f"unexpected message (channel {channel!r}, method {method!r})", frame)
 
 
-def _trades(msg: dict, frame: bytes | str, received_ns: int, out: list[Trade]) -> None:
+def _trades(msg: dict, frame: bytes | str, received_ns: int, out: list[Trade],
+            number: Callable[[object], float | Decimal]) -> None:
     """Every good entry of a trade message into `out`. A bad entry drops only itself: once the good ones are in,
     the message is reported malformed (one count per message) with the first bad entry as its sample."""
     data = msg.get("data")
@@ -345,7 +349,7 @@ def _trades(msg: dict, frame: bytes | str, received_ns: int, out: list[Trade]) -
     for t in data:
         try:
             out.append(new_trade((rfc3339_ns(t["timestamp"]), "kraken", _text(t["symbol"]), _integer(t["trade_id"]),
-                                  json_number(t["price"]), json_number(t["qty"]), _SIDES[t["side"]], received_ns)))
+                                  number(t["price"]), number(t["qty"]), _SIDES[t["side"]], received_ns)))
         except (KeyError, TypeError, ValueError) as exc:
             bad += 1
             if bad == 1:

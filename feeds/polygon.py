@@ -37,7 +37,9 @@ contains it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
@@ -72,8 +74,9 @@ def stock_trade_id(exchange_id: int, trf_id: int | None, trade_id: str) -> int:
     return _hash63(f"{exchange_id}|{trf_id or 0}|{trade_id}")
 
 
-def option_trade_id(exchange_id: int, sip_ms: int, price: float, size: float, conditions) -> int:
-    """Options trades have no trade id: identify a print by venue, millisecond, price, size, conditions."""
+def option_trade_id(exchange_id: int, sip_ms: int, price: float | Decimal, size: float | Decimal, conditions) -> int:
+    """Options trades have no trade id: identify a print by venue, millisecond, price, size, conditions (as floats:
+    the same id with questdb.decimals, whose Decimals read back as the same doubles)."""
     return _hash63(f"{exchange_id}|{sip_ms}|{float(price)!r}|{float(size)!r}|{','.join(map(str, conditions or ()))}")
 
 
@@ -82,10 +85,10 @@ def _hash63(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def event_trade(event: dict, received_ns: int) -> Trade:
-    """One WebSocket trade event {"ev":"T",…} as a Trade (no value filter)."""
+def event_trade(event: dict, received_ns: int, number: Callable[[object], float | Decimal] = json_number) -> Trade:
+    """One WebSocket trade event {"ev":"T",…} as a Trade (no value filter); `number`: the protocol's trade_number."""
     symbol, exchange_id, sip_ms = event["sym"], event["x"], event["t"]
-    price, size = json_number(event["p"]), json_number(event["s"])
+    price, size = number(event["p"]), number(event["s"])
     if type(sip_ms) is not int or type(exchange_id) is not int or not isinstance(symbol, str):
         raise TypeError("sym, x and t must be a string and integers")
     trade_id = event.get("i")
@@ -96,10 +99,11 @@ def event_trade(event: dict, received_ns: int) -> Trade:
     return new_trade((sip_ms * _MS, EXCHANGE, symbol, key, price, size, UNKNOWN_SIDE, received_ns))
 
 
-def rest_trade(symbol: str, result: dict, received_ns: int) -> Trade:
+def rest_trade(symbol: str, result: dict, received_ns: int,
+               number: Callable[[object], float | Decimal] = json_number) -> Trade:
     """One v3 trades result as a Trade: the same ts and id the live stream gives that trade."""
     exchange_id, sip_ns = result["exchange"], result["sip_timestamp"]
-    price, size = json_number(result["price"]), json_number(result["size"])
+    price, size = number(result["price"]), number(result["size"])
     if type(sip_ns) is not int or type(exchange_id) is not int:
         raise TypeError("exchange and sip_timestamp must be integers")
     sip_ms = sip_ns // _MS
@@ -164,7 +168,7 @@ class PolygonProtocol(FeedProtocol):
             kind = event.get("ev") if isinstance(event, dict) else None
             if kind == "T":
                 try:
-                    trade = event_trade(event, received_ns)
+                    trade = event_trade(event, received_ns, self.trade_number)
                 except (KeyError, TypeError, ValueError) as exc:
                     if not problem:
                         problem, sample = f"bad trade event: {exc!r}", event
@@ -198,7 +202,7 @@ class PolygonProtocol(FeedProtocol):
         # Worked out per trade, not kept per symbol: under T.* the symbols are every contract that trades.
         multiplier = self.options.contract_multiplier or (
             OPTIONS_MULTIPLIER if trade.symbol.startswith(OPTIONS_PREFIX) else 1.0)
-        return trade.price * trade.amount * multiplier >= self.min_value
+        return float(trade.price) * float(trade.amount) * multiplier >= self.min_value  # Decimals too
 
     # --- outage backfill over REST
     def outage_gaps(self, symbols: tuple[str, ...], since_ns: int, until_ns: int) -> list[Gap]:
@@ -232,7 +236,8 @@ class PolygonProtocol(FeedProtocol):
     def parse_backfill(self, gap: Gap, body: bytes, received_ns: int) -> tuple[list[Trade], Gap | None]:
         try:
             page = orjson.loads(body)
-            rows = [rest_trade(gap.symbol, result, received_ns) for result in page.get("results") or ()]
+            rows = [rest_trade(gap.symbol, result, received_ns, self.trade_number)
+                    for result in page.get("results") or ()]
             next_url = page.get("next_url") or ""
             if not isinstance(next_url, str):
                 raise TypeError(f"next_url is a {type(next_url).__name__}")

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from marketfeed.feeds.rows import exact_text
+
 
 class Record(Protocol):
     """A row as a dead letter holds it: a row QuestDB refused, or a validation sample (fields fit for JSON)."""
@@ -30,7 +32,8 @@ class DeadLetters:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         lines = b"".join(
-            orjson.dumps({"at": at, "table": self.table, "error": error, "row": row._asdict()}) + b"\n"
+            orjson.dumps({"at": at, "table": self.table, "error": error, "row": row._asdict()}, default=exact_text)
+            + b"\n"
             for row, error in rejected)
         with open(self.path, "ab") as f:
             f.write(lines)

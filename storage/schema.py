@@ -2,6 +2,10 @@
 
 OHLCV views are refreshed incrementally: on a timer by default, since refreshing after every commit costs
 the server more CPU than the ingestion itself (README, Tables and views).
+
+CREATE TABLE IF NOT EXISTS leaves a table as it was: with questdb.decimals, a trades table created with DOUBLE
+prices would refuse every Decimal as bad data, so that is found here and refused first (TableMismatch). The other
+way round works: QuestDB converts a double into a DECIMAL column.
 """
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from marketfeed.config.schema import REFRESH_CHOICES, QuestDBConfig
 from marketfeed.storage.tables import TABLES, Table
 
 REFRESH_UNITS = {"m": "MINUTE", "h": "HOUR", "d": "DAY"}  # as materialized_views() reports them
+
+
+class TableMismatch(Exception):
+    """An existing table's columns cannot take what this configuration writes."""
 
 
 def existing_tables(cur) -> set[str]:
@@ -36,20 +44,36 @@ def refresh_state(refresh: str) -> tuple[str, int, str | None]:
 
 
 def create_tables(pg_dsn: str, prefix: str, tables: Iterable[Table] = tuple(TABLES.values()),
-                  ohlcv_refresh: str = QuestDBConfig.ohlcv_refresh) -> None:
-    """Create what is missing; bring existing views to `ohlcv_refresh` (a changed setting applies at the next start)."""
+                  ohlcv_refresh: str = QuestDBConfig.ohlcv_refresh, decimals: bool = QuestDBConfig.decimals) -> None:
+    """Create what is missing; bring existing views to `ohlcv_refresh` (a changed setting applies at the next start).
+    With `decimals` (questdb.decimals), raises TableMismatch for an existing table whose exact columns are not
+    DECIMAL."""
     clause = refresh_clause(ohlcv_refresh)
-    with psycopg2.connect(pg_dsn, connect_timeout=5) as conn:
+    conn = psycopg2.connect(pg_dsn, connect_timeout=5)
+    try:
         conn.autocommit = True
         with conn.cursor() as cur:
             for table in tables:
                 name = table.name_in_db(prefix)
-                cur.execute(table.ddl(name))
+                cur.execute(table.ddl(name, decimals))
+                if decimals and table.exact_columns:
+                    _check_exact(cur, table, name)
                 for view in table.views:
                     cur.execute(view.ddl(name, clause))
                 if table.views:
                     _set_refresh(cur, name, {view.name_in_db(name) for view in table.views}, ohlcv_refresh)
-    conn.close()
+    finally:
+        conn.close()
+
+
+def _check_exact(cur, table: Table, name: str) -> None:
+    cur.execute('SELECT "column", type FROM table_columns(%s)', (name,))
+    wrong = [f"{column} is {kind}" for column, kind in cur.fetchall()
+             if column in table.exact_columns and not kind.startswith("DECIMAL")]
+    if wrong:
+        raise TableMismatch(f"table {name}: {', '.join(wrong)}, but questdb.decimals = true writes DECIMAL values, "
+                            "which QuestDB refuses there: migrate the table (README, Exact decimals) or set "
+                            "questdb.decimals = false")
 
 
 def _set_refresh(cur, name: str, views: set[str], refresh: str) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from marketfeed.feeds.rows import exact_text
+
 SUFFIX = ".batch"
 
 
@@ -43,7 +45,7 @@ class Spool:
 
     def append(self, rows: list) -> int:
         """Store a batch behind the others; returns its size in bytes. Raises SpoolFull."""
-        data = orjson.dumps([list(row) for row in rows])
+        data = orjson.dumps([list(row) for row in rows], default=exact_text)  # a Decimal as its text
         if self.bytes + len(data) > self.max_bytes:
             raise SpoolFull(f"{self.dir}: {self.bytes} + {len(data)} bytes > max_bytes {self.max_bytes}")
         seq = self._next

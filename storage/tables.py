@@ -3,6 +3,10 @@
 Every table is WAL with DEDUP UPSERT KEYS, so a replayed batch never duplicates a row. Trades come with
 materialized views of 1-minute and 1-hour OHLCV bars (SAMPLE BY). Creating them in QuestDB is
 storage/schema.py; this module only says what they are and how a row of each is encoded over ILP.
+
+With questdb.decimals a trade's price and amount are DECIMAL columns, filled from the Decimals the parsers made
+of the exchange's text (the client sends a Decimal as an ILP v3 decimal, a float as a double: the appender is the
+same). The views' first/max/min/last keep the column's type and sum() widens it (DECIMAL(38, s) → DECIMAL(76, s)).
 """
 from __future__ import annotations
 
@@ -52,6 +56,16 @@ def append_candles(buffer, name: str, rows: list[Candle]) -> list[str]:
     return refused
 
 
+# One trades table holds every exchange, so its DECIMAL scale is the finest any of them documents: Binance 8
+# (exchangeInfo baseAssetPrecision and quotePrecision), Coinbase 8 (products' smallest base_increment and
+# quote_increment, "0.00000001"), Kraken per pair (AssetPairs pair_decimals and lot_decimals: 8 for lots, more for
+# the prices of low-priced coins), Polygon 4 (sub-penny prices; whole-share sizes). 12 covers them all and is the
+# floor of what validation lets through (feeds/validation.py MIN_PRICE, MIN_AMOUNT: 1e-12), and precision 38
+# leaves 26 digits before the point, above MAX_AMOUNT (1e15): a valid row always fits. Any precision above 18
+# takes 16 bytes, so 38 costs nothing more than 20. A value with more decimals is refused by QuestDB ("loss of
+# precision") and dead-lettered, never rounded.
+EXACT_TYPE = "DECIMAL(38,12)"
+
 OHLCV_VIEW = """CREATE MATERIALIZED VIEW IF NOT EXISTS {view} {refresh} AS (
         SELECT ts, exchange, symbol, first(price) AS open, max(price) AS high, min(price) AS low,
                last(price) AS close, sum(amount) AS volume, count() AS trades
@@ -93,6 +107,7 @@ class Table:
     views: tuple[OhlcvView, ...] = ()
     # This table's own sink keys (max_rows, flush_interval_s); 0 in either: the sink-wide value.
     own_flush_policy: Callable[[SinkConfig], tuple[int, float]] | None = None
+    exact_columns: tuple[str, ...] = ()  # DOUBLE columns that questdb.decimals makes EXACT_TYPE
 
     def __repr__(self) -> str:  # in Gap reprs and logs: the name says it all
         return f"Table({self.name!r})"
@@ -104,8 +119,14 @@ class Table:
             raise ValueError(f"table prefix {prefix!r} is not one of {', '.join(TABLE_PREFIX_CHOICES)}")
         return f"{prefix}{self.name}"
 
-    def ddl(self, name_in_db: str) -> str:
-        columns = ", ".join(f"{column} {kind}" for column, kind in self.columns)
+    def column_types(self, decimals: bool = False) -> tuple[tuple[str, str], ...]:
+        """(column, QuestDB type) in the questdb.decimals mode given."""
+        if not decimals:
+            return self.columns
+        return tuple((column, EXACT_TYPE if column in self.exact_columns else kind) for column, kind in self.columns)
+
+    def ddl(self, name_in_db: str, decimals: bool = False) -> str:
+        columns = ", ".join(f"{column} {kind}" for column, kind in self.column_types(decimals))
         return (f"CREATE TABLE IF NOT EXISTS {quoted(name_in_db)} ({columns}) TIMESTAMP(ts) PARTITION BY DAY WAL "
                 f"DEDUP UPSERT KEYS({', '.join(self.dedup_keys)})")
 
@@ -123,6 +144,7 @@ TRADES = Table(
     dedup_keys=("ts", "exchange", "symbol", "trade_id"),
     append=append_trades,
     views=(OhlcvView("1m", "DAY"), OhlcvView("1h", "MONTH")),
+    exact_columns=("price", "amount"),
 )
 
 CANDLES = Table(

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TypeVar
 
 import psycopg2
@@ -28,7 +29,7 @@ from marketfeed.config.schema import Config
 from marketfeed.feeds.rows import Row
 from marketfeed.storage.deadletter import DeadLetters
 from marketfeed.storage.ledger import Mark
-from marketfeed.storage.schema import create_tables
+from marketfeed.storage.schema import TableMismatch, create_tables
 from marketfeed.storage.spool import Spool, SpoolFull
 from marketfeed.storage.tables import TABLES, TRADES, Table
 from marketfeed.supervision.backoff import Backoff
@@ -114,18 +115,34 @@ def spool_enabled(config: Config) -> bool:
     return config.spool.enabled and not client_store_and_forward(config.questdb.conf)
 
 
-def sender_conf(conf: str) -> str:
-    """The user's client config plus what this writer relies on (explicit flushes only)."""
+def sender_conf(conf: str, decimals: bool = False) -> str:
+    """The user's client config plus what this writer relies on (explicit flushes only; with `decimals`, the ILP
+    version that carries DECIMAL values)."""
     keys = conf_keys(conf)
     conf = conf if conf.endswith(";") else conf + ";"
     if "auto_flush" not in keys:
         conf += "auto_flush=off;"
+    if decimals and not is_qwp(conf) and "protocol_version" not in keys:
+        conf += "protocol_version=3;"  # ILP v3 (QuestDB ≥ 9.2): decimals; TCP's default is v1
     if transport(conf) in ("http", "https"):
-        if "protocol_version" not in keys:
+        if "protocol_version" not in keys and not decimals:
             conf += "protocol_version=2;"  # no version probe at connect: QuestDB may be down then
         if "retry_timeout" not in keys:
             conf += "retry_timeout=0;"  # retries are ours, with backoff and the breaker, so a stop can interrupt them
     return conf
+
+
+def spooled_rows(table: Table, rows: list, decimals: bool) -> list:
+    """Rows read back from the spool with their exact columns as this writer sends them: the spool keeps a Decimal as
+    its text and a float as a float, whichever mode wrote them, and questdb.decimals may have changed since."""
+    if not table.exact_columns:
+        return rows
+    def as_sent(value: str | float | Decimal) -> Decimal | float:
+        if decimals:
+            return Decimal(value if type(value) is str else repr(value))  # repr: the float's shortest text
+        return float(value)  # a float, or a Decimal's text
+
+    return [row._replace(**{c: as_sent(getattr(row, c)) for c in table.exact_columns}) for row in rows]
 
 
 def close_sender(sender: Sender | None) -> None:
@@ -166,8 +183,8 @@ class FlushWorker(threading.Thread):
         self.table = TABLES[table]
         self.name_in_db = self.table.name_in_db(q.table_prefix)
         super().__init__(name=f"flush-{self.name_in_db}", daemon=True)
-        self.conf, self.pg_dsn, self.prefix = sender_conf(q.conf), q.pg_dsn, q.table_prefix
-        self.ohlcv_refresh = q.ohlcv_refresh
+        self.conf, self.pg_dsn, self.prefix = sender_conf(q.conf, q.decimals), q.pg_dsn, q.table_prefix
+        self.ohlcv_refresh, self.decimals = q.ohlcv_refresh, q.decimals
         self.qwp, self.client_sf = is_qwp(q.conf), client_store_and_forward(q.conf)
         self.report = report
         self.backoff = Backoff(sink.retry_min_s, sink.retry_max_s)
@@ -260,7 +277,7 @@ class FlushWorker(threading.Thread):
         self._report(report)
 
     def _replay_oldest(self, spool: Spool) -> None:
-        rows = spool.oldest(self.table.row_type)
+        rows = spooled_rows(self.table, spool.oldest(self.table.row_type), self.decimals)
         try:
             outcome = self._write(rows)
         except Unavailable as exc:
@@ -341,13 +358,13 @@ class FlushWorker(threading.Thread):
                     raise Unavailable(f"QWP: no ack within {QWP_ACK_TIMEOUT_MS} ms")
         except QuestDBError as exc:
             raise (BadData if is_bad_data(exc) else Unavailable)(str(exc)) from None
-        except (psycopg2.Error, OSError) as exc:
+        except (psycopg2.Error, OSError, TableMismatch) as exc:  # a mismatch holds the rows until the table is fixed
             raise Unavailable(f"{type(exc).__name__}: {exc}") from None
 
     def _ready_sender(self) -> Sender:
         """The connected sender, the table created first."""
         if not self.tables_ready:
-            create_tables(self.pg_dsn, self.prefix, (self.table,), self.ohlcv_refresh)
+            create_tables(self.pg_dsn, self.prefix, (self.table,), self.ohlcv_refresh, self.decimals)
             self.tables_ready = True
         if self.sender is None:
             sender = Sender.from_conf(self.conf)
