@@ -27,6 +27,7 @@ test-fast: test-venv
 bench: test-venv
 	bin/questdb fetch >/dev/null
 	.venv/bin/python -m bench
+	.venv/bin/python -m bench.whole_market
 
 questdb-stop:
 	bin/questdb stop
