@@ -88,8 +88,11 @@ class Certificate:
 
 
 class SimProcess:
-    def __init__(self, **spec):
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.simproc", orjson.dumps(spec).decode()], cwd=REPO,
+    """A simulator in a process of its own (`module`: bench.simproc, or bench.universe_sim's whole market), driven
+    over its stdin/stdout by JSON lines."""
+
+    def __init__(self, module: str = "bench.simproc", **spec):
+        self.proc = subprocess.Popen([sys.executable, "-m", module, orjson.dumps(spec).decode()], cwd=REPO,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None  # both are PIPE
         self.commands, self.replies = self.proc.stdin, self.proc.stdout

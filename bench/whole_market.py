@@ -20,8 +20,6 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -50,18 +48,6 @@ DRAIN_TIMEOUT_S = 60.0  # a step that has not drained by then has fallen behind 
 ON_SCHEDULE = 1.05  # the simulator sent a step's trades within this share of its duration (+ SCHEDULE_SLACK_S)
 SCHEDULE_SLACK_S = 0.5
 SIM_BOUND_CPU = 0.9  # a simulator this busy (of its one core: one loop thread under the GIL) limits the step
-
-
-class UniverseSimProcess(SimProcess):
-    """bench.run's simulator process and its command pipe, serving bench/universe_sim.py's whole market (the parent
-    side takes SimProcess as it is: only the module it starts differs)."""
-
-    def __init__(self, **spec):
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.universe_sim", orjson.dumps(spec).decode()],
-                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are PIPE
-        self.commands, self.replies = self.proc.stdin, self.proc.stdout
-        self.urls = self._reply()
 
 
 @dataclass(frozen=True)
@@ -116,9 +102,9 @@ class Step:
 
     def measure(self) -> dict:
         plan = self.plan
-        sim = UniverseSimProcess(universe={"binance": plan.binance_symbols, "polygon": plan.polygon_contracts},
-                                 rate=self.rate, count=self.count, api_key=API_KEY, min_trade_value=MIN_TRADE_VALUE,
-                                 tls=[str(self.certificate.cert), str(self.certificate.key)])
+        universe = {"binance": plan.binance_symbols, "polygon": plan.polygon_contracts}
+        sim = SimProcess("bench.universe_sim", universe=universe, rate=self.rate, count=self.count, api_key=API_KEY,
+                         min_trade_value=MIN_TRADE_VALUE, tls=[str(self.certificate.cert), str(self.certificate.key)])
         sink = SinkConfig()  # the defaults, not the tests' quick ones
         config = service_config(self.run_dir, self.questdb, self.prefix, self.feeds(sim.urls),
                                 sink={"max_rows": sink.max_rows, "flush_interval_s": sink.flush_interval_s})
