@@ -583,6 +583,11 @@ class FeedActor(Supervised):
             event(log, "backfill_thread_died", logging.ERROR, feed=self.feed.name, fetching=len(self.fetching))
             self.exit(ABNORMAL, "the backfill thread died")  # restarted with a new one; its gaps stay open, due
             return
+        listing = self.listing
+        if listing is not None and not listing.answered and not listing.is_alive():
+            self.listing = None  # it died without a word (the thread hook logged how): read again later
+            event(log, "listing_thread_died", logging.ERROR, feed=self.feed.name)
+            self._on_listing_failed("the listing thread died", 0.0)
         self.outbox.deliver()
         if self.backfiller is not None and not self.paused:
             self._take_requests()

@@ -26,13 +26,16 @@ class ListingReader(threading.Thread):
         super().__init__(name=f"listing-{feed_name}", daemon=True)
         self.feed_name, self.protocol, self.actor_ref, self.limits = feed_name, protocol, actor_ref, limits
         self._stopping = threading.Event()
+        self.answered = False  # set before its answer is told: a thread dead without it died without a word
 
     def stop(self) -> None:
         self._stopping.set()
 
     def run(self) -> None:
         try:
-            self.actor_ref.tell(self._read())
+            answer = self._read()
+            self.answered = True
+            self.actor_ref.tell(answer)
         except (Cancelled, pykka.ActorDeadError):
             return
 

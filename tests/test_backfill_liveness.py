@@ -6,6 +6,8 @@ No QuestDB: the buffer is a stand-in actor that records what it would have writt
 """
 from __future__ import annotations
 
+import threading
+
 import pykka
 import pytest
 
@@ -107,3 +109,39 @@ def test_a_dead_backfill_thread_restarts_the_feed_and_health_reports_it(tree):
         poll(lambda: not memory.gaps.feed_gaps("liveness"), what="the held gap filled by the new thread")
         ids = {r.trade_id for r in rows}
         assert {i for i in sim.truth("binance", SYMBOL) if min(ids) <= i <= max(ids)} <= ids  # no hole left
+
+
+class KillsTheListingThread(KillsTheThread):
+    """The feed's protocol, except that the first listing read of a listing thread kills that thread."""
+
+    def listing_request(self) -> HttpRequest | None:
+        if threading.current_thread().name.startswith("listing-") and not self.killed:
+            self.killed = True
+            raise ThreadKilled
+        return self.protocol.listing_request()
+
+
+class ListingKilledFeed(FeedActor):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.protocol = KillsTheListingThread(self.protocol)  # type: ignore[assignment]  # a stand-in
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is killed on purpose
+def test_a_listing_thread_that_dies_without_a_word_is_noticed_and_the_listing_read_again(tree):
+    with Simulator(["binance"], [SYMBOL], rate=20, seed=5) as sim:
+        rows: list = []
+        recorder = Recorder.start(rows)
+        tree.append(recorder)
+        sinks = SinkDirectory()
+        sinks.register("trades", recorder)
+        feed = FeedConfig(name="listing", exchange="binance", url=sim.url("binance"), rest_url=sim.rest_url("binance"),
+                          symbols=("*",), reconnect_min_s=0.05, reconnect_max_s=0.2)
+        ref, _ = start_child(ChildSpec("feed-listing", lambda ctx: ListingKilledFeed.start(
+            ctx, feed, sinks, FeedMemory())), None)
+        tree.append(ref)
+        first = poll(lambda: status(ref) if status(ref)["universe_error"] else None, 10, "the death noticed")
+        assert first["universe_error"] == "the listing thread died" and first["symbols"] == 0
+        resolved = poll(lambda: status(ref) if status(ref)["symbols"] else None, 30, "the listing read again")
+        assert resolved["symbols"] == 1 and resolved["universe_error"] == ""
+        poll(lambda: rows, 30, "trades of the resolved universe")
