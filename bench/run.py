@@ -10,6 +10,7 @@ results.png (bench/report.py) and profile-<mode>.svg.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -453,6 +455,18 @@ def machine(questdb: QuestDB) -> dict:
             "load_average": os.getloadavg()}
 
 
+@contextlib.contextmanager
+def own_questdb(prefix: str) -> Iterator[tuple[Path, QuestDB]]:
+    """A scratch directory and a QuestDB of the benchmark's own in it, stopped and removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        questdb = QuestDB(Path(tmp) / "questdb")
+        questdb.start()
+        try:
+            yield Path(tmp), questdb
+        finally:
+            questdb.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", default=str(REPO / "bench/results"), help="where results.{json,md,png} go")
@@ -463,42 +477,37 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="marketfeed-bench-") as tmp:
-        questdb = QuestDB(Path(tmp) / "questdb")
-        questdb.start()
-        try:
-            bench = Bench(plan, Path(tmp), questdb, Certificate.make(Path(tmp)), out)
-            results: dict = {"machine": machine(questdb), "plan": plan.__dict__, "started_at": started}
-            print("ceilings…", flush=True)
-            results["ceilings"] = c = bench.ceilings()
-            print(orjson.dumps(c).decode(), flush=True)
-            results["max_rate"] = []
-            for mode, feeds in plan.max_rate_cases:
-                print(f"max rate, {mode}, {feeds} feed(s)…", flush=True)
-                run = bench.median_max_rate(mode, feeds)
-                run["ratios"] = ratios(run, c)
-                results["max_rate"].append(run)
-                print(orjson.dumps(run).decode(), flush=True)
-            results["decimal_cost"] = decimal_cost(c, results["max_rate"])
-            results["profiles"] = bench.profiles
-            best_one_feed = results["max_rate"][0]["rows_s"]
-            results["latency"] = []
-            for rate in plan.latency_rates:
-                if rate > 0.9 * best_one_feed:
-                    results["latency"].append({"rate": rate, "reachable": False})
-                    continue
-                print(f"latency at {rate} msgs/s…", flush=True)
-                results["latency"].append(bench.latency(rate))
-                print(orjson.dumps(results["latency"][-1]).decode(), flush=True)
-            sink, feed = SinkConfig(), FeedConfig("bench", "binance", "wss://unused", ("BTCUSDT",))
-            results["flush_settings"] = {"sink.max_rows": sink.max_rows, "sink.flush_interval_s": sink.flush_interval_s,
-                                         "feed.batch_rows": feed.batch_rows, "feed.batch_linger_s": feed.batch_linger_s}
-            print("QuestDB outage…", flush=True)
-            results["outage"] = bench.outage()
-            print(orjson.dumps(results["outage"]).decode(), flush=True)
-            results["machine"]["load_average_end"] = os.getloadavg()
-        finally:
-            questdb.stop()
+    with own_questdb("marketfeed-bench-") as (tmp, questdb):
+        bench = Bench(plan, tmp, questdb, Certificate.make(tmp), out)
+        results: dict = {"machine": machine(questdb), "plan": plan.__dict__, "started_at": started}
+        print("ceilings…", flush=True)
+        results["ceilings"] = c = bench.ceilings()
+        print(orjson.dumps(c).decode(), flush=True)
+        results["max_rate"] = []
+        for mode, feeds in plan.max_rate_cases:
+            print(f"max rate, {mode}, {feeds} feed(s)…", flush=True)
+            run = bench.median_max_rate(mode, feeds)
+            run["ratios"] = ratios(run, c)
+            results["max_rate"].append(run)
+            print(orjson.dumps(run).decode(), flush=True)
+        results["decimal_cost"] = decimal_cost(c, results["max_rate"])
+        results["profiles"] = bench.profiles
+        best_one_feed = results["max_rate"][0]["rows_s"]
+        results["latency"] = []
+        for rate in plan.latency_rates:
+            if rate > 0.9 * best_one_feed:
+                results["latency"].append({"rate": rate, "reachable": False})
+                continue
+            print(f"latency at {rate} msgs/s…", flush=True)
+            results["latency"].append(bench.latency(rate))
+            print(orjson.dumps(results["latency"][-1]).decode(), flush=True)
+        sink, feed = SinkConfig(), FeedConfig("bench", "binance", "wss://unused", ("BTCUSDT",))
+        results["flush_settings"] = {"sink.max_rows": sink.max_rows, "sink.flush_interval_s": sink.flush_interval_s,
+                                     "feed.batch_rows": feed.batch_rows, "feed.batch_linger_s": feed.batch_linger_s}
+        print("QuestDB outage…", flush=True)
+        results["outage"] = bench.outage()
+        print(orjson.dumps(results["outage"]).decode(), flush=True)
+        results["machine"]["load_average_end"] = os.getloadavg()
     results["duration_s"] = time.time() - started
     report.write(results, out)
     print(f"results in {out}", flush=True)

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import orjson
 import psutil
 
 from bench.report import _n
-from bench.run import SAMPLE_S, Certificate, Samples, SimProcess, machine
+from bench.run import SAMPLE_S, Certificate, Samples, SimProcess, machine, own_questdb
 from marketfeed.config.schema import SinkConfig
 from marketfeed.feeds.binance import BinanceProtocol
 from marketfeed.storage.tables import CANDLES, TRADES
@@ -357,14 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="marketfeed-whole-market-") as tmp:
-        questdb = QuestDB(Path(tmp) / "questdb")
-        questdb.start()
-        try:
-            results: dict = {"machine": machine(questdb), "plan": asdict(plan), "started_at": started}
-            results["steps"] = run_steps(plan, questdb, Path(tmp))
-        finally:
-            questdb.stop()
+    with own_questdb("marketfeed-whole-market-") as (tmp, questdb):
+        results: dict = {"machine": machine(questdb), "plan": asdict(plan), "started_at": started}
+        results["steps"] = run_steps(plan, questdb, tmp)
     results["summary"] = summary(results["steps"])
     results["duration_s"] = time.time() - started
     (out / "whole_market.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -58,16 +58,22 @@ def tree():
         ref.stop(block=True, timeout=10)
 
 
+def recorded_feed(sim: Simulator, tree: list, name: str, symbols: tuple[str, ...]):
+    """A Binance feed of the simulator whose trades go to a recording stand-in buffer: (config, sinks, rows)."""
+    rows: list = []
+    recorder = Recorder.start(rows)
+    tree.append(recorder)
+    sinks = SinkDirectory()
+    sinks.register("trades", recorder)
+    feed = FeedConfig(name=name, exchange="binance", url=sim.url("binance"), rest_url=sim.rest_url("binance"),
+                      symbols=symbols, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    return feed, sinks, rows
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is killed on purpose
 def test_a_dead_backfill_thread_restarts_the_feed_and_health_reports_it(tree):
     with Simulator(["binance"], [SYMBOL], rate=20, seed=5) as sim:
-        rows: list = []
-        recorder = Recorder.start(rows)
-        tree.append(recorder)
-        sinks = SinkDirectory()
-        sinks.register("trades", recorder)
-        feed = FeedConfig(name="liveness", exchange="binance", url=sim.url("binance"), rest_url=sim.rest_url("binance"),
-                          symbols=(SYMBOL,), reconnect_min_s=0.05, reconnect_max_s=0.2)
+        feed, sinks, rows = recorded_feed(sim, tree, "liveness", (SYMBOL,))
         memory, contexts = FeedMemory(), []
 
         def start(ctx: ChildContext) -> pykka.ActorRef:
@@ -130,13 +136,7 @@ class ListingKilledFeed(FeedActor):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is killed on purpose
 def test_a_listing_thread_that_dies_without_a_word_is_noticed_and_the_listing_read_again(tree):
     with Simulator(["binance"], [SYMBOL], rate=20, seed=5) as sim:
-        rows: list = []
-        recorder = Recorder.start(rows)
-        tree.append(recorder)
-        sinks = SinkDirectory()
-        sinks.register("trades", recorder)
-        feed = FeedConfig(name="listing", exchange="binance", url=sim.url("binance"), rest_url=sim.rest_url("binance"),
-                          symbols=("*",), reconnect_min_s=0.05, reconnect_max_s=0.2)
+        feed, sinks, rows = recorded_feed(sim, tree, "listing", ("*",))
         ref, _ = start_child(ChildSpec("feed-listing", lambda ctx: ListingKilledFeed.start(
             ctx, feed, sinks, FeedMemory())), None)
         tree.append(ref)
