@@ -20,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
+import msgspec
 import orjson
 
 from marketfeed.config.schema import ExchangeOptions
@@ -36,6 +38,7 @@ from marketfeed.feeds.base import (
     ParsedRows,
     SubscriptionRejected,
     decimal,
+    exact_decimal,
     load_json,
 )
 from marketfeed.feeds.rest_policy import RestVerdict, VerdictKind, error_text, retry_after_s
@@ -69,6 +72,35 @@ SUBSCRIBE_STREAMS = 200
 # aggTrades by time: "If startTime and endTime are sent, time between startTime and endTime must be less than 1 hour."
 AGG_WINDOW_MS = 3_600_000 - 1
 SHORTEST_BAN_S = 120.0  # "IP bans … scale in duration for repeat offenders, from 2 minutes to 3 days"
+
+
+# The hot path: nearly every frame is a combined-stream trade or aggTrade. msgspec reads one straight into these
+# typed structs (no dict per frame, none tracked by the GC) at a fifth of orjson.loads plus the lookups; any other
+# frame, or one whose fields are not of the documented types, fails here and takes the general path below, which
+# judges it exactly as before (MalformedFrame, Control). Unknown fields ("E", "M", "stream") are skipped.
+class _TradeEvent(msgspec.Struct, tag_field="e", tag="trade", gc=False):
+    s: str
+    t: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+class _AggTradeEvent(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
+    s: str
+    a: int
+    p: str
+    q: str
+    T: int
+    m: bool
+
+
+class _CombinedTrade(msgspec.Struct, gc=False):
+    data: _TradeEvent | _AggTradeEvent
+
+
+_decode_trade = msgspec.json.Decoder(_CombinedTrade).decode
 
 
 class BinanceProtocol(FeedProtocol):
@@ -139,6 +171,30 @@ class BinanceProtocol(FeedProtocol):
         return row.symbol + AGG_STREAM if row.exchange == AGG_EXCHANGE else row.symbol
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        try:
+            data = _decode_trade(frame).data
+        except msgspec.DecodeError:  # not a combined trade or aggTrade of the documented types (ValidationError too)
+            return self._parse_any(frame, received_ns, out)
+        price: float | Decimal
+        amount: float | Decimal
+        try:
+            if self.feed.decimals:
+                price, amount = exact_decimal(data.p), exact_decimal(data.q)
+            elif "_" in data.p or "_" in data.q:  # text only Python reads as a number: malformed
+                raise ValueError(data.p)
+            else:
+                price, amount = float(data.p), float(data.q)
+        except ValueError:  # no decimal string: the general path refuses the frame with its usual reason
+            return self._parse_any(frame, received_ns, out)
+        if isinstance(data, _TradeEvent):
+            out.trades.append(new_trade((data.T * 1_000_000, "binance", data.s, data.t, price, amount,
+                                         "sell" if data.m else "buy", received_ns)))
+        else:
+            out.trades.append(new_trade((data.T * 1_000_000, AGG_EXCHANGE, data.s, data.a, price, amount,
+                                         "sell" if data.m else "buy", received_ns)))
+        return None
+
+    def _parse_any(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
         msg = load_json(frame, dict)
         data = msg.get("data", msg.get("event", msg))  # combined stream, connection event, raw stream
         event = data.get("e") if isinstance(data, dict) else None

