@@ -1,6 +1,6 @@
 """`marketfeed run` with one addition: when each row was acknowledged by QuestDB is recorded.
 
-`python -m bench.probe CONFIG ACKFILE`: the buffer actors' writer is swapped for a subclass that,
+`python -m bench.probe CONFIG [ACKFILE]`: the buffer actors' writer is swapped for a subclass that,
 after each successful flush, notes (trade id, ack time in ns) per row; the pairs are written to
 ACKFILE as int64 when the service exits. The bench knows when the paced simulator sent each trade
 id, so it derives the send→ack latency of every row.
@@ -29,12 +29,14 @@ class AckRecordingWorker(FlushWorker):
         return outcome
 
 
-def main(config_path: str, ack_path: str) -> int:
-    # The probe's point: the buffer actors build the recording writer in place of theirs.
-    marketfeed.actors.buffer.FlushWorker = AckRecordingWorker  # type: ignore[misc]
+def main(config_path: str, ack_path: str = "") -> int:
+    """Without ACKFILE, `marketfeed run` as it is: the max-rate runs measure the service, not the recording."""
+    if ack_path:  # the probe's point: the buffer actors build the recording writer in place of theirs
+        marketfeed.actors.buffer.FlushWorker = AckRecordingWorker  # type: ignore[misc]
     code = run(load(config_path))
-    with open(ack_path, "wb") as f:
-        ACKS.tofile(f)
+    if ack_path:
+        with open(ack_path, "wb") as f:
+            ACKS.tofile(f)
     return code
 
 

@@ -190,7 +190,8 @@ class Bench:
         return all(got.get(s) == (count, count, first[s], first[s] + count - 1) for s in symbols)
 
     def start_service(self, prefix: str, sim: SimProcess, feeds: int, decimals: bool = False,
-                      sink: dict | None = None):
+                      sink: dict | None = None, acks: bool = True):
+        """The service over the simulator; `acks`: it records when QuestDB acknowledged each row (stop_service)."""
         feed_list = [{"name": f"bench-{k}", "exchange": "binance", "url": sim.urls["url"], "rest_url": sim.urls["rest"],
                       "ca_file": str(self.certificate.cert),
                       "symbols": SYMBOLS[k * SYMBOLS_PER_FEED:(k + 1) * SYMBOLS_PER_FEED]} for k in range(feeds)]
@@ -209,13 +210,15 @@ class Bench:
         (run_dir / "marketfeed.toml").write_text(to_toml(config))
         create_tables(self.questdb.pg_dsn, prefix, (TRADES,), decimals=decimals)  # not part of the measured window
         proc = subprocess.Popen([sys.executable, "-m", "bench.probe", str(run_dir / "marketfeed.toml"),
-                                 str(run_dir / "acks.bin")], cwd=REPO)
+                                 *([str(run_dir / "acks.bin")] if acks else [])], cwd=REPO)
         return proc, run_dir
 
     def stop_service(self, proc: subprocess.Popen, run_dir: Path) -> list[tuple[int, int]]:
-        """Stop the probe process; (trade id, QuestDB ack ns) of every row it wrote."""
+        """Stop the probe process; (trade id, QuestDB ack ns) of every row it wrote, when it recorded them."""
         proc.terminate()
         proc.wait(60)
+        if not (run_dir / "acks.bin").exists():
+            return []
         values = array("q")
         values.frombytes((run_dir / "acks.bin").read_bytes())
         return list(zip(values[::2], values[1::2], strict=True))
@@ -332,7 +335,7 @@ class Bench:
         prefix = self.table_prefix()
         table = TRADES.name_in_db(prefix)
         sim = self.simulator(symbols, per_symbol)
-        proc, run_dir = self.start_service(prefix, sim, feeds, MODES[mode])
+        proc, run_dir = self.start_service(prefix, sim, feeds, MODES[mode], acks=False)
         profiler = None
         try:
             sim.ask(wait=feeds)

@@ -25,15 +25,14 @@ ENCODING_ERRORS = (QuestDBError, TypeError, ValueError, OverflowError)
 # The appenders are written out by hand, not derived from the columns: they are the hot path of every flush.
 def append_trades(buffer, name: str, rows: list[Trade]) -> list[str]:
     """Encode rows into the buffer; returns the errors of rows the client refused (left out)."""
-    row, refused = buffer.row, []
-    for t in rows:
+    row, refused, nanos = buffer.row, [], TimestampNanos
+    for ts, exchange, symbol, trade_id, price, amount, side, received_ns in rows:
         try:
             row(
                 name,
-                symbols={"exchange": t.exchange, "symbol": t.symbol, "side": t.side},
-                columns={"trade_id": t.trade_id, "price": t.price, "amount": t.amount,
-                         "received_at": TimestampNanos(t.received_ns)},
-                at=TimestampNanos(t.ts_ns),
+                symbols={"exchange": exchange, "symbol": symbol, "side": side},
+                columns={"trade_id": trade_id, "price": price, "amount": amount, "received_at": nanos(received_ns)},
+                at=nanos(ts),
             )
         except ENCODING_ERRORS as exc:
             refused.append(f"{type(exc).__name__}: {exc}")
