@@ -172,6 +172,10 @@ class BinanceProtocol(FeedProtocol):
         return row[2] + AGG_STREAM if row[1] == AGG_EXCHANGE else row[2]
 
     def parse(self, frame: bytes | str, received_ns: int, out: ParsedRows) -> Control | None:
+        # msgspec checks the UTF-8 of the strings it reads, not of the fields it skips: a frame that is not ASCII
+        # (none of Binance's trades) is left to orjson, which refuses invalid UTF-8 anywhere in it.
+        if not frame.isascii():
+            return self._parse_any(frame, received_ns, out)
         try:
             data = _decode_trade(frame).data
         except msgspec.DecodeError:  # not a combined trade or aggTrade of the documented types (ValidationError too)

@@ -222,8 +222,8 @@ def _judged(protocol: BinanceProtocol, parse, wire: bytes):
 @given(event=st.sampled_from(["trade", "aggTrade", "kline", "weird", 5]),
        fields=st.dictionaries(st.sampled_from(["s", "t", "a", "p", "q", "T", "m", "E", "M"]), _ANY_VALUE),
        drop=st.sets(st.sampled_from(["s", "t", "a", "p", "q", "T", "m"])), wrapped=st.booleans(),
-       decimals=st.booleans())
-def test_the_typed_fast_path_judges_every_frame_as_the_general_parser(event, fields, drop, wrapped, decimals):
+       decimals=st.booleans(), extra=st.one_of(st.none(), st.binary(max_size=6)))
+def test_the_typed_fast_path_judges_every_frame_as_the_general_parser(event, fields, drop, wrapped, decimals, extra):
     """BinanceProtocol.parse reads combined trades and aggTrades through msgspec; whatever it is handed, its answer
     (rows, control, or the malformed reason) is the general parser's, field types and strings checked alike."""
     data = {"e": event, "E": 1672515782136, "s": "BTCUSDT", "t": 12345, "a": 777, "p": "0.00100000",
@@ -231,5 +231,14 @@ def test_the_typed_fast_path_judges_every_frame_as_the_general_parser(event, fie
     for key in drop:
         data.pop(key, None)
     wire = orjson.dumps({"stream": "btcusdt@trade", "data": data} if wrapped else data)
+    if extra is not None:  # a field the fast path skips, holding any bytes (invalid UTF-8, broken JSON), or a key twice
+        wire = wire[:-1] + b',"x":"' + extra + b'","e":"trade"}'
     protocol = BinanceProtocol(dataclasses.replace(FEED, decimals=decimals))
     assert _judged(protocol, protocol.parse, wire) == _judged(protocol, protocol._parse_any, wire)
+
+
+@pytest.mark.parametrize("skipped", [b'"stream":"btc\xffusdt@trade"', b'"stream":"\xed\xa0\x80"', b'"x":"\xc3"'])
+def test_invalid_utf8_in_a_field_the_fast_path_skips_is_still_malformed(skipped):
+    wire = b'{' + skipped + b',"data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1.5","q":"2","T":1,"m":true}}'
+    with pytest.raises(MalformedFrame, match="invalid JSON"):
+        BinanceProtocol(FEED).parse(wire, 0, ParsedRows())
