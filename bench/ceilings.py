@@ -101,7 +101,7 @@ def decode(chunks: list[bytes], keep: int) -> tuple[float, int, list[bytes]]:
 
 
 def parse(protocol: BinanceProtocol, frames: list[bytes]) -> tuple[float, list]:
-    """The exchange parser (orjson, the number parser of its mode, the row): frames/s, and the rows it made."""
+    """The exchange parser (msgspec, the number parser of its mode, the row): frames/s, and the rows it made."""
     out, parse_frame, now = ParsedRows(), protocol.parse, time.time_ns()
     started = time.perf_counter()
     for frame in frames:

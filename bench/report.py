@@ -63,7 +63,7 @@ def markdown(r: dict) -> str:
          f"{_runs(c['raw_tls_read_runs_msgs_s'])} | same |"),
         f"| frame decoder (feeds/wsframes.py) | {_n(c['frame_decoder_msgs_s'])} msgs/s | same |",
     ]
-    labels = (("parse_msgs_s", "parse (BinanceProtocol.parse: orjson, numbers, the row)", "msgs/s"),
+    labels = (("parse_msgs_s", "parse (BinanceProtocol.parse: msgspec, numbers, the row)", "msgs/s"),
               ("row_building_rows_s", "row building (the sink's ILP encoder)", "rows/s"),
               ("questdb_ingest_rows_s", "QuestDB ingest of pre-built buffers", "rows/s"))
     modes = c["modes"]
