@@ -611,9 +611,8 @@ class FeedActor(Supervised):
         for connection in list(self.connections.values()):
             self._check_rate(connection, now)
             if connection.state is FeedState.CONNECTED and connection.reader is not None:
-                if behind:
-                    connection.watch.writer_behind(now)
-                else:
+                connection.watch.writer(now, behind)
+                if not behind:
                     self._watch(connection, now)
 
     def _watch(self, connection: FeedConnection, now: float) -> None:

@@ -44,6 +44,7 @@ class ConnectionWatch:
         self.last_data_at: float | None = None
         self.last_ping_at = 0.0
         self.pong_due_at: float | None = None  # a ping is unanswered; the connection ends if no pong by then
+        self.writer_was_behind = False  # at the last tick
 
     def connected(self, now: float, messages: int) -> None:
         self.connected_at = self.last_data_at = now
@@ -60,11 +61,15 @@ class ConnectionWatch:
     def pong(self) -> None:
         self.pong_due_at = None
 
-    def writer_behind(self, now: float) -> None:
-        """The reader waits for a writer to catch up: the silence is ours, not the exchange's."""
-        self.last_data_at = now
-        if self.pong_due_at is not None:
-            self.pong_due_at = now + self.limits.pong_timeout_s
+    def writer(self, now: float, behind: bool) -> None:
+        """Each tick: does the reader wait for a writer to catch up? While it does the silence is ours, not the
+        exchange's, and it stays ours up to the first tick after: the writer may have caught up just before it,
+        with the reader's first batch still on its way (ticks are 1 s apart, stale_after_s may be less)."""
+        if behind or self.writer_was_behind:
+            self.last_data_at = now
+            if self.pong_due_at is not None:
+                self.pong_due_at = now + self.limits.pong_timeout_s
+        self.writer_was_behind = behind
 
     def rate_change(self, now: float, messages: int) -> RateChange | None:
         """Take the running message count; a change of the rate flag, if any."""

@@ -28,9 +28,18 @@ def test_silence_past_stale_after_s_is_stale_and_data_keeps_it_alive():
 def test_a_writer_behind_makes_the_silence_ours_and_extends_the_pong_deadline():
     w = watch(ping_interval_s=10.0, pong_timeout_s=5.0)
     assert w.decide(10.0) is Verdict.PING
-    w.writer_behind(14.0)
+    w.writer(14.0, behind=True)
     assert w.pong_due_at == 19.0
     assert w.decide(18.0) is None
+
+
+def test_the_silence_after_a_writer_caught_up_counts_from_the_first_tick_after():
+    w = watch(stale_after_s=0.5)
+    w.writer(14.0, behind=True)
+    w.writer(15.0, behind=False)  # caught up somewhere in between; the reader's first batch may not be here yet
+    assert w.decide(15.0) is None
+    w.writer(16.0, behind=False)
+    assert w.decide(16.0) is Verdict.STALE  # from then on the silence is the exchange's again
 
 
 def test_ping_on_its_interval_and_an_unanswered_one_times_out():
